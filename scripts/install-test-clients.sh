@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Install the third-party SCEP clients the tests run against, when missing:
+# strongSwan's pki (strongswan-pki) with the curl fetcher (libstrongswan-extra-plugins:
+# without it pki cannot fetch over HTTP), from Debian.
+set -euo pipefail
+wanted=(strongswan-pki libstrongswan-extra-plugins openssl)
+missing=()
+for pkg in "${wanted[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+echo "installing test clients: ${missing[*]}" >&2
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    echo "need root to install ${missing[*]}; run: apt-get install ${missing[*]}" >&2; return 1; fi
+}
+export DEBIAN_FRONTEND=noninteractive
+as_root apt-get update -q
+as_root apt-get install -y -q --no-install-recommends "${missing[@]}"

@@ -1,0 +1,72 @@
+"""The validator interface and the verdict it returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from scepd.errors import ErrorCode, Refusal
+from scepd.protocol.csr import CertificationRequest
+from scepd.store import UnitOfWork
+
+
+@dataclass(frozen=True)
+class ChallengeRequest:
+    transaction_id: str
+    password: str | None
+    csr: CertificationRequest
+
+
+@dataclass(frozen=True)
+class ChallengeVerdict:
+    validator: str
+    refusal: Refusal | None = None
+
+    @property
+    def accepted(self) -> bool:
+        return self.refusal is None
+
+    @classmethod
+    def refuse(cls, validator: str, code: ErrorCode, reason: str) -> "ChallengeVerdict":
+        return cls(validator, Refusal(code, reason))
+
+
+class ChallengeValidator(Protocol):
+    name: str
+
+    def verify(self, request: ChallengeRequest, uow: UnitOfWork) -> ChallengeVerdict:
+        """Judge the request. Writes (marking a password used) go through `uow`."""
+        ...
+
+
+# A refusal that merely says "not mine" ranks below one that knows the password and says
+# what is wrong with it (expired, already used).
+_UNSPECIFIC = {ErrorCode.CHALLENGE_PASSWORD_INCORRECT}
+
+
+@dataclass(frozen=True)
+class FirstAccepting:
+    """Tries validators in order; the first that accepts wins. When all refuse, the most
+    specific refusal is returned."""
+
+    validators: tuple[ChallengeValidator, ...]
+    name: str = "any"
+
+    def verify(self, request: ChallengeRequest, uow: UnitOfWork) -> ChallengeVerdict:
+        if not request.password:
+            return ChallengeVerdict.refuse(
+                self.name, ErrorCode.CHALLENGE_PASSWORD_MISSING, "the request carries no challengePassword"
+            )
+        if not self.validators:
+            return ChallengeVerdict.refuse(
+                self.name,
+                ErrorCode.CHALLENGE_PASSWORD_INCORRECT,
+                "no challenge validator is configured, so no password can be accepted",
+            )
+        refusals = []
+        for validator in self.validators:
+            verdict = validator.verify(request, uow)
+            if verdict.accepted:
+                return verdict
+            refusals.append(verdict)
+        return min(refusals, key=lambda v: v.refusal.code in _UNSPECIFIC)

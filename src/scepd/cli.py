@@ -1,0 +1,342 @@
+"""The command line: parses arguments, calls the layers, prints.
+
+Values meant for scripts go to stdout alone (an OTP, a fingerprint, --json output);
+everything addressed to a person goes to stderr.
+
+Exit codes: 0 success; 1 the server refused (FAILURE) or a check warned; 2 bad usage,
+configuration or instance (the message names the fix); 3 the request is pending;
+4 the server could not be reached or answered something unreadable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_PENDING, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
+
+
+def _err(*parts) -> None:
+    print(*parts, file=sys.stderr)
+
+
+def _dir_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=None,
+        help="instance directory (default: $SCEPD_DIR, else ./instance)",
+    )
+
+
+def _instance_dir(args) -> Path:
+    from scepd.registry.instance import default_directory
+
+    return args.dir or default_directory()
+
+
+def _open(args):
+    from scepd.registry.instance import Instance
+
+    return Instance.open(_instance_dir(args))
+
+
+def fingerprint(cert: x509.Certificate) -> str:
+    return cert.fingerprint(hashes.SHA256()).hex(":").upper()
+
+
+def scep_url(host: str, port: int) -> str:
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}/scep"
+
+
+# --- commands ---------------------------------------------------------------------------
+
+
+def cmd_init(args) -> int:
+    from scepd.ca.keys import KeySpecError
+    from scepd.registry.instance import create_instance, load_key_material
+
+    directory = _instance_dir(args)
+    passphrase = os.environ.get("SCEPD_KEY_PASSPHRASE") if args.encrypt_keys else None
+    if args.encrypt_keys and not passphrase:
+        _err("--encrypt-keys needs the passphrase in SCEPD_KEY_PASSPHRASE")
+        return EXIT_USAGE
+    try:
+        instance = create_instance(
+            directory,
+            ca_subject=args.ca_subject,
+            key_spec=args.key,
+            passphrase=passphrase.encode() if passphrase else None,
+            static_challenge=args.challenge,
+        )
+    except KeySpecError as exc:
+        _err(f"--key {exc}")
+        return EXIT_USAGE
+    material = load_key_material(instance)
+    _err(f"created instance in {directory}")
+    return _print_info(instance, material, args.json)
+
+
+def _print_info(instance, material, as_json: bool, url: str | None = None) -> int:
+    info = {
+        "directory": str(instance.directory),
+        "url": url or scep_url(instance.config.server.host, instance.config.server.port),
+        "ca_subject": material.ca.certificate.subject.rfc4514_string(),
+        "ca_sha256_fingerprint": fingerprint(material.ca.certificate),
+        "ra_subject": material.ra.certificate.subject.rfc4514_string(),
+        "challenge": instance.config.challenge.static or None,
+        "one_time_passwords": instance.config.challenge.one_time_passwords,
+    }
+    if as_json:
+        print(json.dumps(info, indent=2))
+    else:
+        _err(f"  SCEP URL:        {info['url']}")
+        _err(f"  CA:              {info['ca_subject']}")
+        _err(f"  CA SHA-256:      {info['ca_sha256_fingerprint']}")
+        _err(f"  RA:              {info['ra_subject']}")
+        _err(f"  challenge:       {info['challenge'] or '(none: use scepd otp new)'}")
+    return EXIT_OK
+
+
+def cmd_info(args) -> int:
+    from scepd.registry.instance import load_key_material
+
+    instance = _open(args)
+    return _print_info(instance, load_key_material(instance), args.json)
+
+
+def cmd_serve(args) -> int:
+    import uvicorn
+
+    from scepd.logs import configure
+    from scepd.registry.checks import FAIL, WARN, check_material, check_store
+    from scepd.registry.instance import load_key_material
+
+    instance = _open(args)
+    material = load_key_material(instance)
+    store = instance.open_store()
+    results = check_material(instance, material) + [check_store(instance, store, repair=True)]
+    store.dispose()
+    failures = [r for r in results if r.status == FAIL]
+    for r in results:
+        if r.status != "PASS":
+            _err(f"{r.status} {r.name}: {r.reason}" + (f" Fix: {r.fix}" if r.fix else ""))
+    if failures:
+        _err("not serving: fix the FAIL lines above")
+        return EXIT_USAGE
+    host = args.host or instance.config.server.host
+    port = args.port if args.port is not None else instance.config.server.port
+    workers = args.workers or instance.config.server.workers
+    _err(f"serving SCEP on {scep_url(host, port)}")
+    _print_info(instance, material, False, scep_url(host, port))
+    os.environ["SCEPD_DIR"] = str(instance.directory.resolve())
+    log_file = instance.path(instance.config.logging.file) if instance.config.logging.file else None
+    configure(log_file)
+    uvicorn.run(
+        "scepd.server.app:create_app_from_environment",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="warning",
+        access_log=False,
+        # Our own limits answer 413/414 with a reason; h11's must not cut in first.
+        h11_max_incomplete_event_size=max(1 << 20, 4 * instance.config.server.max_request_bytes),
+    )
+    return EXIT_OK
+
+
+def cmd_otp_new(args) -> int:
+    from scepd.challenge import new_one_time_password
+    from scepd.registry.config import ConfigError, parse_duration
+
+    instance = _open(args)
+    try:
+        validity = parse_duration(args.validity or instance.config.challenge.otp_validity)
+    except ConfigError as exc:
+        _err(f"--validity: {exc}")
+        return EXIT_USAGE
+    if not instance.config.challenge.one_time_passwords:
+        _err("one-time passwords are disabled: set [challenge] one_time_passwords = true in scepd.toml")
+        return EXIT_USAGE
+    store = instance.open_store()
+    password, expires = new_one_time_password(store, validity)
+    store.dispose()
+    print(password)
+    _err(f"valid once, until {expires:%Y-%m-%d %H:%M:%S}Z")
+    return EXIT_OK
+
+
+def _client(args):
+    from scepd.client import ScepClient
+
+    return ScepClient(args.url, timeout=args.timeout)
+
+
+def cmd_client_getcacaps(args) -> int:
+    with _client(args) as client:
+        for cap in sorted(client.get_ca_caps()):
+            print(cap)
+    return EXIT_OK
+
+
+def cmd_client_getcacert(args) -> int:
+    with _client(args) as client:
+        certs = client.get_ca_certs()
+    pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs.all)
+    if args.out:
+        args.out.write_bytes(pem)
+        _err(f"wrote {len(certs.all)} certificate(s) to {args.out}")
+    else:
+        sys.stdout.write(pem.decode())
+    _err(f"CA SHA-256: {fingerprint(certs.ca)}")
+    return EXIT_OK
+
+
+def cmd_client_enroll(args) -> int:
+    from scepd.ca.keys import KeySpecError, generate_key, load_key, save_key
+    from scepd.client import parse_san
+    from scepd.protocol import PkiStatus
+
+    try:
+        subject = x509.Name.from_rfc4514_string(args.subject)
+        sans = [parse_san(s) for s in args.san]
+    except ValueError as exc:
+        _err(f"error: {exc}")
+        return EXIT_USAGE
+    if args.key_in:
+        key = load_key(args.key_in)
+    else:
+        try:
+            key = generate_key(args.key)
+        except KeySpecError as exc:
+            _err(f"--key {exc}")
+            return EXIT_USAGE
+    key_out = args.key_out or args.cert_out.with_suffix(".key")
+    if not args.key_in and key_out.exists():
+        _err(f"{key_out} exists; pass --key-in {key_out} to reuse it or choose another --key-out")
+        return EXIT_USAGE
+    with _client(args) as client:
+        result = client.enroll(
+            key,
+            subject,
+            sans=sans,
+            challenge=args.challenge,
+            cipher=args.cipher,
+            digest=args.digest,
+            use_get=args.get,
+        )
+    if result.status is PkiStatus.SUCCESS:
+        if not args.key_in:
+            save_key(key, key_out)
+        args.cert_out.write_bytes(result.certificate.public_bytes(serialization.Encoding.PEM))
+        _err(f"issued {result.certificate.subject.rfc4514_string()} serial {result.certificate.serial_number:x}")
+        _err(f"wrote {args.cert_out}" + ("" if args.key_in else f" and {key_out}"))
+        return EXIT_OK
+    if result.status is PkiStatus.PENDING:
+        _err(f"pending (transaction {result.transaction_id})")
+        return EXIT_PENDING
+    _err(f"refused: {result.fail_info.rfc_name if result.fail_info else 'failure'}: {result.fail_info_text or ''}")
+    return EXIT_REFUSED
+
+
+# --- parser -----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scepd",
+        description="A self-hosted SCEP server, CA and client.",
+        epilog=__doc__.split("\n\n", 2)[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("init", help="create an instance: root CA, RA, scepd.toml, database")
+    _dir_arg(p)
+    p.add_argument("--ca-subject", default="CN=scepd Root CA", help="RFC 4514 subject of the CA (default: %(default)s)")
+    p.add_argument("--key", default="rsa:3072", help="CA key: rsa:BITS or ec:p256|p384 (default: %(default)s)")
+    p.add_argument("--challenge", help="static challenge (default: a random one)")
+    p.add_argument("--encrypt-keys", action="store_true", help="encrypt key files with $SCEPD_KEY_PASSPHRASE")
+    p.add_argument("--json", action="store_true", help="print the instance summary as JSON on stdout")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("info", help="show the SCEP URL, CA fingerprint and challenge")
+    _dir_arg(p)
+    p.add_argument("--json", action="store_true", help="as JSON on stdout")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("serve", help="check the instance, then serve SCEP over HTTP")
+    _dir_arg(p)
+    p.add_argument("--host", help="address to bind (default: [server] host, 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default: [server] port, 8080)")
+    p.add_argument("--workers", type=int, help="worker processes sharing the socket (default: [server] workers)")
+    p.set_defaults(func=cmd_serve)
+
+    otp = sub.add_parser("otp", help="one-time challenge passwords").add_subparsers(dest="otp_command", required=True, metavar="ACTION")
+    p = otp.add_parser("new", help="print a fresh single-use challenge password")
+    _dir_arg(p)
+    p.add_argument("--validity", help="lifetime such as 60m, 8h, 2d (default: [challenge] otp_validity)")
+    p.set_defaults(func=cmd_otp_new)
+
+    client = sub.add_parser("client", help="the SCEP client").add_subparsers(dest="client_command", required=True, metavar="ACTION")
+    for name, func, text in (
+        ("getcacaps", cmd_client_getcacaps, "print the server's capabilities"),
+        ("getcacert", cmd_client_getcacert, "fetch the CA (and RA) certificates as PEM"),
+        ("enroll", cmd_client_enroll, "enroll a key (PKCSReq) and write key and certificate"),
+    ):
+        p = client.add_parser(name, help=text)
+        p.add_argument("url", help="SCEP URL, e.g. http://127.0.0.1:8080/scep")
+        p.add_argument("--timeout", type=float, default=30.0, help="HTTP timeout in seconds")
+        p.set_defaults(func=func)
+        if name == "getcacert":
+            p.add_argument("--out", type=Path, help="write PEM here instead of stdout")
+        if name == "enroll":
+            p.add_argument("--subject", required=True, help="RFC 4514 subject, e.g. 'CN=device1,O=Example'")
+            p.add_argument("--san", action="append", default=[], help="dns:NAME, ip:ADDR, email:ADDR, uri:URI or upn:NAME (repeatable)")
+            p.add_argument("--challenge", help="challenge password")
+            p.add_argument("--key", default="rsa:2048", help="new key: rsa:BITS or ec:p256|p384 (default: %(default)s)")
+            p.add_argument("--key-in", type=Path, help="use this existing PEM key instead of generating one")
+            p.add_argument("--cipher", default="aes", choices=["aes", "aes128", "aes192", "aes256", "aes-gcm", "des3", "des"])
+            p.add_argument("--digest", default="sha256", choices=["sha256", "sha1", "sha512", "sha384"])
+            p.add_argument("--get", action="store_true", help="send PKIOperation by GET even if POST is offered")
+            p.add_argument("--cert-out", type=Path, default=Path("cert.pem"), help="where to write the certificate (default: %(default)s)")
+            p.add_argument("--key-out", type=Path, help="where to write a generated key (default: beside --cert-out, .key)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from scepd.client import ScepClientError
+    from scepd.protocol import ProtocolError
+    from scepd.registry.instance import InstanceError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except InstanceError as exc:
+        _err(f"error: {exc}")
+        return EXIT_USAGE
+    except (ScepClientError, ProtocolError) as exc:
+        _err(f"error: {exc}")
+        return EXIT_UNREACHABLE
+    except OSError as exc:
+        _err(f"error: {exc}")
+        return EXIT_UNREACHABLE if "connect" in str(exc).lower() else EXIT_USAGE
+    except Exception as exc:  # httpx transport errors and the like
+        import httpx
+
+        if isinstance(exc, httpx.HTTPError):
+            _err(f"error: cannot reach the server: {exc}")
+            return EXIT_UNREACHABLE
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,243 @@
+"""A SCEP client: fetch the CA, build a PKCSReq, send it, check and open the CertRep."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import ipaddress
+import secrets
+from dataclasses import dataclass
+from urllib.parse import quote
+
+import httpx
+from asn1crypto import core
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.x509.oid import AttributeOID, ObjectIdentifier
+
+from scepd.protocol import MessageType, PkiStatus, cms
+from scepd.protocol.caps import parse_caps
+from scepd.protocol.message import build_pki_message, new_nonce, parse_pki_message
+from scepd.protocol.types import FailInfo
+
+UPN_OID = ObjectIdentifier("1.3.6.1.4.1.311.20.2.3")
+
+CIPHERS = {
+    "aes": cms.ContentCipher.AES_128_CBC,  # what the GetCACaps keyword "AES" means (RFC 8894)
+    "aes128": cms.ContentCipher.AES_128_CBC,
+    "aes192": cms.ContentCipher.AES_192_CBC,
+    "aes256": cms.ContentCipher.AES_256_CBC,
+    "aes-gcm": cms.ContentCipher.AES_128_GCM,
+    "des3": cms.ContentCipher.DES_EDE3_CBC,
+    "des": cms.ContentCipher.DES_CBC,
+}
+
+
+class ScepClientError(Exception):
+    pass
+
+
+def parse_san(text: str) -> x509.GeneralName:
+    """dns:NAME, ip:ADDRESS, email:ADDRESS, uri:URI or upn:USER@REALM."""
+    kind, sep, value = text.partition(":")
+    kind = kind.lower()
+    if not sep or not value:
+        raise ValueError(f"{text!r}: expected TYPE:VALUE with TYPE dns, ip, email, uri or upn")
+    if kind == "dns":
+        return x509.DNSName(value)
+    if kind == "ip":
+        return x509.IPAddress(ipaddress.ip_address(value))
+    if kind == "email":
+        return x509.RFC822Name(value)
+    if kind == "uri":
+        return x509.UniformResourceIdentifier(value)
+    if kind == "upn":
+        return x509.OtherName(UPN_OID, core.UTF8String(value).dump())
+    raise ValueError(f"{text!r}: unknown SAN type {kind!r} (dns, ip, email, uri, upn)")
+
+
+def build_csr(
+    key,
+    subject: x509.Name,
+    *,
+    sans: list[x509.GeneralName] = (),
+    challenge: str | None = None,
+    key_usage: x509.KeyUsage | None = None,
+) -> x509.CertificateSigningRequest:
+    builder = x509.CertificateSigningRequestBuilder().subject_name(subject)
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
+    if key_usage is not None:
+        builder = builder.add_extension(key_usage, critical=True)
+    if challenge:
+        builder = builder.add_attribute(AttributeOID.CHALLENGE_PASSWORD, challenge.encode("utf-8"))
+    return builder.sign(key, hashes.SHA256())
+
+
+def self_signed(key, subject: x509.Name) -> x509.Certificate:
+    """The transient signer certificate a client signs its first request with.
+
+    It and the PKCS#10 request are always signed with SHA-256 (cryptography no longer makes
+    SHA-1 X.509 signatures); the `digest` of an enrollment is the CMS one, which is what
+    GetCACaps SHA-1/SHA-256/SHA-512 is about."""
+    now = dt.datetime.now(dt.timezone.utc)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+
+
+@dataclass(frozen=True)
+class CaCertificates:
+    ca: x509.Certificate
+    ra: x509.Certificate  # the CA itself when the server has no RA
+    all: tuple[x509.Certificate, ...]
+
+
+def pick_ca_and_ra(certs: list[x509.Certificate]) -> CaCertificates:
+    def is_ca(c):
+        try:
+            return c.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+        except x509.ExtensionNotFound:
+            return False
+
+    cas = [c for c in certs if is_ca(c)]
+    others = [c for c in certs if not is_ca(c)]
+    if not cas and not others:
+        raise ScepClientError("GetCACert returned no certificates")
+    ca = cas[0] if cas else others[0]
+    ra = others[0] if others else ca
+    return CaCertificates(ca, ra, tuple(certs))
+
+
+@dataclass(frozen=True)
+class EnrollmentResult:
+    status: PkiStatus
+    transaction_id: str
+    certificate: x509.Certificate | None = None
+    fail_info: FailInfo | None = None
+    fail_info_text: str | None = None
+
+
+class ScepClient:
+    def __init__(self, url: str, *, timeout: float = 30.0, http: httpx.Client | None = None) -> None:
+        self.url = url
+        self.http = http or httpx.Client(timeout=timeout)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> "ScepClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _get(self, operation: str, message: str | None = None) -> httpx.Response:
+        params = f"operation={operation}"
+        if message is not None:
+            params += f"&message={quote(message, safe='')}"
+        response = self.http.get(f"{self.url}?{params}")
+        if response.status_code != 200:
+            raise ScepClientError(f"{operation}: HTTP {response.status_code}: {response.text.strip()[:300]}")
+        return response
+
+    def get_ca_caps(self) -> frozenset[str]:
+        return parse_caps(self._get("GetCACaps").content)
+
+    def get_ca_certs(self) -> CaCertificates:
+        response = self._get("GetCACert")
+        content_type = response.headers.get("content-type", "").split(";")[0].strip()
+        if content_type == "application/x-x509-ca-cert":
+            certs = [x509.load_der_x509_certificate(response.content)]
+        else:
+            certs = cms.parse_certs_only(response.content)
+        return pick_ca_and_ra(certs)
+
+    def enroll(
+        self,
+        key,
+        subject: x509.Name,
+        *,
+        sans: list[x509.GeneralName] = (),
+        challenge: str | None = None,
+        cipher: str = "aes",
+        digest: str = "sha256",
+        use_get: bool = False,
+        ca: CaCertificates | None = None,
+        transaction_id: str | None = None,
+        signer: tuple[x509.Certificate, object] | None = None,
+    ) -> EnrollmentResult:
+        """Send a PKCSReq for `key` and return the server's verdict.
+
+        The request is signed with a self-signed certificate of the device key when that key
+        is RSA; for an EC key with a transient RSA key, since the reply must be encrypted
+        back to the signer and SCEP key transport is RSA.
+        """
+        ca = ca or self.get_ca_certs()
+        csr = build_csr(key, subject, sans=list(sans), challenge=challenge)
+        if signer is None:
+            signer_key = key if isinstance(key, rsa.RSAPrivateKey) else rsa.generate_private_key(65537, 2048)
+            signer = (self_signed(signer_key, subject), signer_key)
+        signer_cert, signer_key = signer
+        envelope = cms.build_enveloped(csr.public_bytes(Encoding.DER), ca.ra, CIPHERS[cipher])
+        # A fresh random ID per enrollment (Apple sends 40 hex characters too); a resend of
+        # the same request passes its transaction_id again.
+        transaction_id = transaction_id or secrets.token_hex(20).upper()
+        nonce = new_nonce()
+        request = build_pki_message(
+            message_type=MessageType.PKCS_REQ,
+            transaction_id=transaction_id,
+            signer_certificate=signer_cert,
+            signer_key=signer_key,
+            digest_algorithm=digest,
+            envelope=envelope,
+            sender_nonce=nonce,
+        )
+        body = self._send(request, use_get)
+        return self._read_cert_rep(body, ca, transaction_id, nonce, signer_cert, signer_key, key)
+
+    def _send(self, request: bytes, use_get: bool) -> bytes:
+        if use_get:
+            response = self._get("PKIOperation", base64.b64encode(request).decode("ascii"))
+        else:
+            response = self.http.post(
+                f"{self.url}?operation=PKIOperation",
+                content=request,
+                headers={"Content-Type": "application/x-pki-message"},
+            )
+            if response.status_code != 200:
+                raise ScepClientError(f"PKIOperation: HTTP {response.status_code}: {response.text.strip()[:300]}")
+        return response.content
+
+    def _read_cert_rep(self, body, ca, transaction_id, nonce, signer_cert, signer_key, key) -> EnrollmentResult:
+        reply = parse_pki_message(body, ca.all)
+        if reply.signature_error:
+            raise ScepClientError(f"the CertRep does not verify: {reply.signature_error}")
+        if reply.signer_certificate not in ca.all:
+            raise ScepClientError("the CertRep is not signed by the CA or RA from GetCACert")
+        if reply.message_type is not MessageType.CERT_REP:
+            raise ScepClientError(f"expected a CertRep, got {reply.message_type.name}")
+        if reply.transaction_id != transaction_id or reply.recipient_nonce != nonce:
+            raise ScepClientError("the CertRep answers another request (transactionID or recipientNonce differ)")
+        if reply.pki_status is not PkiStatus.SUCCESS:
+            return EnrollmentResult(
+                reply.pki_status or PkiStatus.FAILURE, transaction_id, None, reply.fail_info, reply.fail_info_text
+            )
+        opened = cms.decrypt_enveloped(reply.envelope, [(signer_cert, signer_key)])
+        wanted = key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+        for cert in cms.parse_certs_only(opened.content):
+            if cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo) == wanted:
+                return EnrollmentResult(PkiStatus.SUCCESS, transaction_id, cert)
+        raise ScepClientError("the CertRep holds no certificate for our key")
+
+
+__all__ = ["CIPHERS", "CaCertificates", "EnrollmentResult", "ScepClient", "ScepClientError"]

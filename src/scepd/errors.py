@@ -1,0 +1,110 @@
+"""The stable error codes of scepd, each with the SCEP failInfo it answers with and a remedy.
+
+A refused request is a value (`Refusal`) that travels up to the edge: `server/` turns it into
+a CertRep FAILURE (failInfo + failInfoText) or an HTTP 4xx, and the log line carries the same
+code. The codes are public: admins search logs for them and docs/errors.md lists them.
+May import: scepd.protocol only.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from scepd.protocol import FailInfo
+
+
+class ErrorCode(enum.Enum):
+    # transport (answered with HTTP 4xx, no CertRep possible)
+    MESSAGE_UNDECODABLE = "MessageUndecodable"
+    REQUEST_TOO_LARGE = "RequestTooLarge"
+    OPERATION_UNKNOWN = "OperationUnknown"
+    MESSAGE_MISSING = "MessageMissing"
+    # the pkiMessage
+    MESSAGE_SIGNATURE_INVALID = "MessageSignatureInvalid"
+    MESSAGE_SIGNER_UNKNOWN = "MessageSignerUnknown"
+    MESSAGE_TYPE_UNSUPPORTED = "MessageTypeUnsupported"
+    MESSAGE_TIME_INVALID = "MessageTimeInvalid"
+    RECIPIENT_UNKNOWN = "RecipientUnknown"
+    RECIPIENT_KEY_NOT_RSA = "RecipientKeyNotRsa"
+    DECRYPTION_FAILED = "DecryptionFailed"
+    UNSUPPORTED_ALGORITHM = "UnsupportedAlgorithm"
+    TRANSACTION_ID_REUSED = "TransactionIdReused"
+    # the PKCS#10 request and the issuance policy
+    CSR_MALFORMED = "CsrMalformed"
+    CSR_SIGNATURE_INVALID = "CsrSignatureInvalid"
+    KEY_TYPE_NOT_ALLOWED = "KeyTypeNotAllowed"
+    KEY_TOO_WEAK = "KeyTooWeak"
+    SUBJECT_INVALID = "SubjectInvalid"
+    # the challenge (Intune's names where Intune has one)
+    CHALLENGE_PASSWORD_MISSING = "ChallengePasswordMissing"
+    CHALLENGE_PASSWORD_INCORRECT = "ChallengePasswordIncorrect"
+    ONE_TIME_PASSWORD_EXPIRED = "OneTimePasswordExpired"
+    ONE_TIME_PASSWORD_USED = "OneTimePasswordUsed"
+    # the server itself
+    INTERNAL_ERROR = "InternalError"
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    fail_info: FailInfo
+    remedy: str
+
+
+_BR, _BMC, _BA, _BT = FailInfo.BAD_REQUEST, FailInfo.BAD_MESSAGE_CHECK, FailInfo.BAD_ALG, FailInfo.BAD_TIME
+
+ERRORS: dict[ErrorCode, ErrorInfo] = {
+    ErrorCode.MESSAGE_UNDECODABLE: ErrorInfo(_BR, "Send a DER or BER pkiMessage (RFC 8894); check the client's base64 encoding for GET."),
+    ErrorCode.REQUEST_TOO_LARGE: ErrorInfo(_BR, "Shrink the request, or raise [server] max_request_bytes in scepd.toml."),
+    ErrorCode.OPERATION_UNKNOWN: ErrorInfo(_BR, "Use GetCACaps, GetCACert or PKIOperation as the operation parameter."),
+    ErrorCode.MESSAGE_MISSING: ErrorInfo(_BR, "PKIOperation by GET needs a base64 message parameter; by POST a body."),
+    ErrorCode.MESSAGE_SIGNATURE_INVALID: ErrorInfo(_BMC, "The request was altered or signed with a key that does not match its signer certificate; regenerate it."),
+    ErrorCode.MESSAGE_SIGNER_UNKNOWN: ErrorInfo(_BMC, "Include the signer certificate in the pkiMessage."),
+    ErrorCode.MESSAGE_TYPE_UNSUPPORTED: ErrorInfo(_BR, "This server answers PKCSReq; other message types need a newer scepd."),
+    ErrorCode.MESSAGE_TIME_INVALID: ErrorInfo(_BT, "Set the device clock correctly (the signingTime is outside [scep] max_clock_skew)."),
+    ErrorCode.RECIPIENT_UNKNOWN: ErrorInfo(_BMC, "Fetch the current RA certificate with GetCACert and encrypt to it."),
+    ErrorCode.RECIPIENT_KEY_NOT_RSA: ErrorInfo(_BA, "Sign the pkiMessage with an RSA key (an EC device key can still be certified: sign with a transient RSA key)."),
+    ErrorCode.DECRYPTION_FAILED: ErrorInfo(_BMC, "Encrypt the request to the RA certificate from GetCACert; the content may be corrupt."),
+    ErrorCode.UNSUPPORTED_ALGORITHM: ErrorInfo(_BA, "Use an algorithm listed by GetCACaps (AES or DES3; SHA-1, SHA-256 or SHA-512)."),
+    ErrorCode.TRANSACTION_ID_REUSED: ErrorInfo(_BR, "Use a new transactionID for a new key; a resend must carry the same key."),
+    ErrorCode.CSR_MALFORMED: ErrorInfo(_BR, "Send a valid PKCS#10 request."),
+    ErrorCode.CSR_SIGNATURE_INVALID: ErrorInfo(_BMC, "Sign the PKCS#10 request with the private key of the public key it carries."),
+    ErrorCode.KEY_TYPE_NOT_ALLOWED: ErrorInfo(_BA, "Use an RSA key or an EC key on a curve listed in [policy] ec_curves."),
+    ErrorCode.KEY_TOO_WEAK: ErrorInfo(_BR, "Use a larger key, or lower [policy] min_rsa_bits for legacy devices."),
+    ErrorCode.SUBJECT_INVALID: ErrorInfo(_BR, "Give the request a subject name or a subjectAltName."),
+    ErrorCode.CHALLENGE_PASSWORD_MISSING: ErrorInfo(_BR, "Put the challenge in the request's challengePassword attribute."),
+    ErrorCode.CHALLENGE_PASSWORD_INCORRECT: ErrorInfo(_BR, "Use the static challenge from scepd.toml or a fresh one from 'scepd otp new'."),
+    ErrorCode.ONE_TIME_PASSWORD_EXPIRED: ErrorInfo(_BR, "Get a fresh password with 'scepd otp new'."),
+    ErrorCode.ONE_TIME_PASSWORD_USED: ErrorInfo(_BR, "One-time passwords work once; get a fresh one with 'scepd otp new'."),
+    ErrorCode.INTERNAL_ERROR: ErrorInfo(_BR, "A bug in scepd: the log line with this transaction ID has the traceback; please report it."),
+}
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A request refused for a stated reason: the value that becomes a FAILURE or a 4xx."""
+
+    code: ErrorCode
+    reason: str
+
+    @property
+    def fail_info(self) -> FailInfo:
+        return ERRORS[self.code].fail_info
+
+    @property
+    def remedy(self) -> str:
+        return ERRORS[self.code].remedy
+
+    @property
+    def fail_info_text(self) -> str:
+        # One line: the code first so that admins can grep for it, then what to do.
+        return f"{self.code.value}: {self.reason}"
+
+
+def refusal_from_protocol(exc) -> Refusal:
+    """Map a scepd.protocol.ProtocolError to its Refusal."""
+    try:
+        code = ErrorCode(exc.code)
+    except ValueError:
+        code = ErrorCode.MESSAGE_UNDECODABLE
+    return Refusal(code, exc.reason)

@@ -1,0 +1,492 @@
+"""CMS (RFC 5652) as SCEP uses it: SignedData, EnvelopedData, AuthEnvelopedData, certs-only.
+
+asn1crypto holds the structures (it reads BER, indefinite lengths included, and writes DER);
+cryptography does every cryptographic operation.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import os
+from dataclasses import dataclass, field
+
+from asn1crypto import algos, cms, core
+from asn1crypto import x509 as asn1_x509
+from cryptography import x509
+from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
+from cryptography.hazmat.primitives import hashes, padding
+from cryptography.hazmat.primitives.asymmetric import padding as asym_padding
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from scepd.protocol import signatures
+from scepd.protocol.types import FailInfo, ProtocolError
+
+
+class _GCMParameters(core.Sequence):
+    """RFC 5084 GCMParameters, which asn1crypto does not define."""
+
+    _fields = [
+        ("aes_nonce", core.OctetString),
+        ("aes_icvlen", core.Integer, {"default": 12}),
+    ]
+
+
+for _name in ("aes128_gcm", "aes192_gcm", "aes256_gcm"):
+    algos.EncryptionAlgorithm._oid_specs[_name] = _GCMParameters
+
+
+class ContentCipher(enum.Enum):
+    """Content-encryption algorithms, by asn1crypto's names for their OIDs."""
+
+    DES_CBC = "des"
+    DES_EDE3_CBC = "tripledes_3key"
+    AES_128_CBC = "aes128_cbc"
+    AES_192_CBC = "aes192_cbc"
+    AES_256_CBC = "aes256_cbc"
+    AES_128_GCM = "aes128_gcm"
+    AES_192_GCM = "aes192_gcm"
+    AES_256_GCM = "aes256_gcm"
+
+    @property
+    def key_size(self) -> int:
+        return {
+            "des": 8,
+            "tripledes_3key": 24,
+            "aes128_cbc": 16,
+            "aes192_cbc": 24,
+            "aes256_cbc": 32,
+            "aes128_gcm": 16,
+            "aes192_gcm": 24,
+            "aes256_gcm": 32,
+        }[self.value]
+
+    @property
+    def is_gcm(self) -> bool:
+        return self.value.endswith("_gcm")
+
+    def _block_cipher(self, key: bytes):
+        if self in (ContentCipher.DES_CBC, ContentCipher.DES_EDE3_CBC):
+            # DES-EDE3 with K1 = K2 = K3 is single DES.
+            return TripleDES(key * 3 if len(key) == 8 else key)
+        return algorithms.AES(key)
+
+
+@dataclass(frozen=True)
+class KeyTransport:
+    """How the content-encryption key is wrapped for an RSA recipient."""
+
+    scheme: str = "rsaes_pkcs1v15"  # or "rsaes_oaep"
+    oaep_hash: str = "sha1"
+
+    def _padding(self):
+        if self.scheme == "rsaes_oaep":
+            h = signatures.hash_algorithm(self.oaep_hash)
+            return asym_padding.OAEP(mgf=asym_padding.MGF1(h), algorithm=h, label=None)
+        return asym_padding.PKCS1v15()
+
+    def _algorithm_id(self) -> dict:
+        if self.scheme == "rsaes_oaep":
+            params = {
+                "hash_algorithm": {"algorithm": self.oaep_hash},
+                "mask_gen_algorithm": {
+                    "algorithm": "mgf1",
+                    "parameters": {"algorithm": self.oaep_hash},
+                },
+            }
+            return {"algorithm": "rsaes_oaep", "parameters": params}
+        return {"algorithm": "rsaes_pkcs1v15"}
+
+
+PKCS1V15 = KeyTransport()
+
+
+def _undecodable(what: str, exc: Exception | None = None) -> ProtocolError:
+    detail = f": {exc}" if exc else ""
+    return ProtocolError(FailInfo.BAD_REQUEST, "MessageUndecodable", f"{what}{detail}")
+
+
+def _to_asn1(cert: x509.Certificate) -> asn1_x509.Certificate:
+    return asn1_x509.Certificate.load(cert.public_bytes(Encoding.DER))
+
+
+def _to_cryptography(cert: asn1_x509.Certificate) -> x509.Certificate:
+    return x509.load_der_x509_certificate(cert.dump())
+
+
+def load_content_info(der: bytes, expected: str) -> cms.ContentInfo:
+    """Parse a ContentInfo and check its type; any decoding problem is a ProtocolError."""
+    try:
+        info = cms.ContentInfo.load(der)
+        content_type = info["content_type"].native
+        content = info["content"]
+        content.native  # force a full parse now, so later access cannot raise
+    except Exception as exc:  # asn1crypto raises ValueError, TypeError and others
+        raise _undecodable(f"not a CMS {expected}", exc) from None
+    if content_type != expected:
+        raise _undecodable(f"expected CMS {expected}, got {content_type}")
+    return info
+
+
+# --- SignedData -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SignedMessage:
+    """A parsed SignedData with one signer.
+
+    `signature_error` is None when the signature (and messageDigest) verified against
+    `signer_certificate`; otherwise it says why not. Attributes are returned either way, so
+    that a FAILURE can still be addressed to the sender.
+    """
+
+    content: bytes
+    content_type: str
+    digest_algorithm: str
+    signer_certificate: x509.Certificate | None
+    signed_attributes: dict[str, list] = field(repr=False)
+    certificates: tuple[x509.Certificate, ...] = ()
+    signature_error: str | None = None
+
+    def attribute(self, name: str):
+        values = self.signed_attributes.get(name)
+        return values[0] if values else None
+
+
+def _signer_matches(cert: asn1_x509.Certificate, sid: cms.SignerIdentifier) -> bool:
+    if sid.name == "issuer_and_serial_number":
+        ias = sid.chosen
+        return cert.issuer == ias["issuer"] and cert.serial_number == ias["serial_number"].native
+    return cert.key_identifier == sid.chosen.native
+
+
+def parse_signed_data(der: bytes, known_certificates: tuple[x509.Certificate, ...] = ()) -> SignedMessage:
+    """Parse and verify a SignedData with exactly one SignerInfo.
+
+    The signer's certificate is looked up among the certificates the message carries and then
+    among `known_certificates` (NDES, for one, sends a CertRep without certificates).
+    """
+    signed_data = load_content_info(der, "signed_data")["content"]
+    infos = signed_data["signer_infos"]
+    if len(infos) != 1:
+        raise _undecodable(f"expected one SignerInfo, found {len(infos)}")
+    signer = infos[0]
+
+    carried = [c.chosen for c in (signed_data["certificates"] or []) if c.name == "certificate"]
+    candidates = carried + [_to_asn1(c) for c in known_certificates]
+    signer_asn1 = next((c for c in candidates if _signer_matches(c, signer["sid"])), None)
+
+    encap = signed_data["encap_content_info"]
+    content = encap["content"].native if encap["content"] else b""
+    if isinstance(content, core.Asn1Value):  # a parsable content type other than data
+        content = content.dump()
+    content = content or b""
+
+    attributes: dict[str, list] = {}
+    signed_attrs = signer["signed_attrs"]
+    for attr in signed_attrs or []:
+        name = attr["type"].native
+        attributes[name] = [v.native if isinstance(v, core.Asn1Value) else v for v in attr["values"]]
+
+    digest_name = signer["digest_algorithm"]["algorithm"].native
+    error = None
+    signer_cert = None
+    try:
+        if signer_asn1 is None:
+            error = "the signer's certificate is neither in the message nor known to us"
+        else:
+            signer_cert = _to_cryptography(signer_asn1)
+            error = _check_signer_info(signer, signed_attrs, content, encap, signer_cert, digest_name)
+    except ProtocolError:
+        raise
+    except Exception as exc:
+        raise _undecodable("the SignerInfo cannot be checked", exc) from None
+
+    return SignedMessage(
+        content=content,
+        content_type=encap["content_type"].native,
+        digest_algorithm=digest_name,
+        signer_certificate=signer_cert,
+        signed_attributes=attributes,
+        certificates=tuple(_to_cryptography(c) for c in carried),
+        signature_error=error,
+    )
+
+
+def _check_signer_info(signer, signed_attrs, content, encap, signer_cert, digest_name) -> str | None:
+    signature = signer["signature"].native
+    scheme = signer["signature_algorithm"].signature_algo
+    if not signed_attrs:
+        data = content
+    else:
+        found = {a["type"].native: a["values"][0].native for a in signed_attrs}
+        if found.get("content_type") != encap["content_type"].native:
+            return "the contentType signed attribute does not match the content"
+        if found.get("message_digest") != signatures.digest(digest_name, content):
+            return "the messageDigest signed attribute does not match the content"
+        # The signature covers the attributes as a SET OF (tag 0x31), as they were sent.
+        data = signed_attrs.untag().dump()
+    if not signatures.verify_signature(signer_cert.public_key(), scheme, digest_name, data, signature):
+        return "the signature does not verify with the signer's certificate"
+    return None
+
+
+def build_signed_data(
+    content: bytes,
+    signer_certificate: x509.Certificate,
+    signer_key,
+    digest_algorithm: str,
+    attributes: list[tuple[str, object]],
+    certificates: tuple[x509.Certificate, ...] = (),
+) -> bytes:
+    """A DER SignedData over `content` (type data), signed with SCEP attributes.
+
+    `attributes` are (asn1crypto attribute name, value) pairs added after contentType,
+    signingTime and messageDigest.
+    """
+    signer_asn1 = _to_asn1(signer_certificate)
+    attrs = [
+        {"type": "content_type", "values": ["data"]},
+        {"type": "signing_time", "values": [cms.Time({"utc_time": dt.datetime.now(dt.timezone.utc)})]},
+        {"type": "message_digest", "values": [signatures.digest(digest_algorithm, content)]},
+    ]
+    attrs += [{"type": name, "values": [value]} for name, value in attributes]
+    signed_attrs = cms.CMSAttributes(attrs)
+    signature = signatures.sign(signer_key, digest_algorithm, signed_attrs.dump())
+    signer_info = cms.SignerInfo(
+        {
+            "version": "v1",
+            "sid": cms.SignerIdentifier(
+                name="issuer_and_serial_number",
+                value={"issuer": signer_asn1.issuer, "serial_number": signer_asn1.serial_number},
+            ),
+            "digest_algorithm": {"algorithm": digest_algorithm},
+            "signed_attrs": signed_attrs,
+            "signature_algorithm": signatures.signature_algorithm_id(signer_key, digest_algorithm),
+            "signature": signature,
+        }
+    )
+    certs = [signer_asn1] + [_to_asn1(c) for c in certificates]
+    signed_data = cms.SignedData(
+        {
+            "version": "v1",
+            "digest_algorithms": [{"algorithm": digest_algorithm}],
+            "encap_content_info": {"content_type": "data", "content": content},
+            "certificates": certs,
+            "signer_infos": [signer_info],
+        }
+    )
+    return cms.ContentInfo({"content_type": "signed_data", "content": signed_data}).dump()
+
+
+def build_certs_only(certificates: list[x509.Certificate]) -> bytes:
+    """A degenerate SignedData: certificates and no signers (RFC 8894 section 3.4)."""
+    signed_data = cms.SignedData(
+        {
+            "version": "v1",
+            "digest_algorithms": [],
+            "encap_content_info": {"content_type": "data"},
+            "certificates": [_to_asn1(c) for c in certificates],
+            "signer_infos": [],
+        }
+    )
+    return cms.ContentInfo({"content_type": "signed_data", "content": signed_data}).dump()
+
+
+def parse_certs_only(der: bytes) -> list[x509.Certificate]:
+    signed_data = load_content_info(der, "signed_data")["content"]
+    try:
+        return [_to_cryptography(c.chosen) for c in (signed_data["certificates"] or []) if c.name == "certificate"]
+    except Exception as exc:
+        raise _undecodable("a certificate in the certs-only message cannot be read", exc) from None
+
+
+# --- EnvelopedData / AuthEnvelopedData --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Decrypted:
+    content: bytes
+    cipher: ContentCipher
+    key_transport: KeyTransport
+    recipient: x509.Certificate
+
+
+def _recipient_matches(cert: asn1_x509.Certificate, rid: cms.RecipientIdentifier) -> bool:
+    if rid.name == "issuer_and_serial_number":
+        ias = rid.chosen
+        return cert.issuer == ias["issuer"] and cert.serial_number == ias["serial_number"].native
+    return cert.key_identifier == rid.chosen.native
+
+
+def _key_transport_of(algorithm: cms.KeyEncryptionAlgorithm) -> KeyTransport:
+    name = algorithm["algorithm"].native
+    if name == "rsaes_pkcs1v15":
+        return PKCS1V15
+    if name == "rsaes_oaep":
+        params = algorithm["parameters"]
+        hash_name = params["hash_algorithm"]["algorithm"].native if params else "sha1"
+        return KeyTransport("rsaes_oaep", hash_name)
+    raise ProtocolError(FailInfo.BAD_ALG, "UnsupportedAlgorithm", f"key transport {name} is not supported")
+
+
+def decrypt_enveloped(der: bytes, recipients: list[tuple[x509.Certificate, object]]) -> Decrypted:
+    """Decrypt an EnvelopedData (or AuthEnvelopedData, for AES-GCM) with one of `recipients`.
+
+    `recipients` are (certificate, private key) pairs; the RecipientInfo naming one of them is
+    used. A message addressed to none of them is refused with badMessageCheck.
+    """
+    try:
+        info = cms.ContentInfo.load(der)
+        content_type = info["content_type"].native
+        envelope = info["content"]
+        envelope.native
+    except Exception as exc:
+        raise _undecodable("the encrypted part is not CMS", exc) from None
+    if content_type == "enveloped_data":
+        eci = envelope["encrypted_content_info"]
+    elif content_type == "authenticated_enveloped_data":
+        eci = envelope["auth_encrypted_content_info"]
+    else:
+        raise _undecodable(f"expected CMS enveloped_data, got {content_type}")
+
+    ours = [(_to_asn1(c), c, k) for c, k in recipients]
+    chosen = None
+    for ri in envelope["recipient_infos"]:
+        if ri.name != "ktri":
+            continue
+        for asn1_cert, cert, key in ours:
+            if _recipient_matches(asn1_cert, ri.chosen["rid"]):
+                chosen = (ri.chosen, cert, key)
+                break
+        if chosen:
+            break
+    if chosen is None:
+        raise ProtocolError(
+            FailInfo.BAD_MESSAGE_CHECK,
+            "RecipientUnknown",
+            "the request is encrypted to a certificate this server does not hold; "
+            "fetch the current RA certificate with GetCACert",
+        )
+    ktri, cert, key = chosen
+    transport = _key_transport_of(ktri["key_encryption_algorithm"])
+    try:
+        cek = key.decrypt(ktri["encrypted_key"].native, transport._padding())
+    except ValueError:
+        raise ProtocolError(
+            FailInfo.BAD_MESSAGE_CHECK, "DecryptionFailed", "the content-encryption key cannot be decrypted"
+        ) from None
+
+    algorithm = eci["content_encryption_algorithm"]
+    try:
+        cipher = ContentCipher(algorithm["algorithm"].native)
+    except ValueError:
+        raise ProtocolError(
+            FailInfo.BAD_ALG,
+            "UnsupportedAlgorithm",
+            f"content encryption {algorithm['algorithm'].native} is not supported",
+        ) from None
+    if len(cek) != cipher.key_size:
+        raise ProtocolError(
+            FailInfo.BAD_MESSAGE_CHECK, "DecryptionFailed", "the content-encryption key has the wrong length"
+        )
+    ciphertext = eci["encrypted_content"].native or b""
+    try:
+        if cipher.is_gcm:
+            params = algorithm["parameters"]
+            tag = envelope["mac"].native if content_type == "authenticated_enveloped_data" else None
+            if tag is None:  # GCM inside plain EnvelopedData: the tag trails the ciphertext
+                icv = params["aes_icvlen"].native
+                ciphertext, tag = ciphertext[:-icv], ciphertext[-icv:]
+            decryptor = Cipher(
+                algorithms.AES(cek), modes.GCM(params["aes_nonce"].native, tag, min_tag_length=len(tag))
+            ).decryptor()
+            plaintext = decryptor.update(ciphertext) + decryptor.finalize()
+        else:
+            iv = algorithm["parameters"].native
+            decryptor = Cipher(cipher._block_cipher(cek), modes.CBC(iv)).decryptor()
+            padded = decryptor.update(ciphertext) + decryptor.finalize()
+            unpadder = padding.PKCS7(len(iv) * 8).unpadder()
+            plaintext = unpadder.update(padded) + unpadder.finalize()
+    except Exception:
+        raise ProtocolError(
+            FailInfo.BAD_MESSAGE_CHECK,
+            "DecryptionFailed",
+            "the encrypted content does not decrypt (wrong key, corrupt data or bad padding)",
+        ) from None
+    return Decrypted(plaintext, cipher, transport, cert)
+
+
+def build_enveloped(
+    content: bytes,
+    recipient: x509.Certificate,
+    cipher: ContentCipher,
+    key_transport: KeyTransport = PKCS1V15,
+) -> bytes:
+    """Encrypt `content` to `recipient` (an RSA certificate). AES-GCM produces an
+    AuthEnvelopedData (RFC 5083/5084); every other cipher an EnvelopedData."""
+    public_key = recipient.public_key()
+    if not isinstance(public_key, rsa.RSAPublicKey):
+        raise ProtocolError(
+            FailInfo.BAD_ALG,
+            "RecipientKeyNotRsa",
+            "the reply can only be encrypted to an RSA certificate; sign the request with an RSA key",
+        )
+    recipient_asn1 = _to_asn1(recipient)
+    cek = os.urandom(cipher.key_size)
+    ktri = cms.KeyTransRecipientInfo(
+        {
+            "version": "v0",
+            "rid": cms.RecipientIdentifier(
+                name="issuer_and_serial_number",
+                value={"issuer": recipient_asn1.issuer, "serial_number": recipient_asn1.serial_number},
+            ),
+            "key_encryption_algorithm": key_transport._algorithm_id(),
+            "encrypted_key": public_key.encrypt(cek, key_transport._padding()),
+        }
+    )
+    recipient_infos = [cms.RecipientInfo(name="ktri", value=ktri)]
+    if cipher.is_gcm:
+        nonce = os.urandom(12)
+        encryptor = Cipher(algorithms.AES(cek), modes.GCM(nonce)).encryptor()
+        ciphertext = encryptor.update(content) + encryptor.finalize()
+        envelope = cms.AuthEnvelopedData(
+            {
+                "version": "v0",
+                "recipient_infos": recipient_infos,
+                "auth_encrypted_content_info": {
+                    "content_type": "data",
+                    "content_encryption_algorithm": {
+                        "algorithm": cipher.value,
+                        "parameters": {"aes_nonce": nonce, "aes_icvlen": 16},
+                    },
+                    "encrypted_content": ciphertext,
+                },
+                "mac": encryptor.tag,
+            }
+        )
+        return cms.ContentInfo({"content_type": "authenticated_enveloped_data", "content": envelope}).dump()
+
+    block = 8 if cipher in (ContentCipher.DES_CBC, ContentCipher.DES_EDE3_CBC) else 16
+    iv = os.urandom(block)
+    padder = padding.PKCS7(block * 8).padder()
+    padded = padder.update(content) + padder.finalize()
+    encryptor = Cipher(cipher._block_cipher(cek), modes.CBC(iv)).encryptor()
+    envelope = cms.EnvelopedData(
+        {
+            "version": "v0",
+            "recipient_infos": recipient_infos,
+            "encrypted_content_info": {
+                "content_type": "data",
+                "content_encryption_algorithm": {"algorithm": cipher.value, "parameters": iv},
+                "encrypted_content": encryptor.update(padded) + encryptor.finalize(),
+            },
+        }
+    )
+    return cms.ContentInfo({"content_type": "enveloped_data", "content": envelope}).dump()
+
+
+def certificate_sha256(cert: x509.Certificate) -> str:
+    return cert.fingerprint(hashes.SHA256()).hex()

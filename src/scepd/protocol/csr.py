@@ -1,0 +1,124 @@
+"""PKCS#10 certification requests as devices really send them.
+
+Apple devices put version 2 in the CertificationRequestInfo (only 0 is defined), which
+`cryptography` refuses to load. So the request is read in two steps, one path for every
+request: asn1crypto parses it and the proof-of-possession signature is checked over the
+original CertificationRequestInfo bytes; then a copy with the version normalised to 0 is
+handed to `cryptography` for its typed view of the subject, extensions and attributes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from asn1crypto import csr as asn1_csr
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtensionOID
+
+from scepd.protocol import signatures
+from scepd.protocol.types import FailInfo, ProtocolError
+
+
+@dataclass(frozen=True)
+class CertificationRequest:
+    der: bytes
+    version: int
+    subject: x509.Name
+    public_key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+    challenge_password: str | None
+    extensions: x509.Extensions
+
+    def extension(self, oid: x509.ObjectIdentifier):
+        try:
+            return self.extensions.get_extension_for_oid(oid).value
+        except x509.ExtensionNotFound:
+            return None
+
+    @property
+    def subject_alternative_names(self) -> list[x509.GeneralName]:
+        san = self.extension(ExtensionOID.SUBJECT_ALTERNATIVE_NAME)
+        return list(san) if san is not None else []
+
+    @property
+    def key_usage(self) -> x509.KeyUsage | None:
+        return self.extension(ExtensionOID.KEY_USAGE)
+
+    @property
+    def key_description(self) -> str:
+        key = self.public_key
+        if isinstance(key, rsa.RSAPublicKey):
+            return f"RSA-{key.key_size}"
+        return f"EC {key.curve.name}"
+
+
+def _bad(code: str, reason: str, fail_info: FailInfo = FailInfo.BAD_REQUEST) -> ProtocolError:
+    return ProtocolError(fail_info, code, reason)
+
+
+def _normalised(request: asn1_csr.CertificationRequest, version: int) -> bytes:
+    """The request as `cryptography` will load it: version 0, and the attributes in DER
+    (sorted) order. strongSwan 5.9 sends challengePassword and extensionRequest unsorted;
+    the signature was already checked over the bytes as sent, so only the typed view is
+    built from this copy, whose signature no longer matters."""
+    info = request["certification_request_info"]
+    attributes = list(info["attributes"])
+    in_order = sorted(attributes, key=lambda a: a.dump())
+    if version == 0 and [a.dump() for a in attributes] == [a.dump() for a in in_order]:
+        return request.dump()
+    copy = request.copy()
+    copy["certification_request_info"]["version"] = 0
+    copy["certification_request_info"]["attributes"] = asn1_csr.CRIAttributes(in_order)
+    return copy.dump(force=True)
+
+
+def parse_csr(der: bytes) -> CertificationRequest:
+    """Parse a PKCS#10 request and check its proof-of-possession signature."""
+    try:
+        request = asn1_csr.CertificationRequest.load(der)
+        info = request["certification_request_info"]
+        raw_version = info["version"].native
+        version = 0 if raw_version == "v1" else int(raw_version)
+        passwords = [
+            attr["values"][0].native
+            for attr in info["attributes"]
+            if attr["type"].native == "challenge_password" and len(attr["values"])
+        ]
+        info_bytes = info.dump()
+        scheme = request["signature_algorithm"].signature_algo
+        hash_name = request["signature_algorithm"].hash_algo
+        signature = request["signature"].native
+    except Exception as exc:
+        raise _bad("CsrMalformed", f"the PKCS#10 request cannot be parsed: {exc}") from None
+    loaded_der = _normalised(request, version)
+    try:
+        loaded = x509.load_der_x509_csr(loaded_der)
+        public_key = loaded.public_key()
+        subject = loaded.subject
+        extensions = loaded.extensions
+    except Exception as exc:
+        raise _bad("CsrMalformed", f"the PKCS#10 request cannot be parsed: {exc}") from None
+    if not isinstance(public_key, (rsa.RSAPublicKey, ec.EllipticCurvePublicKey)):
+        raise _bad("KeyTypeNotAllowed", f"{type(public_key).__name__} keys are not supported", FailInfo.BAD_ALG)
+
+    try:
+        valid = signatures.verify_signature(public_key, scheme, hash_name, info_bytes, signature)
+    except ProtocolError:
+        raise
+    except Exception as exc:
+        raise _bad("CsrMalformed", f"the PKCS#10 signature cannot be checked: {exc}") from None
+    if not valid:
+        raise _bad(
+            "CsrSignatureInvalid",
+            "the PKCS#10 signature does not verify with the request's own key (no proof of possession)",
+            FailInfo.BAD_MESSAGE_CHECK,
+        )
+
+    return CertificationRequest(
+        der=der,
+        version=version,
+        subject=subject,
+        public_key=public_key,
+        challenge_password=passwords[0] if passwords else None,
+        extensions=extensions,
+    )

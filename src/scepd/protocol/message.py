@@ -1,0 +1,190 @@
+"""pkiMessage: the SignedData every SCEP PKIOperation carries, in both directions.
+
+`parse_pki_message` reads a request or a reply and returns its SCEP attributes typed;
+`build_pki_message` writes one (a client's request, or the server's CertRep). The
+encrypted inner part (pkcsPKIEnvelope) is opened and sealed with `scepd.protocol.cms`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from cryptography import x509
+
+from scepd.protocol import cms
+from scepd.protocol.types import FailInfo, MessageType, PkiStatus, ProtocolError
+
+MAX_TRANSACTION_ID_LENGTH = 128
+
+
+@dataclass(frozen=True)
+class PkiMessage:
+    message_type: MessageType
+    transaction_id: str
+    sender_nonce: bytes | None
+    recipient_nonce: bytes | None
+    pki_status: PkiStatus | None
+    fail_info: FailInfo | None
+    fail_info_text: str | None
+    digest_algorithm: str
+    signer_certificate: x509.Certificate | None
+    certificates: tuple[x509.Certificate, ...]
+    envelope: bytes  # the pkcsPKIEnvelope (EnvelopedData DER), empty when absent
+    signature_error: str | None
+    other_attributes: dict[str, list]
+
+    @property
+    def is_verified(self) -> bool:
+        return self.signature_error is None
+
+
+_SCEP_KEYS = {
+    "scep_message_type",
+    "scep_pki_status",
+    "scep_fail_info",
+    "scep_fail_info_text",
+    "scep_sender_nonce",
+    "scep_recipient_nonce",
+    "scep_transaction_id",
+}
+
+
+def parse_pki_message(der: bytes, known_certificates: tuple[x509.Certificate, ...] = ()) -> PkiMessage:
+    """Parse a pkiMessage. The signature is checked and its outcome reported in
+    `signature_error`; missing SCEP attributes are a ProtocolError (badRequest)."""
+    signed = cms.parse_signed_data(der, known_certificates)
+
+    def required(name: str, label: str):
+        value = signed.attribute(name)
+        if value is None:
+            raise ProtocolError(
+                FailInfo.BAD_REQUEST, "MessageUndecodable", f"the pkiMessage has no {label} attribute"
+            )
+        return value
+
+    raw_type = required("scep_message_type", "messageType")
+    try:
+        message_type = MessageType(raw_type.strip())
+    except ValueError:
+        raise ProtocolError(
+            FailInfo.BAD_REQUEST, "MessageTypeUnsupported", f"messageType {raw_type!r} is not a SCEP message type"
+        ) from None
+    transaction_id = required("scep_transaction_id", "transactionID")
+    if not transaction_id or len(transaction_id) > MAX_TRANSACTION_ID_LENGTH:
+        raise ProtocolError(
+            FailInfo.BAD_REQUEST,
+            "MessageUndecodable",
+            f"the transactionID must be 1 to {MAX_TRANSACTION_ID_LENGTH} characters",
+        )
+    # Requests must carry a senderNonce; some servers (micromdm before 2017) omit it in replies.
+    if message_type is MessageType.CERT_REP:
+        sender_nonce = signed.attribute("scep_sender_nonce")
+    else:
+        sender_nonce = required("scep_sender_nonce", "senderNonce")
+
+    status = signed.attribute("scep_pki_status")
+    fail_info = signed.attribute("scep_fail_info")
+    try:
+        pki_status = PkiStatus(status) if status is not None else None
+        fail = FailInfo(fail_info) if fail_info is not None else None
+    except ValueError:
+        raise ProtocolError(
+            FailInfo.BAD_REQUEST, "MessageUndecodable", "the pkiStatus or failInfo attribute has an unknown value"
+        ) from None
+
+    return PkiMessage(
+        message_type=message_type,
+        transaction_id=transaction_id,
+        sender_nonce=sender_nonce,
+        recipient_nonce=signed.attribute("scep_recipient_nonce"),
+        pki_status=pki_status,
+        fail_info=fail,
+        fail_info_text=signed.attribute("scep_fail_info_text"),
+        digest_algorithm=signed.digest_algorithm,
+        signer_certificate=signed.signer_certificate,
+        certificates=signed.certificates,
+        envelope=signed.content,
+        signature_error=signed.signature_error,
+        other_attributes={k: v for k, v in signed.signed_attributes.items() if k not in _SCEP_KEYS},
+    )
+
+
+def new_nonce() -> bytes:
+    return os.urandom(16)
+
+
+def build_pki_message(
+    *,
+    message_type: MessageType,
+    transaction_id: str,
+    signer_certificate: x509.Certificate,
+    signer_key,
+    digest_algorithm: str,
+    envelope: bytes = b"",
+    sender_nonce: bytes | None = None,
+    recipient_nonce: bytes | None = None,
+    pki_status: PkiStatus | None = None,
+    fail_info: FailInfo | None = None,
+    fail_info_text: str | None = None,
+) -> bytes:
+    attributes: list[tuple[str, object]] = [
+        ("scep_message_type", message_type.value),
+        ("scep_transaction_id", transaction_id),
+        ("scep_sender_nonce", sender_nonce or new_nonce()),
+    ]
+    if recipient_nonce is not None:
+        attributes.append(("scep_recipient_nonce", recipient_nonce))
+    if pki_status is not None:
+        attributes.append(("scep_pki_status", pki_status.value))
+    if fail_info is not None:
+        attributes.append(("scep_fail_info", fail_info.value))
+    if fail_info_text:
+        attributes.append(("scep_fail_info_text", fail_info_text))
+    return cms.build_signed_data(envelope, signer_certificate, signer_key, digest_algorithm, attributes)
+
+
+@dataclass(frozen=True)
+class CertRepReply:
+    """What a CertRep answers to one request (the server's side of the exchange)."""
+
+    status: PkiStatus
+    certificates: tuple[x509.Certificate, ...] = ()
+    fail_info: FailInfo | None = None
+    fail_info_text: str | None = None
+
+
+def build_cert_rep(
+    request: PkiMessage,
+    reply: CertRepReply,
+    *,
+    signer_certificate: x509.Certificate,
+    signer_key,
+    cipher: cms.ContentCipher,
+    key_transport: cms.KeyTransport = cms.PKCS1V15,
+) -> bytes:
+    """A CertRep for `request`: same transactionID, recipientNonce = its senderNonce, signed
+    with its digest algorithm; on SUCCESS the certificates (issued one first) in a certs-only
+    SignedData encrypted to the request's signer with `cipher`."""
+    envelope = b""
+    if reply.status is PkiStatus.SUCCESS:
+        if request.signer_certificate is None:
+            raise ProtocolError(FailInfo.BAD_MESSAGE_CHECK, "MessageSignerUnknown", "no certificate to encrypt to")
+        inner = cms.build_certs_only(list(reply.certificates))
+        envelope = cms.build_enveloped(inner, request.signer_certificate, cipher, key_transport)
+    return build_pki_message(
+        message_type=MessageType.CERT_REP,
+        transaction_id=request.transaction_id,
+        signer_certificate=signer_certificate,
+        signer_key=signer_key,
+        digest_algorithm=request.digest_algorithm if request.digest_algorithm in _REPLY_DIGESTS else "sha256",
+        envelope=envelope,
+        recipient_nonce=request.sender_nonce,
+        pki_status=reply.status,
+        fail_info=reply.fail_info if reply.status is PkiStatus.FAILURE else None,
+        fail_info_text=reply.fail_info_text if reply.status is PkiStatus.FAILURE else None,
+    )
+
+
+# We answer in the requester's digest when it is one we sign with; MD5 never.
+_REPLY_DIGESTS = {"sha1", "sha224", "sha256", "sha384", "sha512"}

@@ -1,0 +1,96 @@
+"""Start-up checks: each names what it looked at, PASS/WARN/FAIL, why, and the fix."""
+
+from __future__ import annotations
+
+import datetime as dt
+import stat
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from scepd.registry.instance import Instance, KeyMaterial
+
+PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
+RA_WARNING_WINDOW = dt.timedelta(days=30)
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    status: str
+    reason: str
+    fix: str = ""
+
+
+def _validity(name: str, cert: x509.Certificate, now: dt.datetime, fix: str) -> CheckResult:
+    if cert.not_valid_after_utc <= now:
+        return CheckResult(name, FAIL, f"expired on {cert.not_valid_after_utc:%Y-%m-%d}", fix)
+    if cert.not_valid_before_utc > now:
+        return CheckResult(name, FAIL, f"not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M}Z", "check the system clock")
+    if cert.not_valid_after_utc - now < RA_WARNING_WINDOW:
+        return CheckResult(name, WARN, f"expires on {cert.not_valid_after_utc:%Y-%m-%d}", fix)
+    return CheckResult(name, PASS, f"valid until {cert.not_valid_after_utc:%Y-%m-%d}")
+
+
+def check_material(instance: Instance, material: KeyMaterial) -> list[CheckResult]:
+    now = dt.datetime.now(dt.timezone.utc)
+    ca_cert, ra_cert = material.ca.certificate, material.ra.certificate
+    results = [
+        _validity("ca.validity", ca_cert, now, "create a new CA (CA rollover)"),
+        _validity("ra.validity", ra_cert, now, "issue a new RA certificate"),
+    ]
+    try:
+        ku = ra_cert.extensions.get_extension_for_class(x509.KeyUsage).value
+        ku_ok = ku.digital_signature and ku.key_encipherment
+    except x509.ExtensionNotFound:
+        ku_ok = True  # no extension: every usage allowed
+    if not isinstance(ra_cert.public_key(), rsa.RSAPublicKey) or not ku_ok:
+        results.append(
+            CheckResult(
+                "ra.key_usage",
+                FAIL,
+                "the RA certificate must be RSA with digitalSignature and keyEncipherment (clients encrypt to it)",
+                "issue a new RA certificate",
+            )
+        )
+    else:
+        results.append(CheckResult("ra.key_usage", PASS, "RSA, digitalSignature + keyEncipherment"))
+    try:
+        ra_cert.verify_directly_issued_by(ca_cert)
+        results.append(CheckResult("ra.issuer", PASS, "issued by the CA"))
+    except (ValueError, TypeError, Exception) as exc:  # InvalidSignature and mismatch
+        results.append(CheckResult("ra.issuer", FAIL, f"the RA certificate is not signed by the CA ({exc or type(exc).__name__})", "issue a new RA certificate"))
+    for role, files in (("ca", instance.config.ca), ("ra", instance.config.ra)):
+        path = instance.path(files.key)
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            results.append(CheckResult(f"{role}.key_permissions", WARN, f"{path} is mode {mode:o}; others can read the key", f"chmod 600 {path}"))
+        else:
+            results.append(CheckResult(f"{role}.key_permissions", PASS, f"{path} is mode {mode:o}"))
+    challenge = instance.config.challenge
+    if not challenge.static and not challenge.one_time_passwords:
+        results.append(
+            CheckResult(
+                "challenge.validators",
+                FAIL,
+                "neither a static challenge nor one-time passwords are enabled, so no request can be accepted",
+                "set [challenge] static or one_time_passwords = true in scepd.toml",
+            )
+        )
+    else:
+        results.append(CheckResult("challenge.validators", PASS, "static" if challenge.static else "one-time passwords"))
+    return results
+
+
+def check_store(instance: Instance, store, repair: bool) -> CheckResult:
+    try:
+        missing = store.check_schema()
+    except Exception as exc:  # any driver error: unreachable, bad URL, permissions
+        return CheckResult("database", FAIL, f"cannot open {instance.config.database.url}: {exc}", "check [database] url")
+    if not missing:
+        return CheckResult("database", PASS, "reachable, schema present")
+    if repair:
+        store.create_schema()
+        return CheckResult("database", WARN, f"created missing table(s) {', '.join(missing)}")
+    return CheckResult("database", FAIL, f"missing table(s) {', '.join(missing)}", "scepd serve creates them at start")

@@ -1,0 +1,175 @@
+"""scepd.toml: typed sections, unknown keys refused, every value overridable from the
+environment as SCEPD_<SECTION>_<KEY> (for example SCEPD_SERVER_PORT=9000)."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+import re
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from scepd.ca.authority import IssuancePolicy
+
+CONFIG_FILE = "scepd.toml"
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message names the key and what is wrong."""
+
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def parse_duration(text: str) -> dt.timedelta:
+    """'90s', '60m', '24h', '7d'."""
+    match = _DURATION.match(str(text))
+    if not match:
+        raise ConfigError(f"{text!r} is not a duration (use a number and s, m, h or d, as in 60m)")
+    return dt.timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # Bodies above this get 413 and query strings above it 414 (a pkiMessage is a few KiB).
+    max_request_bytes: int = 65536
+    workers: int = 1
+
+
+@dataclass(frozen=True)
+class KeyFiles:
+    certificate: str
+    key: str
+
+
+@dataclass(frozen=True)
+class KeysConfig:
+    # Name of the environment variable that holds the passphrase of encrypted key files.
+    passphrase_env: str = "SCEPD_KEY_PASSPHRASE"
+
+
+@dataclass(frozen=True)
+class ScepConfig:
+    # A request whose signingTime is further than this from our clock gets badTime.
+    max_clock_skew: str = "24h"
+
+
+@dataclass(frozen=True)
+class ChallengeConfig:
+    static: str = ""  # empty: no static challenge
+    one_time_passwords: bool = True
+    otp_validity: str = "60m"
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    url: str = "sqlite:///scepd.db"  # a relative SQLite path is relative to the instance
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    file: str = "scepd.log"  # JSON lines, relative to the instance; empty: stderr only
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    ca: KeyFiles = field(default_factory=lambda: KeyFiles("ca.pem", "ca.key"))
+    ra: KeyFiles = field(default_factory=lambda: KeyFiles("ra.pem", "ra.key"))
+    keys: KeysConfig = field(default_factory=KeysConfig)
+    scep: ScepConfig = field(default_factory=ScepConfig)
+    policy: IssuancePolicy = field(default_factory=IssuancePolicy)
+    challenge: ChallengeConfig = field(default_factory=ChallengeConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+def _coerce(section: str, key: str, kind, value, from_env: bool):
+    where = f"[{section}] {key}" + (f" (from SCEPD_{section.upper()}_{key.upper()})" if from_env else "")
+    origin = typing.get_origin(kind)
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            if from_env and str(value).lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                return str(value).lower() in ("1", "true", "yes", "on")
+        elif kind is int:
+            if isinstance(value, bool):
+                raise TypeError
+            return int(value)
+        elif kind is str:
+            if isinstance(value, str):
+                return value
+        elif origin is tuple:
+            if from_env:
+                value = [v.strip() for v in str(value).split(",") if v.strip()]
+            if isinstance(value, list) and all(isinstance(v, str) for v in value):
+                return tuple(value)
+    except (TypeError, ValueError):
+        pass
+    expected = {bool: "true or false", int: "an integer", str: "a string"}.get(kind, "a list of strings")
+    raise ConfigError(f"{where} must be {expected}, not {value!r}")
+
+
+def _section(name: str, cls, table: dict, environ: typing.Mapping[str, str], default):
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(table) - known
+    if unknown:
+        raise ConfigError(f"[{name}] has unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
+    values = {}
+    for f in dataclasses.fields(cls):
+        env_name = f"SCEPD_{name.upper()}_{f.name.upper()}"
+        if env_name in environ:
+            values[f.name] = _coerce(name, f.name, hints[f.name], environ[env_name], True)
+        elif f.name in table:
+            values[f.name] = _coerce(name, f.name, hints[f.name], table[f.name], False)
+        else:
+            values[f.name] = getattr(default, f.name)
+    try:
+        return cls(**values)
+    except ValueError as exc:
+        raise ConfigError(f"[{name}]: {exc}") from None
+
+
+def load_config(path: Path, environ: typing.Mapping[str, str] | None = None) -> Config:
+    environ = os.environ if environ is None else environ
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path} does not exist: create an instance with 'scepd init --dir {path.parent}'") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    default = Config()
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    unknown = set(data) - set(fields)
+    if unknown:
+        raise ConfigError(f"{path} has unknown section(s) {', '.join(sorted(unknown))}")
+    sections = {}
+    hints = typing.get_type_hints(Config)
+    for name in fields:
+        table = data.get(name, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"[{name}] must be a table")
+        sections[name] = _section(name, hints[name], table, environ, getattr(default, name))
+    config = Config(**sections)
+    parse_duration(config.scep.max_clock_skew)
+    parse_duration(config.challenge.otp_validity)
+    return config
+
+
+def config_as_toml_tables(config: Config) -> dict:
+    """The configuration as TOML tables (for writing scepd.toml)."""
+    out = {}
+    for f in dataclasses.fields(config):
+        section = getattr(config, f.name)
+        out[f.name] = {
+            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(section).items()
+        }
+    return out

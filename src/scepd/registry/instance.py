@@ -1,0 +1,175 @@
+"""An instance directory: scepd.toml, the CA and RA key pairs, the database, the log.
+
+`create_instance` makes one; `Instance.open` reads one; `load_key_material` loads the keys
+once and says exactly which file is missing or wrong, and which command mends it.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import tomli_w
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from scepd.ca.authority import CertificateAuthority, create_root_ca
+from scepd.ca.keys import KeyPair, generate_key, load_key, save_certificate, save_key, write_private
+from scepd.registry.config import CONFIG_FILE, ChallengeConfig, Config, ConfigError, config_as_toml_tables, load_config
+from scepd.store import Store
+
+DEFAULT_DIR = "instance"
+
+
+def default_directory() -> Path:
+    return Path(os.environ.get("SCEPD_DIR") or DEFAULT_DIR)
+
+
+class InstanceError(Exception):
+    """Something the instance needs is missing or wrong. `entry` names it, `fix` is the command
+    (or edit) that mends it."""
+
+    def __init__(self, entry: str, reason: str, fix: str) -> None:
+        super().__init__(f"{entry}: {reason}. Fix: {fix}")
+        self.entry = entry
+        self.reason = reason
+        self.fix = fix
+
+
+@dataclass(frozen=True)
+class Instance:
+    directory: Path
+    config: Config
+
+    @classmethod
+    def open(cls, directory: Path) -> "Instance":
+        directory = Path(directory)
+        if not (directory / CONFIG_FILE).exists():
+            raise InstanceError(
+                str(directory / CONFIG_FILE), "no instance here", f"scepd init --dir {directory}"
+            )
+        try:
+            return cls(directory, load_config(directory / CONFIG_FILE))
+        except ConfigError as exc:
+            raise InstanceError(str(directory / CONFIG_FILE), str(exc), f"edit {directory / CONFIG_FILE}") from None
+
+    def path(self, name: str) -> Path:
+        p = Path(name)
+        return p if p.is_absolute() else self.directory / p
+
+    @property
+    def database_url(self) -> str:
+        url = self.config.database.url
+        prefix = "sqlite:///"
+        if url.startswith(prefix) and not url.startswith(prefix + "/") and url != "sqlite:///:memory:":
+            return prefix + str(self.path(url[len(prefix):]).resolve())
+        return url
+
+    @property
+    def passphrase(self) -> bytes | None:
+        value = os.environ.get(self.config.keys.passphrase_env)
+        return value.encode("utf-8") if value else None
+
+    def open_store(self) -> Store:
+        return Store(self.database_url)
+
+
+@dataclass(frozen=True)
+class KeyMaterial:
+    ca: CertificateAuthority
+    ra: KeyPair
+
+
+def _load_pair(instance: Instance, role: str, files) -> KeyPair:
+    cert_path, key_path = instance.path(files.certificate), instance.path(files.key)
+    for p in (cert_path, key_path):
+        if not p.exists():
+            raise InstanceError(
+                f"[{role}] {p.name}",
+                f"{p} is missing",
+                f"restore it from backup (its certificate is what devices trust), or create a new instance with 'scepd init'",
+            )
+    try:
+        certificate = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    except ValueError as exc:
+        raise InstanceError(f"[{role}] certificate", f"{cert_path} is not a PEM certificate ({exc})", "restore it from backup") from None
+    try:
+        key = load_key(key_path, instance.passphrase)
+    except TypeError:
+        raise InstanceError(
+            f"[{role}] key",
+            f"{key_path} is encrypted and no passphrase was given",
+            f"export {instance.config.keys.passphrase_env}=<passphrase>",
+        ) from None
+    except ValueError as exc:
+        raise InstanceError(
+            f"[{role}] key",
+            f"{key_path} cannot be loaded ({exc}); a wrong passphrase gives this too",
+            f"check {instance.config.keys.passphrase_env}, or restore the key from backup",
+        ) from None
+    pair = KeyPair(certificate, key)
+    if not pair.key_matches_certificate():
+        raise InstanceError(
+            f"[{role}] key", f"{key_path} does not belong to {cert_path}", "restore the matching pair from backup"
+        )
+    return pair
+
+
+def load_key_material(instance: Instance) -> KeyMaterial:
+    ca = _load_pair(instance, "ca", instance.config.ca)
+    ra = _load_pair(instance, "ra", instance.config.ra)
+    return KeyMaterial(CertificateAuthority(ca), ra)
+
+
+def create_instance(
+    directory: Path,
+    *,
+    ca_subject: str = "CN=scepd Root CA",
+    key_spec: str = "rsa:3072",
+    passphrase: bytes | None = None,
+    static_challenge: str | None = None,
+) -> Instance:
+    """A new instance: root CA, RSA RA certificate, scepd.toml (with a random static
+    challenge unless one is given) and an empty database. Never overwrites an instance."""
+    directory = Path(directory)
+    config = Config()
+    config = replace(
+        config, challenge=ChallengeConfig(static=static_challenge or secrets.token_hex(16))
+    )
+    targets = [directory / CONFIG_FILE] + [
+        directory / name for name in (config.ca.certificate, config.ca.key, config.ra.certificate, config.ra.key)
+    ]
+    existing = [str(p) for p in targets if p.exists()]
+    if existing:
+        raise InstanceError(str(directory), f"an instance exists already ({', '.join(existing)})", "use another --dir, or remove it yourself")
+    try:
+        subject = x509.Name.from_rfc4514_string(ca_subject)
+    except ValueError as exc:
+        raise InstanceError("--ca-subject", f"{ca_subject!r} is not an RFC 4514 name ({exc})", "pass e.g. 'CN=Example CA,O=Example'") from None
+    directory.mkdir(parents=True, exist_ok=True)
+
+    ca_key = generate_key(key_spec)
+    ca_cert = create_root_ca(subject, ca_key)
+    ra_key = generate_key("rsa:2048" if key_spec.startswith("ec") else key_spec)
+    ca = CertificateAuthority(KeyPair(ca_cert, ca_key))
+    cn = ca_subject_cn(subject)
+    ra_cert = ca.issue_ra_certificate(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{cn} SCEP RA")]), ra_key)
+
+    save_key(ca_key, directory / config.ca.key, passphrase)
+    save_certificate(ca_cert, directory / config.ca.certificate)
+    save_key(ra_key, directory / config.ra.key, passphrase)
+    save_certificate(ra_cert, directory / config.ra.certificate)
+    # scepd.toml holds the static challenge, so it is as private as the keys.
+    write_private(directory / CONFIG_FILE, tomli_w.dumps(config_as_toml_tables(config)).encode("utf-8"))
+    instance = Instance(directory, config)
+    store = instance.open_store()
+    store.create_schema()
+    store.dispose()
+    return instance
+
+
+def ca_subject_cn(subject: x509.Name) -> str:
+    cns = subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(cns[0].value) if cns else "scepd"

@@ -1,0 +1,180 @@
+"""The ASGI application: SCEP over HTTP GET and POST (RFC 8894 section 4)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import os
+import time
+from pathlib import Path
+from urllib.parse import unquote, unquote_plus
+
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from scepd.enrollment import CA_CERT, CA_RA_CERT, PKI_MESSAGE, EnrollmentService, OperationResult
+from scepd.errors import ErrorCode, Refusal
+
+request_log = logging.getLogger("scepd.request")
+
+SCEP_PATHS = (
+    "/scep",
+    "/scep/pkiclient.exe",
+    "/certsrv/mscep/mscep.dll",
+    "/certsrv/mscep/mscep.dll/pkiclient.exe",
+)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def parse_query(raw: bytes) -> dict[str, str]:
+    """Query parameters, keeping `+` in values literal.
+
+    Apple and Cisco send the base64 `message` unescaped, so a `+` there is part of the
+    base64, not a space: values are percent-decoded but never plus-decoded.
+    """
+    params: dict[str, str] = {}
+    for part in raw.decode("latin-1").split("&"):
+        if not part:
+            continue
+        name, _, value = part.partition("=")
+        params.setdefault(unquote_plus(name), unquote(value))
+    return params
+
+
+def decode_base64_message(text: str) -> bytes:
+    """Base64 as clients really send it: with line breaks (%0A), with a space where something
+    on the way plus-decoded a `+`, in the URL-safe alphabet, or without padding."""
+    cleaned = text.replace(" ", "+")
+    cleaned = "".join(cleaned.split())  # the line breaks
+    if not cleaned:
+        raise ValueError("empty message")
+    cleaned = cleaned.replace("-", "+").replace("_", "/")
+    cleaned += "=" * (-len(cleaned) % 4)
+    return base64.b64decode(cleaned, validate=True)
+
+
+def _text(status: int, refusal: Refusal) -> Response:
+    body = f"{refusal.fail_info_text}\nRemedy: {refusal.remedy}\n"
+    return Response(body, status_code=status, media_type="text/plain; charset=utf-8")
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _TooLarge
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(service: EnrollmentService, max_request_bytes: int = 65536) -> Starlette:
+    async def scep(request: Request) -> Response:
+        started = time.perf_counter()
+        fields = {
+            "client": request.client.host if request.client else None,
+            "method": request.method,
+            "path": request.url.path,
+        }
+        response, result = await _dispatch(request, fields)
+        fields["http_status"] = response.status_code
+        if result is not None:
+            fields.update(
+                transaction_id=result.transaction_id,
+                message_type=result.message_type,
+                status=result.status,
+                serial=result.serial,
+                **result.details,
+            )
+            if result.refusal:
+                fields.update(
+                    code=result.refusal.code.value,
+                    fail_info=result.refusal.fail_info.rfc_name,
+                    reason=result.refusal.reason,
+                    remedy=result.refusal.remedy,
+                )
+        fields["duration_ms"] = round((time.perf_counter() - started) * 1000, 2)
+        failed = response.status_code >= 400 or (result is not None and result.refusal is not None)
+        request_log.log(logging.WARNING if failed else logging.INFO, "scep request", extra={"fields": fields})
+        return response
+
+    async def _dispatch(request: Request, fields: dict) -> tuple[Response, OperationResult | None]:
+        raw_query = request.scope.get("query_string", b"")
+        if len(raw_query) > max_request_bytes:
+            refusal = Refusal(ErrorCode.REQUEST_TOO_LARGE, f"the query string exceeds {max_request_bytes} bytes")
+            fields["code"] = refusal.code.value
+            return _text(414, refusal), None
+        params = parse_query(raw_query)
+        operation = params.get("operation", "")
+        fields["operation"] = operation
+        if operation == "GetCACaps":
+            return Response(service.ca_caps, media_type="text/plain"), None
+        if operation == "GetCACert":
+            # `message` (Apple: profile name, Cisco: trustpoint) names a CA; we have one.
+            return Response(service.ca_certs, media_type=CA_RA_CERT), None
+        if operation != "PKIOperation":
+            refusal = Refusal(ErrorCode.OPERATION_UNKNOWN, f"unknown operation {operation!r}")
+            fields["code"] = refusal.code.value
+            return _text(400, refusal), None
+
+        try:
+            if request.method == "POST":
+                message = await _read_body(request, max_request_bytes)
+                if message[:1] not in (b"0", b"\x30") and message:
+                    # Not DER (which starts with a SEQUENCE): some clients POST base64.
+                    message = decode_base64_message(message.decode("ascii"))
+            else:
+                text = params.get("message")
+                if not text:
+                    raise ValueError("no message parameter")
+                message = decode_base64_message(text)
+        except _TooLarge:
+            refusal = Refusal(ErrorCode.REQUEST_TOO_LARGE, f"the body exceeds {max_request_bytes} bytes")
+            fields["code"] = refusal.code.value
+            return _text(413, refusal), None
+        except ClientDisconnect:
+            return Response(status_code=400), None
+        except (ValueError, UnicodeDecodeError, binascii.Error) as exc:
+            refusal = Refusal(ErrorCode.MESSAGE_MISSING, f"the message cannot be read: {exc}")
+            fields["code"] = refusal.code.value
+            return _text(400, refusal), None
+        if not message:
+            refusal = Refusal(ErrorCode.MESSAGE_MISSING, "the request has no message")
+            fields["code"] = refusal.code.value
+            return _text(400, refusal), None
+        result = service.pki_operation(message)
+        return Response(result.body, status_code=result.http_status, media_type=result.content_type), result
+
+    async def health(_request: Request) -> Response:
+        return Response("ok\n", media_type="text/plain")
+
+    routes = [Route(path, scep, methods=["GET", "POST"]) for path in SCEP_PATHS]
+    routes.append(Route("/healthz", health, methods=["GET"]))
+    return Starlette(routes=routes)
+
+
+def create_app_from_environment() -> Starlette:
+    """The uvicorn factory used by `scepd serve` (each worker process builds its own app:
+    keys loaded once per process, one database pool per process)."""
+    from scepd.logs import configure
+    from scepd.registry.instance import Instance, load_key_material
+
+    instance = Instance.open(Path(os.environ["SCEPD_DIR"]))
+    log_file = instance.path(instance.config.logging.file) if instance.config.logging.file else None
+    configure(log_file)
+    material = load_key_material(instance)
+    store = instance.open_store()
+    service = EnrollmentService.from_instance(instance, material, store)
+    return create_app(service, instance.config.server.max_request_bytes)
+
+
+__all__ = ["CA_CERT", "PKI_MESSAGE", "create_app", "create_app_from_environment"]

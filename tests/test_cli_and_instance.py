@@ -1,0 +1,159 @@
+"""The command line and the instance: what an administrator types and sees."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from conftest import VECTORS, RunningServer, free_port, openssl_verify, run_scepd
+from scepd.ca.authority import CertificateAuthority, IssuancePolicy
+from scepd.ca.keys import KeyPair
+from scepd.challenge import FirstAccepting, StaticChallengeValidator
+from scepd.enrollment import EnrollmentService
+from scepd.protocol import FailInfo, PkiStatus
+from scepd.protocol.message import parse_pki_message
+from scepd.registry.config import ConfigError, load_config
+from scepd.store import Store
+
+HELP_COMMANDS = [
+    [], ["init"], ["info"], ["serve"], ["otp"], ["otp", "new"], ["client"],
+    ["client", "getcacaps"], ["client", "getcacert"], ["client", "enroll"],
+]
+
+
+@pytest.mark.parametrize("words", HELP_COMMANDS, ids=lambda w: " ".join(w) or "scepd")
+def test_every_command_has_help(words):
+    result = run_scepd(*words, "--help")
+    assert result.returncode == 0
+    assert "usage: scepd" in result.stdout
+
+
+def test_init_writes_private_files_0600_and_refuses_to_overwrite(tmp_path):
+    d = tmp_path / "inst"
+    first = run_scepd("init", "--dir", str(d), "--key", "ec:p256", "--json")
+    assert first.returncode == 0, first.stderr
+    info = json.loads(first.stdout)
+    assert info["challenge"] and info["ca_sha256_fingerprint"].count(":") == 31
+    for private in ("ca.key", "ra.key", "scepd.toml"):
+        assert stat.S_IMODE((d / private).stat().st_mode) == 0o600, private
+    ca = x509.load_pem_x509_certificate((d / "ca.pem").read_bytes())
+    ra = x509.load_pem_x509_certificate((d / "ra.pem").read_bytes())
+    assert isinstance(ca.public_key(), ec.EllipticCurvePublicKey)
+    assert isinstance(ra.public_key(), rsa.RSAPublicKey)  # SCEP key transport needs RSA
+    ku = ra.extensions.get_extension_for_class(x509.KeyUsage).value
+    assert ku.digital_signature and ku.key_encipherment
+    before = (d / "ca.key").read_bytes()
+    again = run_scepd("init", "--dir", str(d))
+    assert again.returncode == 2
+    assert "exists already" in again.stderr
+    assert (d / "ca.key").read_bytes() == before
+
+
+def test_encrypted_keys_need_the_passphrase_to_serve(tmp_path):
+    d = tmp_path / "enc"
+    env = {"SCEPD_KEY_PASSPHRASE": "correct horse"}
+    assert run_scepd("init", "--dir", str(d), "--key", "rsa:2048", "--encrypt-keys", env=env).returncode == 0
+    assert b"ENCRYPTED" in (d / "ca.key").read_bytes()
+    missing = run_scepd("info", "--dir", str(d), env={"SCEPD_KEY_PASSPHRASE": ""})
+    assert missing.returncode == 2
+    assert "SCEPD_KEY_PASSPHRASE" in missing.stderr
+    assert run_scepd("info", "--dir", str(d), env=env).returncode == 0
+
+
+def test_serve_refuses_to_start_without_the_ra_key_and_names_it(tmp_path):
+    d = tmp_path / "broken"
+    assert run_scepd("init", "--dir", str(d), "--key", "rsa:2048").returncode == 0
+    (d / "ra.key").unlink()
+    result = run_scepd("serve", "--dir", str(d), "--port", str(free_port()), timeout=30)
+    assert result.returncode == 2
+    assert "ra.key" in result.stderr and "Fix:" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_without_an_instance_says_how_to_make_one(tmp_path):
+    result = run_scepd("serve", "--dir", str(tmp_path / "nothing"), timeout=30)
+    assert result.returncode == 2
+    assert "scepd init" in result.stderr
+
+
+def test_config_env_overrides_and_unknown_keys(tmp_path):
+    path = tmp_path / "scepd.toml"
+    path.write_text('[server]\nport = 9000\n[policy]\nmin_rsa_bits = 1024\n')
+    config = load_config(path, environ={"SCEPD_SERVER_PORT": "9100", "SCEPD_POLICY_EXTENDED_KEY_USAGE": "clientAuth,serverAuth"})
+    assert config.server.port == 9100
+    assert config.policy.min_rsa_bits == 1024
+    assert config.policy.extended_key_usage == ("clientAuth", "serverAuth")
+    path.write_text('[server]\nprot = 9000\n')
+    with pytest.raises(ConfigError, match="prot"):
+        load_config(path, environ={})
+    path.write_text('[policy]\nkey_usage = ["digitalSignature", "flying"]\n')
+    with pytest.raises(ConfigError, match="flying"):
+        load_config(path, environ={})
+
+
+def test_client_enroll_command_writes_a_verifiable_certificate(server, ca_pem, tmp_path):
+    from conftest import CHALLENGE
+
+    out = tmp_path / "dev.pem"
+    result = run_scepd(
+        "client", "enroll", server.url, "--subject", "CN=cli-device,O=Example", "--san", "dns:cli.example",
+        "--challenge", CHALLENGE, "--key", "ec:p256", "--cipher", "des3", "--digest", "sha1", "--get",
+        "--cert-out", str(out),
+    )
+    assert result.returncode == 0, result.stderr
+    assert openssl_verify(ca_pem, out.read_bytes(), tmp_path).returncode == 0
+    assert stat.S_IMODE(out.with_suffix(".key").stat().st_mode) == 0o600
+    refused = run_scepd("client", "enroll", server.url, "--subject", "CN=x", "--challenge", "nope",
+                        "--cert-out", str(tmp_path / "x.pem"))
+    assert refused.returncode == 1
+    assert "ChallengePasswordIncorrect" in refused.stderr
+    caps = run_scepd("client", "getcacaps", server.url)
+    assert "POSTPKIOPERATION" in caps.stdout.split()
+
+
+def test_client_against_nothing_exits_4(tmp_path):
+    result = run_scepd("client", "getcacaps", f"http://127.0.0.1:{free_port()}/scep", "--timeout", "2")
+    assert result.returncode == 4
+    assert "Traceback" not in result.stderr
+
+
+# --- the real Apple request through the service -------------------------------------------
+
+
+def test_apple_request_reaches_the_challenge_check(tmp_path):
+    """The captured iOS PKCSReq (version-2 CSR, RSA-1024, DES3, SHA-1) through the whole
+    service, with the vector's CA acting as CA and RA. It carries no challenge, so it ends at
+    ChallengePasswordMissing once 1024-bit keys are allowed, and at KeyTooWeak by default."""
+    key_path = tmp_path / "ca.key"
+    subprocess.run(["openssl", "pkey", "-in", str(VECTORS / "apple-ios-pkcsreq" / "ca.key"), "-passin", "pass:",
+                    "-out", str(key_path)], check=True)
+    pair = KeyPair.load(VECTORS / "apple-ios-pkcsreq" / "ca.pem", key_path)
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    store.create_schema()
+    request = (VECTORS / "apple-ios-pkcsreq" / "PKCSReq.der").read_bytes()
+    import datetime as dt
+
+    def answer(policy):
+        service = EnrollmentService(
+            ca=CertificateAuthority(pair), ra=pair, store=store,
+            validator=FirstAccepting((StaticChallengeValidator("x"),)), policy=policy,
+            max_clock_skew=dt.timedelta(days=365 * 20),  # the capture is from 2016
+        )
+        result = service.pki_operation(request)
+        reply = parse_pki_message(result.body, (pair.certificate,))
+        assert reply.is_verified and reply.pki_status is PkiStatus.FAILURE
+        assert reply.transaction_id == "A13090761A30F66664F85D37433D2065E1112BA1"
+        assert reply.digest_algorithm == "sha1"
+        return reply
+
+    legacy = answer(IssuancePolicy(min_rsa_bits=1024))
+    assert legacy.fail_info is FailInfo.BAD_REQUEST
+    assert legacy.fail_info_text.startswith("ChallengePasswordMissing")
+    default = answer(IssuancePolicy())
+    assert default.fail_info_text.startswith("KeyTooWeak") and "RSA-1024" in default.fail_info_text

@@ -1,0 +1,279 @@
+"""The protocol layer on real captured messages and against OpenSSL's CMS implementation."""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+from pathlib import Path
+
+import pytest
+from asn1crypto import csr as asn1_csr
+from asn1crypto import x509 as asn1_x509
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from conftest import VECTORS
+from scepd.protocol import FailInfo, MessageType, PkiStatus, ProtocolError, cms
+from scepd.protocol.csr import parse_csr
+from scepd.protocol.message import CertRepReply, build_cert_rep, build_pki_message, parse_pki_message
+
+APPLE = VECTORS / "apple-ios-pkcsreq"
+NDES = VECTORS / "ndes-certrep"
+
+
+@pytest.fixture(scope="module")
+def apple_ca(tmp_path_factory):
+    """The vector's CA key is PEM encrypted with an empty passphrase, which cryptography
+    will not take; OpenSSL decrypts it."""
+    out = tmp_path_factory.mktemp("apple") / "ca.key"
+    subprocess.run(
+        ["openssl", "pkey", "-in", str(APPLE / "ca.key"), "-passin", "pass:", "-out", str(out)], check=True
+    )
+    key = serialization.load_pem_private_key(out.read_bytes(), None)
+    cert = x509.load_pem_x509_certificate((APPLE / "ca.pem").read_bytes())
+    return cert, key
+
+
+def _self_signed(key, cn="test signer"):
+    name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, cn)])
+    now = dt.datetime.now(dt.timezone.utc)
+    from cryptography.hazmat.primitives import hashes
+
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+
+
+@pytest.fixture(scope="module")
+def pair():
+    key = rsa.generate_private_key(65537, 2048)
+    return _self_signed(key), key
+
+
+# --- the Apple PKCSReq --------------------------------------------------------------------
+
+
+def test_apple_pkcsreq_outer_layer_verifies():
+    message = parse_pki_message((APPLE / "PKCSReq.der").read_bytes())
+    assert message.is_verified, message.signature_error
+    assert message.message_type is MessageType.PKCS_REQ
+    assert message.transaction_id == "A13090761A30F66664F85D37433D2065E1112BA1"
+    assert len(message.sender_nonce) == 8
+    assert message.digest_algorithm == "sha1"
+    assert message.signer_certificate.subject.rfc4514_string() == "C=US,CN=MDM SCEP SIGNER"
+
+
+def test_apple_pkcsreq_decrypts_and_its_version_2_csr_is_accepted(apple_ca):
+    message = parse_pki_message((APPLE / "PKCSReq.der").read_bytes())
+    opened = cms.decrypt_enveloped(message.envelope, [apple_ca])
+    assert opened.cipher is cms.ContentCipher.DES_EDE3_CBC
+    assert opened.key_transport == cms.PKCS1V15
+    with pytest.raises(x509.InvalidVersion):  # the reason for the two-step parse
+        x509.load_der_x509_csr(opened.content)
+    request = parse_csr(opened.content)
+    assert request.version == 2
+    assert request.subject.rfc4514_string() == "CN=com.apple.security.scep.063D7953-1338-4BF0-8F99-913382996224"
+    assert request.key_description == "RSA-1024"
+    assert request.key_usage.digital_signature and not request.key_usage.key_encipherment
+
+
+def test_apple_csr_with_altered_subject_fails_proof_of_possession(apple_ca):
+    message = parse_pki_message((APPLE / "PKCSReq.der").read_bytes())
+    der = cms.decrypt_enveloped(message.envelope, [apple_ca]).content
+    req = asn1_csr.CertificationRequest.load(der)
+    req["certification_request_info"]["subject"] = asn1_x509.Name.build({"common_name": "attacker"})
+    with pytest.raises(ProtocolError) as info:
+        parse_csr(req.dump(force=True))
+    assert info.value.code == "CsrSignatureInvalid"
+    assert info.value.fail_info is FailInfo.BAD_MESSAGE_CHECK
+
+
+def test_micromdm_certrep_to_the_apple_request():
+    request = parse_pki_message((APPLE / "PKCSReq.der").read_bytes())
+    reply = parse_pki_message((APPLE / "CertRep-from-micromdm.der").read_bytes())
+    assert reply.is_verified, reply.signature_error
+    assert reply.message_type is MessageType.CERT_REP
+    assert reply.pki_status is PkiStatus.SUCCESS
+    assert reply.transaction_id == request.transaction_id
+    assert reply.recipient_nonce == request.sender_nonce
+
+
+# --- the NDES CertRep ---------------------------------------------------------------------
+
+
+def test_ndes_certrep_without_certificates_verifies_with_the_ra_from_getcacert():
+    der = (NDES / "CertRep.der").read_bytes()
+    ra = x509.load_pem_x509_certificate((NDES / "ra.pem").read_bytes())
+    unknown = parse_pki_message(der)
+    assert unknown.signer_certificate is None and not unknown.is_verified
+    reply = parse_pki_message(der, (ra,))
+    assert reply.is_verified, reply.signature_error
+    assert reply.certificates == ()
+    assert reply.pki_status is PkiStatus.SUCCESS
+    assert reply.message_type is MessageType.CERT_REP
+    assert "1.3.6.1.4.1.311.21.38" in reply.other_attributes
+    # The envelope is for the device (its key is not published): check the algorithms only.
+    from asn1crypto import cms as asn1_cms
+
+    envelope = asn1_cms.ContentInfo.load(reply.envelope)["content"]
+    assert envelope["recipient_infos"][0].chosen["key_encryption_algorithm"]["algorithm"].native == "rsaes_oaep"
+    assert envelope["encrypted_content_info"]["content_encryption_algorithm"]["algorithm"].native == "aes128_cbc"
+
+
+# --- envelopes: every cipher and key transport, both directions ---------------------------
+
+
+@pytest.mark.parametrize("cipher", list(cms.ContentCipher))
+@pytest.mark.parametrize("transport", [cms.PKCS1V15, cms.KeyTransport("rsaes_oaep", "sha1"), cms.KeyTransport("rsaes_oaep", "sha256")])
+def test_envelope_round_trip(pair, cipher, transport):
+    cert, key = pair
+    sealed = cms.build_enveloped(b"secret content" * 7, cert, cipher, transport)
+    opened = cms.decrypt_enveloped(sealed, [(cert, key)])
+    assert opened.content == b"secret content" * 7
+    assert opened.cipher is cipher
+    assert opened.key_transport == transport
+
+
+def test_envelope_to_someone_else_is_badmessagecheck(pair):
+    cert, _ = pair
+    other_key = rsa.generate_private_key(65537, 2048)
+    sealed = cms.build_enveloped(b"x", cert, cms.ContentCipher.AES_128_CBC)
+    with pytest.raises(ProtocolError) as info:
+        cms.decrypt_enveloped(sealed, [(_self_signed(other_key), other_key)])
+    assert info.value.code == "RecipientUnknown"
+
+
+def _openssl(*args, input=None) -> bytes:
+    return subprocess.run(["openssl", *args], input=input, capture_output=True, check=True).stdout
+
+
+@pytest.fixture(scope="module")
+def pem_files(pair, tmp_path_factory):
+    cert, key = pair
+    d = tmp_path_factory.mktemp("pem")
+    (d / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (d / "key.pem").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return d
+
+
+@pytest.mark.parametrize(
+    "options,cipher,transport",
+    [
+        (["-des3"], cms.ContentCipher.DES_EDE3_CBC, "rsaes_pkcs1v15"),
+        (["-aes-256-cbc"], cms.ContentCipher.AES_256_CBC, "rsaes_pkcs1v15"),
+        (["-aes-128-cbc", "-recip", "CERT", "-keyopt", "rsa_padding_mode:oaep"], cms.ContentCipher.AES_128_CBC, "rsaes_oaep"),
+        (["-aes-128-gcm"], cms.ContentCipher.AES_128_GCM, "rsaes_pkcs1v15"),
+    ],
+)
+def test_decrypts_what_openssl_encrypts_in_ber(pair, pem_files, options, cipher, transport):
+    # -stream makes OpenSSL write indefinite-length BER.
+    cert = str(pem_files / "cert.pem")
+    if "-recip" not in options:
+        options = [*options, "-recip", "CERT"]
+    options = [cert if o == "CERT" else o for o in options]
+    sealed = _openssl("cms", "-encrypt", "-stream", "-binary", "-outform", "DER", *options, input=b"hello from openssl")
+    assert sealed[1] == 0x80, "expected indefinite-length BER from openssl -stream"
+    opened = cms.decrypt_enveloped(sealed, [pair])
+    assert opened.content == b"hello from openssl"
+    assert opened.cipher is cipher
+    assert opened.key_transport.scheme == transport
+
+
+@pytest.mark.parametrize("cipher", [cms.ContentCipher.AES_128_CBC, cms.ContentCipher.DES_EDE3_CBC, cms.ContentCipher.AES_256_GCM])
+def test_openssl_decrypts_what_we_encrypt(pair, pem_files, cipher):
+    cert, _ = pair
+    sealed = cms.build_enveloped(b"hello from scepd", cert, cipher)
+    out = _openssl("cms", "-decrypt", "-inform", "DER", "-inkey", str(pem_files / "key.pem"), input=sealed)
+    assert out == b"hello from scepd"
+
+
+def test_ber_signed_data_from_openssl_verifies(pair, pem_files):
+    cert, _ = pair
+    signed = _openssl(
+        "cms", "-sign", "-stream", "-binary", "-nodetach", "-outform", "DER", "-md", "sha256",
+        "-signer", str(pem_files / "cert.pem"), "-inkey", str(pem_files / "key.pem"), input=b"signed payload",
+    )
+    assert signed[1] == 0x80
+    message = cms.parse_signed_data(signed)
+    assert message.signature_error is None
+    assert message.content == b"signed payload"
+    assert message.signer_certificate == cert
+
+
+def test_openssl_verifies_our_pki_message(pair, pem_files):
+    cert, key = pair
+    der = build_pki_message(
+        message_type=MessageType.PKCS_REQ, transaction_id="T1", signer_certificate=cert,
+        signer_key=key, digest_algorithm="sha256", envelope=b"payload",
+    )
+    out = _openssl("cms", "-verify", "-inform", "DER", "-noverify", input=der)
+    assert out == b"payload"
+
+
+def test_tampered_content_is_reported_not_raised(pair):
+    cert, key = pair
+    der = bytearray(build_pki_message(
+        message_type=MessageType.PKCS_REQ, transaction_id="T1", signer_certificate=cert,
+        signer_key=key, digest_algorithm="sha256", envelope=b"payload-payload",
+    ))
+    index = der.index(b"payload-payload")
+    der[index] ^= 1
+    message = parse_pki_message(bytes(der))
+    assert message.transaction_id == "T1"
+    assert "messageDigest" in message.signature_error
+
+
+def test_certrep_mirrors_the_request(pair):
+    cert, key = pair
+    ra_key = rsa.generate_private_key(65537, 2048)
+    ra = _self_signed(ra_key, "ra")
+    request = parse_pki_message(build_pki_message(
+        message_type=MessageType.PKCS_REQ, transaction_id="TX-42", signer_certificate=cert,
+        signer_key=key, digest_algorithm="sha512", envelope=b"", sender_nonce=b"n" * 16,
+    ))
+    issued = _self_signed(rsa.generate_private_key(65537, 2048), "issued")
+    body = build_cert_rep(
+        request, CertRepReply(PkiStatus.SUCCESS, (issued,)), signer_certificate=ra, signer_key=ra_key,
+        cipher=cms.ContentCipher.AES_256_CBC,
+    )
+    reply = parse_pki_message(body, (ra,))
+    assert reply.is_verified
+    assert (reply.transaction_id, reply.recipient_nonce, reply.digest_algorithm) == ("TX-42", b"n" * 16, "sha512")
+    opened = cms.decrypt_enveloped(reply.envelope, [(cert, key)])
+    assert opened.cipher is cms.ContentCipher.AES_256_CBC
+    assert cms.parse_certs_only(opened.content)[0] == issued
+    # strongSwan 5.9 wants the plain rsaEncryption OID in the SignerInfo.
+    from asn1crypto import cms as asn1_cms
+
+    signer_info = asn1_cms.ContentInfo.load(body)["content"]["signer_infos"][0]
+    assert signer_info["signature_algorithm"]["algorithm"].dotted == "1.2.840.113549.1.1.1"
+
+
+@pytest.mark.parametrize("garbage", [b"", b"\x30\x03\x02\x01", b"not asn1 at all", b"\x30\x80" + b"\x00" * 10])
+def test_garbage_is_a_protocol_error(garbage):
+    with pytest.raises(ProtocolError) as info:
+        parse_pki_message(garbage)
+    assert info.value.code == "MessageUndecodable"
+
+
+def test_every_protocol_error_code_has_an_entry_in_the_error_table():
+    import re
+
+    from scepd.errors import ErrorCode
+
+    source = "".join(p.read_text() for p in Path(cms.__file__).parent.glob("*.py"))
+    codes = set(re.findall(r'ProtocolError\(\s*FailInfo\.\w+,\s*"(\w+)"', source))
+    codes |= set(re.findall(r'_bad\(\s*"(\w+)"', source))
+    assert codes, "no codes found: the pattern is out of date"
+    known = {c.value for c in ErrorCode}
+    assert codes <= known, codes - known
