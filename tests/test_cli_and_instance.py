@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import stat
 import subprocess
 
@@ -11,7 +10,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from conftest import VECTORS, RunningServer, free_port, openssl_verify, run_scepd
+from conftest import VECTORS, free_port, openssl_verify, run_scepd
 from scepd.ca.authority import CertificateAuthority, IssuancePolicy
 from scepd.ca.keys import KeyPair
 from scepd.challenge import FirstAccepting, StaticChallengeValidator

@@ -116,7 +116,7 @@ def cmd_serve(args) -> int:
     import uvicorn
 
     from scepd.logs import configure
-    from scepd.registry.checks import FAIL, WARN, check_material, check_store
+    from scepd.registry.checks import FAIL, check_material, check_store
     from scepd.registry.instance import load_key_material
 
     instance = _open(args)

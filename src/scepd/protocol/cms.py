@@ -116,18 +116,19 @@ def _to_cryptography(cert: asn1_x509.Certificate) -> x509.Certificate:
     return x509.load_der_x509_certificate(cert.dump())
 
 
-def load_content_info(der: bytes, expected: str) -> cms.ContentInfo:
-    """Parse a ContentInfo and check its type; any decoding problem is a ProtocolError."""
+def load_content(der: bytes, *expected: str) -> tuple[str, core.Asn1Value]:
+    """Parse a ContentInfo whose type is one of `expected`; return (type, content).
+    Any decoding problem is a ProtocolError."""
     try:
         info = cms.ContentInfo.load(der)
         content_type = info["content_type"].native
         content = info["content"]
-        content.native  # force a full parse now, so later access cannot raise
+        _ = content.native  # parse everything now, so that later access cannot raise
     except Exception as exc:  # asn1crypto raises ValueError, TypeError and others
-        raise _undecodable(f"not a CMS {expected}", exc) from None
-    if content_type != expected:
-        raise _undecodable(f"expected CMS {expected}, got {content_type}")
-    return info
+        raise _undecodable(f"not a CMS {' or '.join(expected)}", exc) from None
+    if content_type not in expected:
+        raise _undecodable(f"expected CMS {' or '.join(expected)}, got {content_type}")
+    return content_type, content
 
 
 # --- SignedData -------------------------------------------------------------------------
@@ -168,7 +169,7 @@ def parse_signed_data(der: bytes, known_certificates: tuple[x509.Certificate, ..
     The signer's certificate is looked up among the certificates the message carries and then
     among `known_certificates` (NDES, for one, sends a CertRep without certificates).
     """
-    signed_data = load_content_info(der, "signed_data")["content"]
+    _, signed_data = load_content(der, "signed_data")
     infos = signed_data["signer_infos"]
     if len(infos) != 1:
         raise _undecodable(f"expected one SignerInfo, found {len(infos)}")
@@ -296,7 +297,7 @@ def build_certs_only(certificates: list[x509.Certificate]) -> bytes:
 
 
 def parse_certs_only(der: bytes) -> list[x509.Certificate]:
-    signed_data = load_content_info(der, "signed_data")["content"]
+    _, signed_data = load_content(der, "signed_data")
     try:
         return [_to_cryptography(c.chosen) for c in (signed_data["certificates"] or []) if c.name == "certificate"]
     except Exception as exc:
@@ -338,19 +339,11 @@ def decrypt_enveloped(der: bytes, recipients: list[tuple[x509.Certificate, objec
     `recipients` are (certificate, private key) pairs; the RecipientInfo naming one of them is
     used. A message addressed to none of them is refused with badMessageCheck.
     """
-    try:
-        info = cms.ContentInfo.load(der)
-        content_type = info["content_type"].native
-        envelope = info["content"]
-        envelope.native
-    except Exception as exc:
-        raise _undecodable("the encrypted part is not CMS", exc) from None
+    content_type, envelope = load_content(der, "enveloped_data", "authenticated_enveloped_data")
     if content_type == "enveloped_data":
         eci = envelope["encrypted_content_info"]
-    elif content_type == "authenticated_enveloped_data":
-        eci = envelope["auth_encrypted_content_info"]
     else:
-        raise _undecodable(f"expected CMS enveloped_data, got {content_type}")
+        eci = envelope["auth_encrypted_content_info"]
 
     ours = [(_to_asn1(c), c, k) for c, k in recipients]
     chosen = None

@@ -89,7 +89,7 @@ def _load_pair(instance: Instance, role: str, files) -> KeyPair:
             raise InstanceError(
                 f"[{role}] {p.name}",
                 f"{p} is missing",
-                f"restore it from backup (its certificate is what devices trust), or create a new instance with 'scepd init'",
+                "restore it from backup (its certificate is what devices trust), or create a new instance with 'scepd init'",
             )
     try:
         certificate = x509.load_pem_x509_certificate(cert_path.read_bytes())
