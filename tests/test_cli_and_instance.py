@@ -7,17 +7,19 @@ import stat
 import subprocess
 
 import pytest
+from conftest import VECTORS, free_port, openssl_verify, run_scepd
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from conftest import VECTORS, free_port, openssl_verify, run_scepd
-from scepd.ca.authority import CertificateAuthority, IssuancePolicy
+from scepd.ca.authority import CertificateAuthority
 from scepd.ca.keys import KeyPair
+from scepd.ca.templates import Template, TemplateMapping
 from scepd.challenge import FirstAccepting, StaticChallengeValidator
 from scepd.enrollment import EnrollmentService
 from scepd.protocol import FailInfo, PkiStatus
 from scepd.protocol.message import parse_pki_message
 from scepd.registry.config import ConfigError, load_config
+from scepd.registry.instance import KeyMaterial
 from scepd.store import Store
 
 HELP_COMMANDS = [
@@ -83,15 +85,17 @@ def test_serve_without_an_instance_says_how_to_make_one(tmp_path):
 
 def test_config_env_overrides_and_unknown_keys(tmp_path):
     path = tmp_path / "scepd.toml"
-    path.write_text('[server]\nport = 9000\n[policy]\nmin_rsa_bits = 1024\n')
-    config = load_config(path, environ={"SCEPD_SERVER_PORT": "9100", "SCEPD_POLICY_EXTENDED_KEY_USAGE": "clientAuth,serverAuth"})
+    path.write_text('[server]\nport = 9000\n[templates.Legacy]\nmin_rsa_bits = 1024\n')
+    config = load_config(path, environ={"SCEPD_SERVER_PORT": "9100", "SCEPD_TEMPLATE_MAPPING_SIGNATURETEMPLATE": "Legacy"})
     assert config.server.port == 9100
-    assert config.policy.min_rsa_bits == 1024
-    assert config.policy.extended_key_usage == ("clientAuth", "serverAuth")
+    assert config.templates["Legacy"].min_rsa_bits == 1024
+    assert config.templates["Legacy"].validity_days == 365  # defaults fill the rest
+    assert "IPSECIntermediateOffline" in config.templates  # built-ins stay
+    assert config.template_mapping.SignatureTemplate == "Legacy"
     path.write_text('[server]\nprot = 9000\n')
     with pytest.raises(ConfigError, match="prot"):
         load_config(path, environ={})
-    path.write_text('[policy]\nkey_usage = ["digitalSignature", "flying"]\n')
+    path.write_text('[templates.X]\nkey_usage = ["digitalSignature", "flying"]\n')
     with pytest.raises(ConfigError, match="flying"):
         load_config(path, environ={})
 
@@ -138,11 +142,12 @@ def test_apple_request_reaches_the_challenge_check(tmp_path):
     request = (VECTORS / "apple-ios-pkcsreq" / "PKCSReq.der").read_bytes()
     import datetime as dt
 
-    def answer(policy):
+    def answer(template, skew=dt.timedelta(days=365 * 20)):  # the capture is from 2016
         service = EnrollmentService(
-            ca=CertificateAuthority(pair), ra=pair, store=store,
-            validator=FirstAccepting((StaticChallengeValidator("x"),)), policy=policy,
-            max_clock_skew=dt.timedelta(days=365 * 20),  # the capture is from 2016
+            material=KeyMaterial(ca=CertificateAuthority(pair), ra=pair), store=store,
+            validator=FirstAccepting((StaticChallengeValidator("x"),)),
+            templates={"Apple": template}, mapping=TemplateMapping("Apple", "Other", "Other"),
+            max_clock_skew=skew,
         )
         result = service.pki_operation(request)
         reply = parse_pki_message(result.body, (pair.certificate,))
@@ -151,8 +156,12 @@ def test_apple_request_reaches_the_challenge_check(tmp_path):
         assert reply.digest_algorithm == "sha1"
         return reply
 
-    legacy = answer(IssuancePolicy(min_rsa_bits=1024))
+    # Its CSR asks for digitalSignature alone: NDES's SignatureTemplate is the one used.
+    legacy = answer(Template(name="Apple", min_rsa_bits=1024))
     assert legacy.fail_info is FailInfo.BAD_REQUEST
     assert legacy.fail_info_text.startswith("ChallengePasswordMissing")
-    default = answer(IssuancePolicy())
+    default = answer(Template(name="Apple"))
     assert default.fail_info_text.startswith("KeyTooWeak") and "RSA-1024" in default.fail_info_text
+    late = answer(Template(name="Apple", min_rsa_bits=1024), skew=dt.timedelta(hours=24))
+    assert late.fail_info is FailInfo.BAD_TIME
+    assert late.fail_info_text.startswith("MessageTimeInvalid") and "2016-05-31" in late.fail_info_text

@@ -9,12 +9,12 @@ import time
 
 import httpx
 import pytest
+from conftest import CHALLENGE, openssl_verify, run_scepd
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from conftest import CHALLENGE, openssl_verify, run_scepd
 from scepd.client import ScepClient, parse_san
 from scepd.client.client import self_signed
 from scepd.protocol import FailInfo, MessageType, PkiStatus, cms
@@ -308,11 +308,11 @@ def test_post_without_content_type_is_accepted(server, client):
     assert parse_pki_message(response.content, ca.all).pki_status is PkiStatus.SUCCESS
 
 
-def test_unsupported_message_type_gets_a_failure(server, client):
+def test_a_certrep_sent_as_a_request_gets_a_failure(server, client):
     ca = client.get_ca_certs()
     signer_cert, signer_key = _signer_for(rsa.generate_private_key(65537, 2048))
     body = build_pki_message(
-        message_type=MessageType.GET_CRL, transaction_id="CRL-1", signer_certificate=signer_cert,
+        message_type=MessageType.CERT_REP, transaction_id="REP-1", signer_certificate=signer_cert,
         signer_key=signer_key, digest_algorithm="sha256",
         envelope=cms.build_enveloped(b"\x30\x00", ca.ra, cms.ContentCipher.AES_128_CBC),
     )

@@ -9,14 +9,19 @@ from pathlib import Path
 import pytest
 from asn1crypto import csr as asn1_csr
 from asn1crypto import x509 as asn1_x509
+from conftest import VECTORS
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from conftest import VECTORS
 from scepd.protocol import FailInfo, MessageType, PkiStatus, ProtocolError, cms
 from scepd.protocol.csr import parse_csr
-from scepd.protocol.message import CertRepReply, build_cert_rep, build_pki_message, parse_pki_message
+from scepd.protocol.message import (
+    CertRepReply,
+    build_cert_rep,
+    build_pki_message,
+    parse_pki_message,
+)
 
 APPLE = VECTORS / "apple-ios-pkcsreq"
 NDES = VECTORS / "ndes-certrep"

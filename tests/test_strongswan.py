@@ -9,7 +9,6 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-
 from conftest import CHALLENGE, require_tool
 
 

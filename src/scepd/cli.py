@@ -202,12 +202,26 @@ def cmd_client_getcacert(args) -> int:
 
 def cmd_client_enroll(args) -> int:
     from scepd.ca.keys import KeySpecError, generate_key, load_key, save_key
+    from scepd.ca.templates import key_usage_extension
     from scepd.client import parse_san
     from scepd.protocol import PkiStatus
 
+    signer = None
+    if args.renew_cert or args.renew_key:
+        if not (args.renew_cert and args.renew_key):
+            _err("--renew-cert and --renew-key go together")
+            return EXIT_USAGE
+        old = x509.load_pem_x509_certificate(args.renew_cert.read_bytes())
+        signer = (old, load_key(args.renew_key))
     try:
-        subject = x509.Name.from_rfc4514_string(args.subject)
+        if args.subject is not None:
+            subject = x509.Name.from_rfc4514_string(args.subject)
+        elif signer is not None:
+            subject = signer[0].subject  # a renewal keeps the subject
+        else:
+            raise ValueError("--subject is required (except when renewing)")
         sans = [parse_san(s) for s in args.san]
+        key_usage = key_usage_extension(set(args.key_usage.split(","))) if args.key_usage else None
     except ValueError as exc:
         _err(f"error: {exc}")
         return EXIT_USAGE
@@ -232,6 +246,11 @@ def cmd_client_enroll(args) -> int:
             cipher=args.cipher,
             digest=args.digest,
             use_get=args.get,
+            signer=signer,
+            renewal=signer is not None and not args.pkcsreq,
+            key_usage=key_usage,
+            poll_interval=args.poll_interval,
+            max_poll_time=args.max_poll_time,
         )
     if result.status is PkiStatus.SUCCESS:
         if not args.key_in:
@@ -241,16 +260,184 @@ def cmd_client_enroll(args) -> int:
         _err(f"wrote {args.cert_out}" + ("" if args.key_in else f" and {key_out}"))
         return EXIT_OK
     if result.status is PkiStatus.PENDING:
-        _err(f"pending (transaction {result.transaction_id})")
+        _err(f"pending: transaction {result.transaction_id} awaits approval (poll with --poll-interval)")
         return EXIT_PENDING
     _err(f"refused: {result.fail_info.rfc_name if result.fail_info else 'failure'}: {result.fail_info_text or ''}")
     return EXIT_REFUSED
+
+
+# --- administration -------------------------------------------------------------------------
+
+
+def _service(args):
+    """The enrollment service of an instance, for administrative commands."""
+    from scepd.enrollment import EnrollmentService
+    from scepd.registry.instance import load_key_material
+
+    instance = _open(args)
+    store = instance.open_store()
+    return instance, EnrollmentService.from_instance(instance, load_key_material(instance), store)
+
+
+def _emit(rows: list[dict], as_json: bool, columns: list[str]) -> None:
+    if as_json:
+        print(json.dumps(rows, indent=2, default=str))
+        return
+    widths = {c: max([len(c)] + [len(str(r.get(c) or "")) for r in rows]) for c in columns}
+    print("  ".join(c.upper().ljust(widths[c]) for c in columns))
+    for row in rows:
+        print("  ".join(str(row.get(c) or "").ljust(widths[c]) for c in columns))
+
+
+def cmd_templates_list(args) -> int:
+    instance = _open(args)
+    mapping = instance.config.template_mapping
+    rows = []
+    for name, t in sorted(instance.config.templates.items()):
+        used_for = [k for k in ("SignatureTemplate", "EncryptionTemplate", "GeneralPurposeTemplate") if getattr(mapping, k) == name]
+        rows.append({"name": name, "approval": t.approval, "validity_days": t.validity_days,
+                     "extended_key_usage": ",".join(t.extended_key_usage), "mapped_as": ",".join(used_for)})
+    _emit(rows, args.json, ["name", "approval", "validity_days", "extended_key_usage", "mapped_as"])
+    return EXIT_OK
+
+
+def cmd_templates_show(args) -> int:
+    import dataclasses
+
+    instance = _open(args)
+    template = instance.config.templates.get(args.name)
+    if template is None:
+        _err(f"no template {args.name!r}; known: {', '.join(sorted(instance.config.templates))}")
+        return EXIT_USAGE
+    data = dataclasses.asdict(template)
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        for key, value in data.items():
+            print(f"{key:22} {', '.join(value) if isinstance(value, (tuple, list)) else value}")
+    return EXIT_OK
+
+
+def cmd_templates_reset_mapping(args) -> int:
+    from scepd.registry.keyops import reset_template_mapping
+
+    for key, name in reset_template_mapping(_open(args)).items():
+        _err(f"[template_mapping] {key} = {name}")
+    return EXIT_OK
+
+
+def _transaction_row(r) -> dict:
+    return {"transaction_id": r.transaction_id, "status": r.status, "subject": r.subject, "template": r.template,
+            "type": r.message_type, "renewal_of": r.renewal_of, "client": r.client, "serial": r.certificate_serial,
+            "reason": r.reason, "created": f"{r.created_at:%Y-%m-%d %H:%M:%S}" if r.created_at else None}
+
+
+def cmd_requests_list(args) -> int:
+    instance = _open(args)
+    store = instance.open_store()
+    rows = [_transaction_row(r) for r in store.list_transactions(args.status, args.limit)]
+    _emit(rows, args.json, ["transaction_id", "status", "subject", "template", "created"])
+    return EXIT_OK
+
+
+def cmd_requests_show(args) -> int:
+    instance = _open(args)
+    record = instance.open_store().find_transaction(args.id)
+    if record is None:
+        _err(f"no request with transaction ID {args.id}")
+        return EXIT_USAGE
+    print(json.dumps(_transaction_row(record), indent=2))
+    return EXIT_OK
+
+
+def cmd_requests_decide(args) -> int:
+    _, service = _service(args)
+    try:
+        if args.requests_command == "approve":
+            cert = service.approve(args.id)
+            _err(f"issued {cert.subject.rfc4514_string()} serial {cert.serial_number:x}; the device collects it by polling")
+        else:
+            service.deny(args.id, args.reason)
+            _err(f"denied {args.id}: {args.reason}")
+    except (KeyError, ValueError) as exc:
+        _err(f"error: {exc.args[0]}")
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+def _certificate_row(r) -> dict:
+    return {"serial": r.serial, "status": r.status, "subject": r.subject, "template": r.template,
+            "not_after": f"{r.not_after:%Y-%m-%d}", "revoked_at": r.revoked_at, "reason": r.revocation_reason,
+            "transaction_id": r.transaction_id, "renewal_of": r.renewal_of}
+
+
+def cmd_certs_list(args) -> int:
+    store = _open(args).open_store()
+    rows = [_certificate_row(r) for r in store.list_certificates(args.status, args.limit)]
+    _emit(rows, args.json, ["serial", "status", "subject", "template", "not_after"])
+    return EXIT_OK
+
+
+def cmd_certs_show(args) -> int:
+    record = _open(args).open_store().find_certificate(args.serial)
+    if record is None:
+        _err(f"no certificate with serial {args.serial}")
+        return EXIT_USAGE
+    if args.pem:
+        cert = x509.load_der_x509_certificate(record.der)
+        sys.stdout.write(cert.public_bytes(serialization.Encoding.PEM).decode())
+    else:
+        print(json.dumps(_certificate_row(record), indent=2, default=str))
+    return EXIT_OK
+
+
+def cmd_certs_revoke(args) -> int:
+    _, service = _service(args)
+    try:
+        record = service.revoke(args.serial, args.reason)
+    except (KeyError, ValueError) as exc:
+        _err(f"error: {exc.args[0]}")
+        return EXIT_USAGE
+    _err(f"revoked {record.serial} ({record.revocation_reason}); CRL re-signed")
+    return EXIT_OK
+
+
+def cmd_ca_rollover(args) -> int:
+    from scepd.registry.instance import load_key_material
+    from scepd.registry.keyops import rollover
+
+    instance = _open(args)
+    path = rollover(instance, load_key_material(instance), args.key)
+    cert = x509.load_pem_x509_certificate(path.read_bytes())
+    _err(f"next CA written to {path}; GetNextCACert offers it. Activate with: scepd ca activate-next")
+    print(fingerprint(cert))
+    return EXIT_OK
+
+
+def cmd_ca_activate_next(args) -> int:
+    from scepd.registry.keyops import activate_next
+
+    activate_next(_open(args))
+    _err("the next CA issues from now on; the previous one stays in GetCACert and keeps its CRL")
+    return EXIT_OK
+
+
+def cmd_ra_renew(args) -> int:
+    from scepd.registry.instance import load_key_material
+    from scepd.registry.keyops import renew_ra
+
+    instance = _open(args)
+    path = renew_ra(instance, load_key_material(instance), args.validity_days)
+    _err(f"new RA certificate {path}; running servers switch within seconds, the old RA still decrypts")
+    return EXIT_OK
 
 
 # --- parser -----------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from scepd.ca.crl import REASONS as REVOCATION_REASONS
+
     parser = argparse.ArgumentParser(
         prog="scepd",
         description="A self-hosted SCEP server, CA and client.",
@@ -286,6 +473,77 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--validity", help="lifetime such as 60m, 8h, 2d (default: [challenge] otp_validity)")
     p.set_defaults(func=cmd_otp_new)
 
+    group = sub.add_parser("templates", help="certificate templates and the NDES mapping").add_subparsers(
+        dest="templates_command", required=True, metavar="ACTION")
+    p = group.add_parser("list", help="templates, and which NDES mapping key uses each")
+    _dir_arg(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_templates_list)
+    p = group.add_parser("show", help="every setting of one template")
+    _dir_arg(p)
+    p.add_argument("name")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_templates_show)
+    p = group.add_parser("reset-mapping", help="map all three NDES purposes to IPSECIntermediateOffline")
+    _dir_arg(p)
+    p.set_defaults(func=cmd_templates_reset_mapping)
+
+    group = sub.add_parser("requests", help="enrollment requests (pending approval and past)").add_subparsers(
+        dest="requests_command", required=True, metavar="ACTION")
+    p = group.add_parser("list", help="requests, newest first")
+    _dir_arg(p)
+    p.add_argument("--status", choices=["pending", "issued", "denied"])
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_requests_list)
+    p = group.add_parser("show", help="one request")
+    _dir_arg(p)
+    p.add_argument("id", help="transaction ID")
+    p.set_defaults(func=cmd_requests_show)
+    p = group.add_parser("approve", help="issue the certificate of a pending request")
+    _dir_arg(p)
+    p.add_argument("id", help="transaction ID")
+    p.set_defaults(func=cmd_requests_decide)
+    p = group.add_parser("deny", help="refuse a pending request; its next poll gets FAILURE with the reason")
+    _dir_arg(p)
+    p.add_argument("id", help="transaction ID")
+    p.add_argument("--reason", default="denied by an administrator")
+    p.set_defaults(func=cmd_requests_decide)
+
+    group = sub.add_parser("certs", help="issued certificates and revocation").add_subparsers(
+        dest="certs_command", required=True, metavar="ACTION")
+    p = group.add_parser("list", help="certificates, newest first")
+    _dir_arg(p)
+    p.add_argument("--status", choices=["valid", "revoked"])
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_certs_list)
+    p = group.add_parser("show", help="one certificate")
+    _dir_arg(p)
+    p.add_argument("serial", help="serial number in hex")
+    p.add_argument("--pem", action="store_true", help="print the certificate as PEM")
+    p.set_defaults(func=cmd_certs_show)
+    p = group.add_parser("revoke", help="revoke a certificate and re-sign the CRL")
+    _dir_arg(p)
+    p.add_argument("serial", help="serial number in hex")
+    p.add_argument("--reason", default="unspecified", choices=sorted(REVOCATION_REASONS))
+    p.set_defaults(func=cmd_certs_revoke)
+
+    group = sub.add_parser("ca", help="CA rollover").add_subparsers(dest="ca_command", required=True, metavar="ACTION")
+    p = group.add_parser("rollover", help="create the next CA (and RA); GetNextCACert offers it")
+    _dir_arg(p)
+    p.add_argument("--key", help="key of the next CA (default: same type and size as now)")
+    p.set_defaults(func=cmd_ca_rollover)
+    p = group.add_parser("activate-next", help="issue from the next CA; the current one stays trusted")
+    _dir_arg(p)
+    p.set_defaults(func=cmd_ca_activate_next)
+
+    group = sub.add_parser("ra", help="the RA certificate").add_subparsers(dest="ra_command", required=True, metavar="ACTION")
+    p = group.add_parser("renew", help="new RA key and certificate, picked up by running servers")
+    _dir_arg(p)
+    p.add_argument("--validity-days", type=int, default=730)
+    p.set_defaults(func=cmd_ra_renew)
+
     client = sub.add_parser("client", help="the SCEP client").add_subparsers(dest="client_command", required=True, metavar="ACTION")
     for name, func, text in (
         ("getcacaps", cmd_client_getcacaps, "print the server's capabilities"),
@@ -299,7 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "getcacert":
             p.add_argument("--out", type=Path, help="write PEM here instead of stdout")
         if name == "enroll":
-            p.add_argument("--subject", required=True, help="RFC 4514 subject, e.g. 'CN=device1,O=Example'")
+            p.add_argument("--subject", help="RFC 4514 subject, e.g. 'CN=device1,O=Example' (renewal: the old one)")
             p.add_argument("--san", action="append", default=[], help="dns:NAME, ip:ADDR, email:ADDR, uri:URI or upn:NAME (repeatable)")
             p.add_argument("--challenge", help="challenge password")
             p.add_argument("--key", default="rsa:2048", help="new key: rsa:BITS or ec:p256|p384 (default: %(default)s)")
@@ -309,6 +567,12 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--get", action="store_true", help="send PKIOperation by GET even if POST is offered")
             p.add_argument("--cert-out", type=Path, default=Path("cert.pem"), help="where to write the certificate (default: %(default)s)")
             p.add_argument("--key-out", type=Path, help="where to write a generated key (default: beside --cert-out, .key)")
+            p.add_argument("--key-usage", help="key usage to request, e.g. digitalSignature (selects the NDES template)")
+            p.add_argument("--renew-cert", type=Path, help="renew: the current certificate (signs the request)")
+            p.add_argument("--renew-key", type=Path, help="renew: the current certificate's key")
+            p.add_argument("--pkcsreq", action="store_true", help="renew with a PKCSReq (as Apple and sscep do), not a RenewalReq")
+            p.add_argument("--poll-interval", type=float, default=0, help="seconds between CertPolls while PENDING (0: do not poll)")
+            p.add_argument("--max-poll-time", type=float, default=0, help="give up polling after this many seconds (0: never)")
     return parser
 
 

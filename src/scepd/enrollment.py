@@ -1,26 +1,29 @@
 """The SCEP service: one PKIOperation from request bytes to CertRep bytes, with no HTTP.
 
-The steps of an enrollment are plain calls across the layers: protocol parses and opens the
-message, the CA checks the request against policy, the registration point (challenge/) gives
-its verdict, the CA signs, the store commits issuance and transaction together, and protocol
-builds the CertRep. Every refusal is a `Refusal` value that ends as a CertRep FAILURE (or an
-HTTP 400 when the message is too broken to answer), never as an exception at the edge.
+The steps are plain calls across the layers: protocol parses and opens the message; the
+template is chosen (NDES mapping) and checks the request; the registration point (challenge/)
+gives its verdict, or the certificate that signed a renewal stands in for it; the CA signs;
+the store commits issuance and transaction together; protocol builds the CertRep. Every
+refusal is a `Refusal` value that ends as a CertRep FAILURE (or an HTTP 400 when the message
+is too broken to answer), never as an exception at the edge.
 May import: every layer below server/ (protocol, ca, challenge, store, registry, errors).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import logging
 from dataclasses import dataclass, field
 
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from cryptography import x509
 
-from scepd.ca.authority import CertificateAuthority, IssuancePolicy
-from scepd.ca.keys import KeyPair
+from scepd.ca.authority import CertificateAuthority
+from scepd.ca.crl import CrlPublisher
+from scepd.ca.templates import Template, TemplateMapping
 from scepd.challenge import (
     ChallengeRequest,
     ChallengeValidator,
@@ -29,24 +32,73 @@ from scepd.challenge import (
     StaticChallengeValidator,
 )
 from scepd.errors import ErrorCode, Refusal, refusal_from_protocol
-from scepd.protocol import MessageType, PkiStatus, ProtocolError
-from scepd.protocol import cms
+from scepd.protocol import MessageType, PkiStatus, ProtocolError, cms
 from scepd.protocol.caps import SERVER_CAPABILITIES, format_caps
 from scepd.protocol.csr import CertificationRequest, parse_csr
-from scepd.protocol.message import CertRepReply, PkiMessage, build_cert_rep, parse_pki_message
+from scepd.protocol.message import (
+    CertRepReply,
+    PkiMessage,
+    build_cert_rep,
+    decode_issuer_and_serial,
+    decode_issuer_and_subject,
+    parse_pki_message,
+)
 from scepd.registry.config import parse_duration
 from scepd.registry.instance import Instance, KeyMaterial
-from scepd.store import Store
-from scepd.store.store import IntegrityError
+from scepd.store import (
+    CertificateRecord,
+    IntegrityError,
+    Store,
+    TransactionRecord,
+    UnitOfWork,
+)
 
 log = logging.getLogger("scepd.enrollment")
 
 CA_RA_CERT = "application/x-x509-ca-ra-cert"
 CA_CERT = "application/x-x509-ca-cert"
+NEXT_CA_CERT = "application/x-x509-next-ca-cert"
 PKI_MESSAGE = "application/x-pki-message"
 
-# The message types this server issues for; the rest of RFC 8894 comes with polling.
-_ENROLLMENT_TYPES = {MessageType.PKCS_REQ, MessageType.RENEWAL_REQ}
+
+def public_key_sha256(public_key) -> str:
+    der = public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).hexdigest()
+
+
+def build_validator(instance: Instance) -> ChallengeValidator:
+    validators: list[ChallengeValidator] = []
+    if instance.config.challenge.static:
+        validators.append(StaticChallengeValidator(instance.config.challenge.static))
+    if instance.config.challenge.one_time_passwords:
+        validators.append(OneTimePasswordValidator())
+    return FirstAccepting(tuple(validators))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one request comes to, before it is written as a CertRep."""
+
+    reply: CertRepReply
+    refusal: Refusal | None = None
+    serial: str | None = None
+
+    @classmethod
+    def failure(cls, refusal: Refusal) -> "Outcome":
+        reply = CertRepReply(PkiStatus.FAILURE, fail_info=refusal.fail_info, fail_info_text=refusal.fail_info_text)
+        return cls(reply, refusal)
+
+    @classmethod
+    def refuse(cls, code: ErrorCode, reason: str) -> "Outcome":
+        return cls.failure(Refusal(code, reason))
+
+    @classmethod
+    def success(cls, cert: x509.Certificate) -> "Outcome":
+        return cls(CertRepReply(PkiStatus.SUCCESS, (cert,)), serial=format(cert.serial_number, "x"))
+
+    @classmethod
+    def pending(cls) -> "Outcome":
+        return cls(CertRepReply(PkiStatus.PENDING))
 
 
 @dataclass
@@ -64,131 +116,140 @@ class OperationResult:
     details: dict = field(default_factory=dict)
 
 
-def public_key_sha256(public_key) -> str:
-    der = public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-    return hashlib.sha256(der).hexdigest()
-
-
-def build_validator(instance: Instance) -> ChallengeValidator:
-    validators: list[ChallengeValidator] = []
-    if instance.config.challenge.static:
-        validators.append(StaticChallengeValidator(instance.config.challenge.static))
-    if instance.config.challenge.one_time_passwords:
-        validators.append(OneTimePasswordValidator())
-    return FirstAccepting(tuple(validators))
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
 
 
 class EnrollmentService:
     def __init__(
         self,
         *,
-        ca: CertificateAuthority,
-        ra: KeyPair,
+        material: KeyMaterial,
         store: Store,
         validator: ChallengeValidator,
-        policy: IssuancePolicy,
+        templates: dict[str, Template],
+        mapping: TemplateMapping,
         max_clock_skew: dt.timedelta,
+        crls: CrlPublisher | None = None,
     ) -> None:
-        self.ca = ca
-        self.ra = ra
+        self.material = material
         self.store = store
         self.validator = validator
-        self.policy = policy
+        self.templates = templates
+        self.mapping = mapping
         self.max_clock_skew = max_clock_skew
+        self.crls = crls or CrlPublisher(store)
         # Answers that never change are built once, not per request.
-        self.ca_caps = format_caps(SERVER_CAPABILITIES)
-        self.ca_certs = cms.build_certs_only([ra.certificate, ca.certificate])
-        self._recipients = [(ra.certificate, ra.key)]
-        if isinstance(ca.pair.key, rsa.RSAPrivateKey):
-            # Some clients encrypt to the CA certificate when they see one; accept that too.
-            self._recipients.append((ca.certificate, ca.pair.key))
+        self.ca_caps = format_caps(SERVER_CAPABILITIES + (("GetNextCACert",) if material.next_ca else ()))
+        if material.ra.certificate == material.ca.certificate and not material.previous_cas:
+            self.ca_certs = (CA_CERT, material.ca.certificate.public_bytes(Encoding.DER))  # no RA
+        else:
+            self.ca_certs = (CA_RA_CERT, cms.build_certs_only(material.ca_ra_certificates))
+        self.next_ca_certs = self._build_next_ca_certs()
+        self._known = tuple(c.certificate for c in material.all_cas) + tuple(r.certificate for r in material.all_ras)
+        self._recipients = [(r.certificate, r.key) for r in material.all_ras]
+        for ca in material.all_cas:
+            if isinstance(ca.pair.key, rsa.RSAPrivateKey):
+                # Some clients encrypt to the CA certificate when they see one; accept that too.
+                self._recipients.append((ca.certificate, ca.pair.key))
 
     @classmethod
     def from_instance(cls, instance: Instance, material: KeyMaterial, store: Store) -> "EnrollmentService":
+        config = instance.config
         return cls(
-            ca=material.ca,
-            ra=material.ra,
+            material=material,
             store=store,
             validator=build_validator(instance),
-            policy=instance.config.policy,
-            max_clock_skew=parse_duration(instance.config.scep.max_clock_skew),
+            templates=config.templates,
+            mapping=config.template_mapping,
+            max_clock_skew=parse_duration(config.scep.max_clock_skew),
+            crls=CrlPublisher(store, parse_duration(config.crl.validity)),
         )
+
+    @property
+    def ca(self) -> CertificateAuthority:
+        return self.material.ca
+
+    def _build_next_ca_certs(self) -> bytes | None:
+        """GetNextCACert (RFC 8894 3.5.3): the next CA (and RA) as certs-only, inside a
+        SignedData signed by the current RA so that clients can trust it."""
+        if self.material.next_ca is None:
+            return None
+        certs = [self.material.next_ca.certificate]
+        if self.material.next_ra is not None:
+            certs.insert(0, self.material.next_ra.certificate)
+        inner = cms.build_certs_only(certs)
+        ra = self.material.ra
+        return cms.build_signed_data(inner, ra.certificate, ra.key, "sha256", [])
+
+    def ca_for_key_id(self, key_id: str) -> CertificateAuthority | None:
+        return next((ca for ca in self.material.all_cas if ca.key_id == key_id), None)
 
     # --- PKIOperation -------------------------------------------------------------------
 
-    def pki_operation(self, der: bytes) -> OperationResult:
+    def pki_operation(self, der: bytes, client: str | None = None) -> OperationResult:
         try:
-            message = parse_pki_message(der, (self.ra.certificate, self.ca.certificate))
+            message = parse_pki_message(der, self._known)
         except ProtocolError as exc:
             refusal = refusal_from_protocol(exc)
-            return OperationResult(400, "text/plain", _plain(refusal), refusal=refusal)
+            body = f"{refusal.fail_info_text}\nRemedy: {refusal.remedy}\n".encode()
+            return OperationResult(400, "text/plain; charset=utf-8", body, refusal=refusal)
+        details: dict = {}
+        decrypted = None
         try:
-            reply, details = self._answer(message)
+            refusal = self._check_signed(message)
+            if refusal:
+                outcome = Outcome.failure(refusal)
+            else:
+                decrypted = cms.decrypt_enveloped(message.envelope, self._recipients)
+                details["cipher"] = decrypted.cipher.value
+                outcome = self._handle(message, decrypted.content, client, details)
+        except ProtocolError as exc:
+            outcome = Outcome.failure(refusal_from_protocol(exc))
         except Exception:
             log.exception("bug while answering transaction %s", message.transaction_id)
-            reply = _failure(Refusal(ErrorCode.INTERNAL_ERROR, "the server failed to process the request"))
-            details = {}
-        return self._cert_rep(message, reply, details)
-
-    def _cert_rep(self, message: PkiMessage, reply, details) -> OperationResult:
-        reply_body, refusal, decrypted, serial = reply
+            outcome = Outcome.refuse(ErrorCode.INTERNAL_ERROR, "the server failed to process the request")
         body = build_cert_rep(
             message,
-            reply_body,
-            signer_certificate=self.ra.certificate,
-            signer_key=self.ra.key,
-            cipher=decrypted.cipher if decrypted else cms.ContentCipher.DES_EDE3_CBC,
+            outcome.reply,
+            signer_certificate=self.material.ra.certificate,
+            signer_key=self.material.ra.key,
+            # The reply is sealed the way the client sealed its request (never downgraded).
+            cipher=decrypted.cipher if decrypted else cms.ContentCipher.AES_128_CBC,
             key_transport=decrypted.key_transport if decrypted else cms.PKCS1V15,
         )
         return OperationResult(
             200,
-            "application/x-pki-message",
+            PKI_MESSAGE,
             body,
             transaction_id=message.transaction_id,
             message_type=message.message_type.name,
-            status=reply_body.status.name,
-            refusal=refusal,
-            serial=serial,
+            status=outcome.reply.status.name,
+            refusal=outcome.refusal,
+            serial=outcome.serial,
             details=details,
         )
 
-    def _answer(self, message: PkiMessage):
-        """(CertRepReply, refusal, decrypted, serial), details for the log."""
-        details: dict = {}
-        refusal = self._check_envelope_signer(message)
-        if refusal:
-            return _failure(refusal), details
-        try:
-            decrypted = cms.decrypt_enveloped(message.envelope, self._recipients)
-            details["cipher"] = decrypted.cipher.value
-            csr = parse_csr(decrypted.content)
-        except ProtocolError as exc:
-            return _failure(refusal_from_protocol(exc)), details
-        details["subject"] = csr.subject.rfc4514_string()
-        key_digest = public_key_sha256(csr.public_key)
+    def _handle(self, message: PkiMessage, content: bytes, client: str | None, details: dict) -> Outcome:
+        kind = message.message_type
+        if kind in (MessageType.PKCS_REQ, MessageType.RENEWAL_REQ):
+            return self._enroll(message, parse_csr(content), client, details)
+        if kind is MessageType.CERT_POLL:
+            decode_issuer_and_subject(content)  # the transactionID identifies the request
+            return self._poll(message)
+        if kind in (MessageType.GET_CERT, MessageType.GET_CRL):
+            issuer, serial = decode_issuer_and_serial(content)
+            return self._retrieve(message, issuer, serial)
+        return Outcome.refuse(ErrorCode.MESSAGE_TYPE_UNSUPPORTED, f"{kind.name} is not a request")
 
-        previous = self.store.find_issued(message.transaction_id)
-        if previous is not None:
-            return self._resend(previous, key_digest, decrypted), details
-
-        refusal = self.policy.check(csr)
-        if refusal:
-            return _failure(refusal, decrypted), details
-        return self._issue(message, csr, key_digest, decrypted, details), details
-
-    def _check_envelope_signer(self, message: PkiMessage) -> Refusal | None:
+    def _check_signed(self, message: PkiMessage) -> Refusal | None:
         if message.signer_certificate is None:
             return Refusal(ErrorCode.MESSAGE_SIGNER_UNKNOWN, message.signature_error or "no signer certificate")
         if message.signature_error:
             return Refusal(ErrorCode.MESSAGE_SIGNATURE_INVALID, message.signature_error)
-        if message.message_type not in _ENROLLMENT_TYPES:
-            return Refusal(
-                ErrorCode.MESSAGE_TYPE_UNSUPPORTED,
-                f"{message.message_type.name} is not supported by this server version",
-            )
         signing_time = (message.other_attributes.get("signing_time") or [None])[0]
         if isinstance(signing_time, dt.datetime):
-            drift = abs(dt.datetime.now(dt.timezone.utc) - signing_time)
+            drift = abs(_now() - signing_time)
             if drift > self.max_clock_skew:
                 return Refusal(
                     ErrorCode.MESSAGE_TIME_INVALID,
@@ -198,60 +259,241 @@ class EnrollmentService:
         if not isinstance(message.signer_certificate.public_key(), rsa.RSAPublicKey):
             return Refusal(
                 ErrorCode.RECIPIENT_KEY_NOT_RSA,
-                "the signer certificate is not RSA, so the certificate cannot be encrypted back to it",
+                "the signer certificate is not RSA, so the reply cannot be encrypted back to it",
             )
         return None
 
-    def _resend(self, previous, key_digest: str, decrypted: cms.Decrypted):
-        if previous.public_key_sha256 != key_digest:
-            return _failure(
-                Refusal(
-                    ErrorCode.TRANSACTION_ID_REUSED,
-                    "this transactionID was already used to certify a different key",
-                ),
-                decrypted,
-            )
-        cert = x509.load_der_x509_certificate(previous.certificate_der)
-        return _success(cert, decrypted)
+    # --- who signed ---------------------------------------------------------------------
 
-    def _issue(self, message: PkiMessage, csr: CertificationRequest, key_digest: str, decrypted, details):
-        challenge = ChallengeRequest(message.transaction_id, csr.challenge_password, csr)
+    def _requester_certificate(self, message: PkiMessage) -> tuple[CertificateRecord | None, Refusal | None]:
+        """The certificate of ours that signed the request, if one did, checked for use.
+
+        (None, None): signed by something else (a self-signed key, another CA).
+        """
+        signer = message.signer_certificate
+        if not any(ca.issued(signer) for ca in self.material.all_cas):
+            return None, None
+        record = self.store.find_certificate(format(signer.serial_number, "x"))
+        if record is None or record.der != signer.public_bytes(Encoding.DER):
+            return None, Refusal(
+                ErrorCode.SIGNER_CERTIFICATE_UNKNOWN,
+                f"the request is signed by serial {signer.serial_number:x}, which this CA has no record of",
+            )
+        if record.status == "revoked":
+            return None, Refusal(
+                ErrorCode.SIGNER_CERTIFICATE_REVOKED,
+                f"the signing certificate {record.serial} was revoked ({record.revocation_reason})",
+            )
+        if record.not_after <= _now():
+            return None, Refusal(
+                ErrorCode.SIGNER_CERTIFICATE_EXPIRED,
+                f"the signing certificate {record.serial} expired on {record.not_after:%Y-%m-%d}",
+            )
+        return record, None
+
+    # --- PKCSReq and RenewalReq ----------------------------------------------------------
+
+    def template_for(self, csr: CertificationRequest) -> tuple[str, Template | None]:
+        purpose = self.mapping.purpose(csr)
+        name = getattr(self.mapping, purpose)
+        return f"{purpose}={name}", self.templates.get(name)
+
+    def _enroll(self, message: PkiMessage, csr: CertificationRequest, client: str | None, details: dict) -> Outcome:
+        details["subject"] = csr.subject.rfc4514_string()
+        key_digest = public_key_sha256(csr.public_key)
+        existing = self.store.find_transaction(message.transaction_id)
+        if existing is not None:
+            return self._answer_existing(existing, key_digest)
+
+        renewed, refusal = self._requester_certificate(message)
+        if refusal:
+            return Outcome.failure(refusal)
+        if message.message_type is MessageType.RENEWAL_REQ and renewed is None:
+            return Outcome.refuse(
+                ErrorCode.RENEWAL_SIGNER_UNKNOWN,
+                "a RenewalReq must be signed by a valid certificate this CA issued; this one is signed by "
+                f"'{message.signer_certificate.subject.rfc4514_string()}'",
+            )
+        selection, template = self.template_for(csr)
+        details["template"] = selection
+        if template is None:
+            return Outcome.refuse(ErrorCode.TEMPLATE_MISSING, f"[template_mapping] {selection} names no template")
+        refusal = template.check(csr) or (self._renewal_refusal(renewed, csr, template) if renewed else None)
+        if refusal:
+            return Outcome.failure(refusal)
+        if renewed:
+            details["renewal_of"] = renewed.serial
+
+        record = TransactionRecord(
+            transaction_id=message.transaction_id,
+            message_type=message.message_type.name,
+            status="pending" if template.approval == "manual" else "issued",
+            subject=csr.subject.rfc4514_string(),
+            template=template.name,
+            public_key_sha256=key_digest,
+            signer_key_sha256=public_key_sha256(message.signer_certificate.public_key()),
+            csr_der=csr.der,
+            renewal_of=renewed.serial if renewed else None,
+            client=client,
+        )
         try:
             with self.store.unit_of_work() as uow:
-                verdict = self.validator.verify(challenge, uow)
-                details["validator"] = verdict.validator
-                if not verdict.accepted:
-                    return _failure(verdict.refusal, decrypted)
-                cert = self.ca.issue(csr, self.policy)
-                uow.record_issuance(
-                    transaction_id=message.transaction_id,
-                    message_type=message.message_type.name,
-                    public_key_sha256=key_digest,
-                    serial=format(cert.serial_number, "x"),
-                    subject=cert.subject.rfc4514_string(),
-                    not_before=cert.not_valid_before_utc,
-                    not_after=cert.not_valid_after_utc,
-                    sha256=cms.certificate_sha256(cert),
-                    der=cert.public_bytes(Encoding.DER),
-                )
+                if renewed is None:
+                    verdict = self.validator.verify(ChallengeRequest(message.transaction_id, csr.challenge_password, csr), uow)
+                    details["validator"] = verdict.validator
+                    if not verdict.accepted:
+                        return Outcome.failure(verdict.refusal)
+                if template.approval == "manual":
+                    uow.add_transaction(record)
+                    return Outcome.pending()
+                cert = self.issue_in(uow, record, csr, template)
         except IntegrityError:
             # The same transaction was committed meanwhile (a resend racing the original,
             # perhaps on another server): answer with what was stored.
-            previous = self.store.find_issued(message.transaction_id)
-            if previous is None:
+            existing = self.store.find_transaction(message.transaction_id)
+            if existing is None:
                 raise
-            return self._resend(previous, key_digest, decrypted)
-        return _success(cert, decrypted)
+            return self._answer_existing(existing, key_digest)
+        if renewed and template.revoke_on_renewal:
+            self.publish_crl(renewed.issuer_key_id)
+        return Outcome.success(cert)
 
+    def issue_in(self, uow: UnitOfWork, record: TransactionRecord, csr: CertificationRequest, template: Template) -> x509.Certificate:
+        """Sign and record a certificate for `record` inside the caller's unit of work: the
+        certificate exists only if the record commits. Pending records are decided instead."""
+        cert = self.ca.issue(csr, template)
+        serial = format(cert.serial_number, "x")
+        uow.add_certificate(
+            CertificateRecord(
+                serial=serial,
+                issuer_key_id=self.ca.key_id,
+                subject=cert.subject.rfc4514_string(),
+                template=template.name,
+                not_before=cert.not_valid_before_utc,
+                not_after=cert.not_valid_after_utc,
+                sha256=cms.certificate_sha256(cert),
+                der=cert.public_bytes(Encoding.DER),
+                transaction_id=record.transaction_id,
+                renewal_of=record.renewal_of,
+            )
+        )
+        if record.status == "pending":
+            if not uow.decide_pending(record.transaction_id, "issued", serial=serial):
+                raise ValueError(f"request {record.transaction_id} is no longer pending")
+        else:
+            uow.add_transaction(dataclasses.replace(record, certificate_serial=serial))
+        if record.renewal_of and template.revoke_on_renewal:
+            uow.revoke(record.renewal_of, "superseded")
+        return cert
 
-def _success(cert: x509.Certificate, decrypted):
-    return CertRepReply(PkiStatus.SUCCESS, (cert,)), None, decrypted, format(cert.serial_number, "x")
+    def publish_crl(self, issuer_key_id: str) -> None:
+        ca = self.ca_for_key_id(issuer_key_id)
+        if ca is not None:
+            self.crls.issue(ca)
 
+    def _renewal_refusal(self, old: CertificateRecord, csr: CertificationRequest, template: Template) -> Refusal | None:
+        if not template.renewal:
+            return Refusal(ErrorCode.RENEWAL_NOT_ALLOWED, f"template {template.name} does not allow renewal")
+        if template.renewal_window_days:
+            opens = old.not_after - dt.timedelta(days=template.renewal_window_days)
+            if _now() < opens:
+                return Refusal(
+                    ErrorCode.RENEWAL_TOO_EARLY,
+                    f"certificate {old.serial} can be renewed from {opens:%Y-%m-%d} "
+                    f"({template.renewal_window_days} days before it expires)",
+                )
+        old_subject = x509.load_der_x509_certificate(old.der).subject
+        if csr.subject != old_subject:
+            return Refusal(
+                ErrorCode.RENEWAL_SUBJECT_MISMATCH,
+                f"the request asks for '{csr.subject.rfc4514_string()}' but renews '{old_subject.rfc4514_string()}'",
+            )
+        return None
 
-def _failure(refusal: Refusal, decrypted=None):
-    reply = CertRepReply(PkiStatus.FAILURE, fail_info=refusal.fail_info, fail_info_text=refusal.fail_info_text)
-    return reply, refusal, decrypted, None
+    def _answer_existing(self, existing: TransactionRecord, key_digest: str) -> Outcome:
+        """A request whose transactionID we have seen: a resend or a poll."""
+        if existing.public_key_sha256 != key_digest:
+            return Outcome.refuse(
+                ErrorCode.TRANSACTION_ID_REUSED, "this transactionID was already used for a different key"
+            )
+        return self._status_of(existing)
 
+    @staticmethod
+    def _status_of(record: TransactionRecord) -> Outcome:
+        if record.status == "issued":
+            return Outcome.success(x509.load_der_x509_certificate(record.certificate_der))
+        if record.status == "denied":
+            return Outcome.refuse(ErrorCode.REQUEST_DENIED, record.reason or "denied by an administrator")
+        return Outcome.pending()
 
-def _plain(refusal: Refusal) -> bytes:
-    return f"{refusal.fail_info_text}\nRemedy: {refusal.remedy}\n".encode("utf-8")
+    # --- CertPoll, GetCert, GetCRL ---------------------------------------------------------
+
+    def _poll(self, message: PkiMessage) -> Outcome:
+        existing = self.store.find_transaction(message.transaction_id)
+        if existing is None:
+            return Outcome.refuse(ErrorCode.TRANSACTION_UNKNOWN, f"no request has transactionID {message.transaction_id}")
+        if existing.signer_key_sha256 != public_key_sha256(message.signer_certificate.public_key()):
+            return Outcome.refuse(
+                ErrorCode.POLL_SIGNER_MISMATCH, "the CertPoll is signed by another key than the request it asks about"
+            )
+        return self._status_of(existing)
+
+    def _retrieve(self, message: PkiMessage, issuer_der: bytes, serial: int) -> Outcome:
+        requester, refusal = self._requester_certificate(message)
+        if refusal:
+            return Outcome.failure(refusal)
+        if requester is None:
+            return Outcome.refuse(
+                ErrorCode.REQUESTER_NOT_AUTHORIZED,
+                f"{message.message_type.name} must be signed by a valid certificate this CA issued",
+            )
+        record = self.store.find_certificate(format(serial, "x"))
+        ca = self.ca_for_key_id(record.issuer_key_id) if record else None
+        if record is None or ca is None or ca.certificate.subject.public_bytes() != issuer_der:
+            return Outcome.refuse(ErrorCode.CERTIFICATE_UNKNOWN, f"this CA issued no certificate with serial {serial:x}")
+        if message.message_type is MessageType.GET_CRL:
+            return Outcome(CertRepReply(PkiStatus.SUCCESS, crls=(self.crls.current(ca),)))
+        return Outcome.success(x509.load_der_x509_certificate(record.der))
+
+    # --- administrator decisions ---------------------------------------------------------
+
+    def approve(self, transaction_id: str) -> x509.Certificate:
+        """Issue the certificate of a pending request (`scepd requests approve`)."""
+        record = self._pending(transaction_id)
+        template = self.templates.get(record.template)
+        if template is None:
+            raise ValueError(f"the request's template {record.template!r} no longer exists")
+        csr = parse_csr(record.csr_der)
+        with self.store.unit_of_work() as uow:
+            cert = self.issue_in(uow, record, csr, template)
+        if record.renewal_of and template.revoke_on_renewal:
+            old = self.store.find_certificate(record.renewal_of)
+            if old:
+                self.publish_crl(old.issuer_key_id)
+        return cert
+
+    def deny(self, transaction_id: str, reason: str) -> None:
+        self._pending(transaction_id)
+        with self.store.unit_of_work() as uow:
+            if not uow.decide_pending(transaction_id, "denied", reason=reason):
+                raise ValueError(f"request {transaction_id} is no longer pending")
+
+    def _pending(self, transaction_id: str) -> TransactionRecord:
+        record = self.store.find_transaction(transaction_id)
+        if record is None:
+            raise KeyError(f"no request with transaction ID {transaction_id}")
+        if record.status != "pending":
+            raise ValueError(f"request {transaction_id} is {record.status}, not pending")
+        return record
+
+    def revoke(self, serial: str, reason: str) -> CertificateRecord:
+        """Revoke a certificate and publish its CA's new CRL (`scepd certs revoke`)."""
+        record = self.store.find_certificate(serial)
+        if record is None:
+            raise KeyError(f"no certificate with serial {serial}")
+        ca = self.ca_for_key_id(record.issuer_key_id)
+        if ca is None:
+            raise ValueError(f"the issuer of {serial} is no longer configured; its CRL cannot be signed")
+        if not self.crls.revoke(ca, record.serial, reason):
+            raise ValueError(f"certificate {serial} is already revoked")
+        return self.store.find_certificate(serial)

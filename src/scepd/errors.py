@@ -20,6 +20,7 @@ class ErrorCode(enum.Enum):
     REQUEST_TOO_LARGE = "RequestTooLarge"
     OPERATION_UNKNOWN = "OperationUnknown"
     MESSAGE_MISSING = "MessageMissing"
+    NO_NEXT_CA = "NoNextCa"
     # the pkiMessage
     MESSAGE_SIGNATURE_INVALID = "MessageSignatureInvalid"
     MESSAGE_SIGNER_UNKNOWN = "MessageSignerUnknown"
@@ -30,12 +31,26 @@ class ErrorCode(enum.Enum):
     DECRYPTION_FAILED = "DecryptionFailed"
     UNSUPPORTED_ALGORITHM = "UnsupportedAlgorithm"
     TRANSACTION_ID_REUSED = "TransactionIdReused"
-    # the PKCS#10 request and the issuance policy
+    # renewal, polling and retrieval
+    RENEWAL_SIGNER_UNKNOWN = "RenewalSignerUnknown"
+    RENEWAL_NOT_ALLOWED = "RenewalNotAllowed"
+    RENEWAL_TOO_EARLY = "RenewalTooEarly"
+    RENEWAL_SUBJECT_MISMATCH = "RenewalSubjectMismatch"
+    SIGNER_CERTIFICATE_UNKNOWN = "SignerCertificateUnknown"
+    SIGNER_CERTIFICATE_REVOKED = "SignerCertificateRevoked"
+    SIGNER_CERTIFICATE_EXPIRED = "SignerCertificateExpired"
+    REQUESTER_NOT_AUTHORIZED = "RequesterNotAuthorized"
+    TRANSACTION_UNKNOWN = "TransactionUnknown"
+    POLL_SIGNER_MISMATCH = "PollSignerMismatch"
+    REQUEST_DENIED = "RequestDenied"
+    CERTIFICATE_UNKNOWN = "CertificateUnknown"
+    # the PKCS#10 request and the template
     CSR_MALFORMED = "CsrMalformed"
     CSR_SIGNATURE_INVALID = "CsrSignatureInvalid"
     KEY_TYPE_NOT_ALLOWED = "KeyTypeNotAllowed"
     KEY_TOO_WEAK = "KeyTooWeak"
     SUBJECT_INVALID = "SubjectInvalid"
+    TEMPLATE_MISSING = "TemplateMissing"
     # the challenge (Intune's names where Intune has one)
     CHALLENGE_PASSWORD_MISSING = "ChallengePasswordMissing"
     CHALLENGE_PASSWORD_INCORRECT = "ChallengePasswordIncorrect"
@@ -51,27 +66,47 @@ class ErrorInfo:
     remedy: str
 
 
-_BR, _BMC, _BA, _BT = FailInfo.BAD_REQUEST, FailInfo.BAD_MESSAGE_CHECK, FailInfo.BAD_ALG, FailInfo.BAD_TIME
+_BR, _BMC, _BA, _BT, _BCI = (
+    FailInfo.BAD_REQUEST,
+    FailInfo.BAD_MESSAGE_CHECK,
+    FailInfo.BAD_ALG,
+    FailInfo.BAD_TIME,
+    FailInfo.BAD_CERT_ID,
+)
 
 ERRORS: dict[ErrorCode, ErrorInfo] = {
     ErrorCode.MESSAGE_UNDECODABLE: ErrorInfo(_BR, "Send a DER or BER pkiMessage (RFC 8894); check the client's base64 encoding for GET."),
     ErrorCode.REQUEST_TOO_LARGE: ErrorInfo(_BR, "Shrink the request, or raise [server] max_request_bytes in scepd.toml."),
     ErrorCode.OPERATION_UNKNOWN: ErrorInfo(_BR, "Use GetCACaps, GetCACert or PKIOperation as the operation parameter."),
     ErrorCode.MESSAGE_MISSING: ErrorInfo(_BR, "PKIOperation by GET needs a base64 message parameter; by POST a body."),
+    ErrorCode.NO_NEXT_CA: ErrorInfo(_BR, "GetNextCACert answers only between 'scepd ca rollover' and 'scepd ca activate-next'."),
     ErrorCode.MESSAGE_SIGNATURE_INVALID: ErrorInfo(_BMC, "The request was altered or signed with a key that does not match its signer certificate; regenerate it."),
     ErrorCode.MESSAGE_SIGNER_UNKNOWN: ErrorInfo(_BMC, "Include the signer certificate in the pkiMessage."),
-    ErrorCode.MESSAGE_TYPE_UNSUPPORTED: ErrorInfo(_BR, "This server answers PKCSReq; other message types need a newer scepd."),
+    ErrorCode.MESSAGE_TYPE_UNSUPPORTED: ErrorInfo(_BR, "Send PKCSReq, RenewalReq, CertPoll, GetCert or GetCRL."),
     ErrorCode.MESSAGE_TIME_INVALID: ErrorInfo(_BT, "Set the device clock correctly (the signingTime is outside [scep] max_clock_skew)."),
     ErrorCode.RECIPIENT_UNKNOWN: ErrorInfo(_BMC, "Fetch the current RA certificate with GetCACert and encrypt to it."),
     ErrorCode.RECIPIENT_KEY_NOT_RSA: ErrorInfo(_BA, "Sign the pkiMessage with an RSA key (an EC device key can still be certified: sign with a transient RSA key)."),
     ErrorCode.DECRYPTION_FAILED: ErrorInfo(_BMC, "Encrypt the request to the RA certificate from GetCACert; the content may be corrupt."),
     ErrorCode.UNSUPPORTED_ALGORITHM: ErrorInfo(_BA, "Use an algorithm listed by GetCACaps (AES or DES3; SHA-1, SHA-256 or SHA-512)."),
     ErrorCode.TRANSACTION_ID_REUSED: ErrorInfo(_BR, "Use a new transactionID for a new key; a resend must carry the same key."),
+    ErrorCode.RENEWAL_SIGNER_UNKNOWN: ErrorInfo(_BCI, "Sign a RenewalReq with the current certificate this CA issued (and its key), or enroll anew with PKCSReq and a challenge."),
+    ErrorCode.RENEWAL_NOT_ALLOWED: ErrorInfo(_BR, "The template does not allow renewal: enroll anew with a challenge, or set renewal = true in the template."),
+    ErrorCode.RENEWAL_TOO_EARLY: ErrorInfo(_BR, "Renew within the template's renewal_window_days before expiry."),
+    ErrorCode.RENEWAL_SUBJECT_MISMATCH: ErrorInfo(_BR, "A renewal must request the same subject as the certificate being renewed."),
+    ErrorCode.SIGNER_CERTIFICATE_UNKNOWN: ErrorInfo(_BCI, "The signing certificate claims this CA but is not in its records; enroll anew."),
+    ErrorCode.SIGNER_CERTIFICATE_REVOKED: ErrorInfo(_BCI, "The signing certificate is revoked; enroll anew with a challenge."),
+    ErrorCode.SIGNER_CERTIFICATE_EXPIRED: ErrorInfo(_BCI, "The signing certificate has expired; enroll anew with a challenge."),
+    ErrorCode.REQUESTER_NOT_AUTHORIZED: ErrorInfo(_BR, "GetCert and GetCRL are answered only to requests signed by a valid certificate of this CA."),
+    ErrorCode.TRANSACTION_UNKNOWN: ErrorInfo(_BCI, "Poll with the transactionID of a request this server has seen; send the PKCSReq again if it was lost."),
+    ErrorCode.POLL_SIGNER_MISMATCH: ErrorInfo(_BMC, "Sign the CertPoll with the same key and certificate as the original request."),
+    ErrorCode.REQUEST_DENIED: ErrorInfo(_BR, "An administrator denied the request (reason in the text); enroll anew if that was a mistake."),
+    ErrorCode.CERTIFICATE_UNKNOWN: ErrorInfo(_BCI, "Ask for a certificate (issuer and serial) this CA issued."),
     ErrorCode.CSR_MALFORMED: ErrorInfo(_BR, "Send a valid PKCS#10 request."),
     ErrorCode.CSR_SIGNATURE_INVALID: ErrorInfo(_BMC, "Sign the PKCS#10 request with the private key of the public key it carries."),
-    ErrorCode.KEY_TYPE_NOT_ALLOWED: ErrorInfo(_BA, "Use an RSA key or an EC key on a curve listed in [policy] ec_curves."),
-    ErrorCode.KEY_TOO_WEAK: ErrorInfo(_BR, "Use a larger key, or lower [policy] min_rsa_bits for legacy devices."),
-    ErrorCode.SUBJECT_INVALID: ErrorInfo(_BR, "Give the request a subject name or a subjectAltName."),
+    ErrorCode.KEY_TYPE_NOT_ALLOWED: ErrorInfo(_BA, "Use a key type and curve the template allows (key_types, ec_curves)."),
+    ErrorCode.KEY_TOO_WEAK: ErrorInfo(_BR, "Use a larger key, or lower the template's min_rsa_bits for legacy devices."),
+    ErrorCode.SUBJECT_INVALID: ErrorInfo(_BR, "Give the request the subject and subjectAltNames its template asks for."),
+    ErrorCode.TEMPLATE_MISSING: ErrorInfo(_BR, "The template mapping names a template that does not exist: run 'scepd templates reset-mapping' or define it."),
     ErrorCode.CHALLENGE_PASSWORD_MISSING: ErrorInfo(_BR, "Put the challenge in the request's challengePassword attribute."),
     ErrorCode.CHALLENGE_PASSWORD_INCORRECT: ErrorInfo(_BR, "Use the static challenge from scepd.toml or a fresh one from 'scepd otp new'."),
     ErrorCode.ONE_TIME_PASSWORD_EXPIRED: ErrorInfo(_BR, "Get a fresh password with 'scepd otp new'."),
@@ -108,3 +143,23 @@ def refusal_from_protocol(exc) -> Refusal:
     except ValueError:
         code = ErrorCode.MESSAGE_UNDECODABLE
     return Refusal(code, exc.reason)
+
+
+def markdown() -> str:
+    """docs/errors.md, generated: `python -m scepd.errors > docs/errors.md`."""
+    lines = [
+        "# Error codes",
+        "",
+        "Every refused request carries one of these codes: the first word of the CertRep's",
+        "failInfoText, `code` in the JSON log line, and the first line of an HTTP 4xx body.",
+        "The codes are stable. Generated by `python -m scepd.errors > docs/errors.md`.",
+        "",
+        "| code | failInfo | remedy |",
+        "|---|---|---|",
+    ]
+    lines += [f"| `{code.value}` | {info.fail_info.rfc_name} | {info.remedy} |" for code, info in ERRORS.items()]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown(), end="")

@@ -6,113 +6,16 @@ import datetime as dt
 from dataclasses import dataclass, field
 
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from scepd.ca.keys import KeyPair
-from scepd.errors import ErrorCode, Refusal
+from scepd.ca.templates import Template, eku_oid, key_usage_extension
 from scepd.protocol import signatures
 from scepd.protocol.csr import CertificationRequest
 
 # Certificates are back-dated by this much so that a device whose clock runs a little
 # slow does not reject a certificate that is "not yet valid".
 BACKDATE = dt.timedelta(minutes=5)
-
-KEY_USAGE_NAMES = (
-    "digitalSignature",
-    "contentCommitment",
-    "keyEncipherment",
-    "dataEncipherment",
-    "keyAgreement",
-    "keyCertSign",
-    "cRLSign",
-)
-
-EKU_NAMES = {
-    "clientAuth": ExtendedKeyUsageOID.CLIENT_AUTH,
-    "serverAuth": ExtendedKeyUsageOID.SERVER_AUTH,
-    "codeSigning": ExtendedKeyUsageOID.CODE_SIGNING,
-    "emailProtection": ExtendedKeyUsageOID.EMAIL_PROTECTION,
-    "ipsecIKE": ExtendedKeyUsageOID.IPSEC_IKE,
-    "ipsecIKEIntermediate": ObjectIdentifier("1.3.6.1.5.5.8.2.2"),
-    "smartcardLogon": ExtendedKeyUsageOID.SMARTCARD_LOGON,
-}
-
-# SHA-1 certificate signatures are refused by cryptography and by every modern verifier.
-CERTIFICATE_HASHES = ("sha256", "sha384", "sha512")
-
-EC_CURVES = {"secp256r1": ec.SECP256R1, "secp384r1": ec.SECP384R1, "secp521r1": ec.SECP521R1}
-
-
-def _key_usage(names: set[str]) -> x509.KeyUsage:
-    unknown = names - set(KEY_USAGE_NAMES)
-    if unknown:
-        raise ValueError(f"unknown key usage {sorted(unknown)}; known: {', '.join(KEY_USAGE_NAMES)}")
-    return x509.KeyUsage(
-        digital_signature="digitalSignature" in names,
-        content_commitment="contentCommitment" in names,
-        key_encipherment="keyEncipherment" in names,
-        data_encipherment="dataEncipherment" in names,
-        key_agreement="keyAgreement" in names,
-        key_cert_sign="keyCertSign" in names,
-        crl_sign="cRLSign" in names,
-        encipher_only=False,
-        decipher_only=False,
-    )
-
-
-def eku_oid(name: str) -> ObjectIdentifier:
-    if name in EKU_NAMES:
-        return EKU_NAMES[name]
-    try:
-        return ObjectIdentifier(name)
-    except ValueError:
-        raise ValueError(f"unknown extended key usage {name!r}; use one of {sorted(EKU_NAMES)} or an OID") from None
-
-
-@dataclass(frozen=True)
-class IssuancePolicy:
-    """What an issued certificate looks like and which requests qualify (one default policy;
-    named templates build on this)."""
-
-    validity_days: int = 365
-    hash: str = "sha256"
-    key_usage: tuple[str, ...] = ("digitalSignature", "keyEncipherment")
-    extended_key_usage: tuple[str, ...] = ("clientAuth",)
-    min_rsa_bits: int = 2048
-    ec_curves: tuple[str, ...] = ("secp256r1", "secp384r1")
-
-    def __post_init__(self) -> None:
-        # Fail at load time, not at the first request.
-        _key_usage(set(self.key_usage))
-        for name in self.extended_key_usage:
-            eku_oid(name)
-        if self.hash not in CERTIFICATE_HASHES:
-            raise ValueError(f"hash {self.hash!r} is not one of {', '.join(CERTIFICATE_HASHES)}")
-        unknown = set(self.ec_curves) - set(EC_CURVES)
-        if unknown:
-            raise ValueError(f"unknown EC curves {sorted(unknown)}; known: {', '.join(EC_CURVES)}")
-        if self.validity_days < 1:
-            raise ValueError("validity_days must be at least 1")
-
-    def check(self, request: CertificationRequest) -> Refusal | None:
-        key = request.public_key
-        if isinstance(key, rsa.RSAPublicKey):
-            if key.key_size < self.min_rsa_bits:
-                return Refusal(
-                    ErrorCode.KEY_TOO_WEAK,
-                    f"RSA-{key.key_size} is below the minimum of {self.min_rsa_bits} bits",
-                )
-        elif isinstance(key, ec.EllipticCurvePublicKey):
-            if key.curve.name not in self.ec_curves:
-                return Refusal(
-                    ErrorCode.KEY_TYPE_NOT_ALLOWED,
-                    f"EC curve {key.curve.name} is not allowed (allowed: {', '.join(self.ec_curves)})",
-                )
-        if len(request.subject) == 0 and not request.subject_alternative_names:
-            return Refusal(ErrorCode.SUBJECT_INVALID, "the request has neither a subject nor a subjectAltName")
-        return None
-
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
@@ -138,7 +41,7 @@ def create_root_ca(subject: x509.Name, key, validity_days: int = 3650, hash_name
         .not_valid_before(now - BACKDATE)
         .not_valid_after(now + dt.timedelta(days=validity_days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(_key_usage({"keyCertSign", "cRLSign", "digitalSignature"}), critical=True)
+        .add_extension(key_usage_extension({"keyCertSign", "cRLSign", "digitalSignature"}), critical=True)
         .add_extension(_ski(key.public_key()), critical=False)
     )
     return _sign(builder, None, key, hash_name)
@@ -146,17 +49,44 @@ def create_root_ca(subject: x509.Name, key, validity_days: int = 3650, hash_name
 
 @dataclass
 class CertificateAuthority:
-    """An issuing CA whose key is loaded once."""
+    """An issuing CA whose key is loaded once.
+
+    `crl_base_url` (such as http://scep.example/crl) makes every issued certificate carry
+    the CRL distribution point `<crl_base_url>/<key_id>.crl`, where the server publishes it.
+    """
 
     pair: KeyPair
-    _aki: x509.AuthorityKeyIdentifier = field(init=False, repr=False)
+    crl_base_url: str | None = None
+    _ski: x509.SubjectKeyIdentifier = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         try:
-            ski = self.pair.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-            self._aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+            self._ski = self.pair.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
         except x509.ExtensionNotFound:
-            self._aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(self.pair.key.public_key())
+            self._ski = _ski(self.pair.certificate.public_key())
+
+    @property
+    def key_id(self) -> str:
+        """Hex of the CA's subject key identifier: names its CRL and its certificates' issuer."""
+        return self._ski.digest.hex()
+
+    @property
+    def authority_key_identifier(self) -> x509.AuthorityKeyIdentifier:
+        return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(self._ski)
+
+    @property
+    def crl_url(self) -> str | None:
+        return f"{self.crl_base_url.rstrip('/')}/{self.key_id}.crl" if self.crl_base_url else None
+
+    def issued(self, cert: x509.Certificate) -> bool:
+        """Did this CA sign `cert`?"""
+        if cert.issuer != self.certificate.subject:
+            return False
+        try:
+            cert.verify_directly_issued_by(self.certificate)
+        except Exception:  # InvalidSignature, ValueError, TypeError: not ours either way
+            return False
+        return True
 
     @property
     def certificate(self) -> x509.Certificate:
@@ -175,7 +105,7 @@ class CertificateAuthority:
             .not_valid_before(now - BACKDATE)
             .not_valid_after(not_after)
             .add_extension(_ski(public_key), critical=False)
-            .add_extension(self._aki, critical=False)
+            .add_extension(self.authority_key_identifier, critical=False)
         )
 
     def issue_ra_certificate(self, subject: x509.Name, ra_key: rsa.RSAPrivateKey, validity_days: int = 730) -> x509.Certificate:
@@ -186,26 +116,29 @@ class CertificateAuthority:
         builder = (
             self._builder(subject, ra_key.public_key(), dt.timedelta(days=validity_days))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(_key_usage({"digitalSignature", "keyEncipherment"}), critical=True)
+            .add_extension(key_usage_extension({"digitalSignature", "keyEncipherment"}), critical=True)
         )
         return _sign(builder, self.pair, None, "sha256")
 
-    def issue(self, request: CertificationRequest, policy: IssuancePolicy) -> x509.Certificate:
-        """Sign a certificate for a request that passed `policy.check`."""
-        usages = set(policy.key_usage)
+    def issue(self, request: CertificationRequest, template: Template) -> x509.Certificate:
+        """Sign a certificate for a request that passed `template.check`."""
+        usages = set(template.key_usage)
         if not isinstance(request.public_key, rsa.RSAPublicKey):
             usages -= {"keyEncipherment", "dataEncipherment"}  # meaningless for EC keys
         builder = (
-            self._builder(request.subject, request.public_key, dt.timedelta(days=policy.validity_days))
+            self._builder(request.subject, request.public_key, dt.timedelta(days=template.validity_days))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(_key_usage(usages), critical=True)
+            .add_extension(key_usage_extension(usages), critical=True)
         )
-        if policy.extended_key_usage:
+        if template.extended_key_usage:
             builder = builder.add_extension(
-                x509.ExtendedKeyUsage([eku_oid(n) for n in policy.extended_key_usage]), critical=False
+                x509.ExtendedKeyUsage([eku_oid(n) for n in template.extended_key_usage]), critical=False
             )
+        if self.crl_url:
+            point = x509.DistributionPoint([x509.UniformResourceIdentifier(self.crl_url)], None, None, None)
+            builder = builder.add_extension(x509.CRLDistributionPoints([point]), critical=False)
         sans = request.subject_alternative_names
         if sans:
             # RFC 5280 4.2.1.6: critical when the subject is empty.
             builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=len(request.subject) == 0)
-        return _sign(builder, self.pair, None, policy.hash)
+        return _sign(builder, self.pair, None, template.hash)

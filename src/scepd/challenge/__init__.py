@@ -8,7 +8,12 @@ consuming a one-time password commits together with the certificate it paid for.
 May import: scepd.errors, scepd.store, scepd.protocol (for the request it judges).
 """
 
-from scepd.challenge.base import ChallengeRequest, ChallengeValidator, ChallengeVerdict, FirstAccepting
+from scepd.challenge.base import (
+    ChallengeRequest,
+    ChallengeValidator,
+    ChallengeVerdict,
+    FirstAccepting,
+)
 from scepd.challenge.otp import OneTimePasswordValidator, new_one_time_password
 from scepd.challenge.static import StaticChallengeValidator
 

@@ -5,6 +5,12 @@ or GET, then checks and opens the CertRep. Message construction is scepd.protoco
 May import: scepd.protocol only (plus httpx and cryptography).
 """
 
-from scepd.client.client import EnrollmentResult, ScepClient, ScepClientError, build_csr, parse_san
+from scepd.client.client import (
+    EnrollmentResult,
+    ScepClient,
+    ScepClientError,
+    build_csr,
+    parse_san,
+)
 
 __all__ = ["EnrollmentResult", "ScepClient", "ScepClientError", "build_csr", "parse_san"]

@@ -6,6 +6,7 @@ import base64
 import datetime as dt
 import ipaddress
 import secrets
+import time
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -19,7 +20,13 @@ from cryptography.x509.oid import AttributeOID, ObjectIdentifier
 
 from scepd.protocol import MessageType, PkiStatus, cms
 from scepd.protocol.caps import parse_caps
-from scepd.protocol.message import build_pki_message, new_nonce, parse_pki_message
+from scepd.protocol.message import (
+    build_pki_message,
+    encode_issuer_and_serial,
+    encode_issuer_and_subject,
+    new_nonce,
+    parse_pki_message,
+)
 from scepd.protocol.types import FailInfo
 
 UPN_OID = ObjectIdentifier("1.3.6.1.4.1.311.20.2.3")
@@ -175,68 +182,119 @@ class ScepClient:
         ca: CaCertificates | None = None,
         transaction_id: str | None = None,
         signer: tuple[x509.Certificate, object] | None = None,
+        renewal: bool = False,
+        key_usage: x509.KeyUsage | None = None,
+        poll_interval: float = 0,
+        max_poll_time: float = 0,
     ) -> EnrollmentResult:
-        """Send a PKCSReq for `key` and return the server's verdict.
+        """Send a PKCSReq (or, with `renewal`, a RenewalReq) for `key`; poll while PENDING.
 
-        The request is signed with a self-signed certificate of the device key when that key
-        is RSA; for an EC key with a transient RSA key, since the reply must be encrypted
-        back to the signer and SCEP key transport is RSA.
+        Without `signer` the request is signed with a self-signed certificate of the device
+        key when that key is RSA, or of a transient RSA key for an EC key: the reply must be
+        encrypted back to the signer and SCEP key transport is RSA. To renew, pass the
+        current certificate and its key as `signer`. With `poll_interval` > 0 a PENDING
+        answer is followed by CertPolls until it resolves or `max_poll_time` (0: no limit)
+        runs out.
         """
         ca = ca or self.get_ca_certs()
-        csr = build_csr(key, subject, sans=list(sans), challenge=challenge)
+        csr = build_csr(key, subject, sans=list(sans), challenge=challenge, key_usage=key_usage)
         if signer is None:
             signer_key = key if isinstance(key, rsa.RSAPrivateKey) else rsa.generate_private_key(65537, 2048)
             signer = (self_signed(signer_key, subject), signer_key)
-        signer_cert, signer_key = signer
-        envelope = cms.build_enveloped(csr.public_bytes(Encoding.DER), ca.ra, CIPHERS[cipher])
         # A fresh random ID per enrollment (Apple sends 40 hex characters too); a resend of
         # the same request passes its transaction_id again.
         transaction_id = transaction_id or secrets.token_hex(20).upper()
-        nonce = new_nonce()
-        request = build_pki_message(
-            message_type=MessageType.PKCS_REQ,
-            transaction_id=transaction_id,
-            signer_certificate=signer_cert,
-            signer_key=signer_key,
-            digest_algorithm=digest,
-            envelope=envelope,
-            sender_nonce=nonce,
-        )
-        body = self._send(request, use_get)
-        return self._read_cert_rep(body, ca, transaction_id, nonce, signer_cert, signer_key, key)
+        exchange = _Exchange(self, ca, signer, CIPHERS[cipher], digest, use_get, transaction_id)
+        message_type = MessageType.RENEWAL_REQ if renewal else MessageType.PKCS_REQ
+        result = exchange.certificate_for(key, exchange.send(message_type, csr.public_bytes(Encoding.DER)))
+        deadline = time.monotonic() + max_poll_time if max_poll_time else None
+        while result.status is PkiStatus.PENDING and poll_interval > 0:
+            if deadline is not None and time.monotonic() + poll_interval > deadline:
+                break
+            time.sleep(poll_interval)
+            poll = encode_issuer_and_subject(ca.ca.subject, subject)
+            result = exchange.certificate_for(key, exchange.send(MessageType.CERT_POLL, poll))
+        return result
 
-    def _send(self, request: bytes, use_get: bool) -> bytes:
-        if use_get:
-            response = self._get("PKIOperation", base64.b64encode(request).decode("ascii"))
-        else:
-            response = self.http.post(
-                f"{self.url}?operation=PKIOperation",
-                content=request,
-                headers={"Content-Type": "application/x-pki-message"},
-            )
-            if response.status_code != 200:
-                raise ScepClientError(f"PKIOperation: HTTP {response.status_code}: {response.text.strip()[:300]}")
+    def get_cert(self, issuer: x509.Name, serial: int, signer, *, ca: CaCertificates | None = None) -> x509.Certificate:
+        """GetCert: a certificate by issuer and serial (the server wants a signer it issued)."""
+        reply = self._retrieve(MessageType.GET_CERT, issuer, serial, signer, ca)
+        return reply[0][0]
+
+    def get_crl(self, issuer: x509.Name, serial: int, signer, *, ca: CaCertificates | None = None) -> x509.CertificateRevocationList:
+        """GetCRL: the CRL covering the certificate `issuer`/`serial`."""
+        return self._retrieve(MessageType.GET_CRL, issuer, serial, signer, ca)[1][0]
+
+    def _retrieve(self, message_type, issuer, serial, signer, ca):
+        ca = ca or self.get_ca_certs()
+        exchange = _Exchange(self, ca, signer, cms.ContentCipher.AES_128_CBC, "sha256", False, secrets.token_hex(20).upper())
+        reply = exchange.send(message_type, encode_issuer_and_serial(issuer, serial))
+        if reply.pki_status is not PkiStatus.SUCCESS:
+            raise ScepClientError(f"{message_type.name} refused: {reply.fail_info_text or reply.pki_status}")
+        return cms.parse_certs_and_crls(exchange.open(reply))
+
+    def _post(self, request: bytes) -> bytes:
+        response = self.http.post(
+            f"{self.url}?operation=PKIOperation",
+            content=request,
+            headers={"Content-Type": "application/x-pki-message"},
+        )
+        if response.status_code != 200:
+            raise ScepClientError(f"PKIOperation: HTTP {response.status_code}: {response.text.strip()[:300]}")
         return response.content
 
-    def _read_cert_rep(self, body, ca, transaction_id, nonce, signer_cert, signer_key, key) -> EnrollmentResult:
-        reply = parse_pki_message(body, ca.all)
+
+@dataclass
+class _Exchange:
+    """One transaction with the server: same signer, cipher and transactionID throughout."""
+
+    client: ScepClient
+    ca: CaCertificates
+    signer: tuple[x509.Certificate, object]
+    cipher: cms.ContentCipher
+    digest: str
+    use_get: bool
+    transaction_id: str
+
+    def send(self, message_type: MessageType, content: bytes):
+        signer_cert, signer_key = self.signer
+        nonce = new_nonce()
+        request = build_pki_message(
+            message_type=message_type,
+            transaction_id=self.transaction_id,
+            signer_certificate=signer_cert,
+            signer_key=signer_key,
+            digest_algorithm=self.digest,
+            envelope=cms.build_enveloped(content, self.ca.ra, self.cipher),
+            sender_nonce=nonce,
+        )
+        if self.use_get:
+            body = self.client._get("PKIOperation", base64.b64encode(request).decode("ascii")).content
+        else:
+            body = self.client._post(request)
+        reply = parse_pki_message(body, self.ca.all)
         if reply.signature_error:
             raise ScepClientError(f"the CertRep does not verify: {reply.signature_error}")
-        if reply.signer_certificate not in ca.all:
+        if reply.signer_certificate not in self.ca.all:
             raise ScepClientError("the CertRep is not signed by the CA or RA from GetCACert")
         if reply.message_type is not MessageType.CERT_REP:
             raise ScepClientError(f"expected a CertRep, got {reply.message_type.name}")
-        if reply.transaction_id != transaction_id or reply.recipient_nonce != nonce:
+        if reply.transaction_id != self.transaction_id or reply.recipient_nonce != nonce:
             raise ScepClientError("the CertRep answers another request (transactionID or recipientNonce differ)")
+        return reply
+
+    def open(self, reply) -> bytes:
+        return cms.decrypt_enveloped(reply.envelope, [self.signer]).content
+
+    def certificate_for(self, key, reply) -> EnrollmentResult:
         if reply.pki_status is not PkiStatus.SUCCESS:
             return EnrollmentResult(
-                reply.pki_status or PkiStatus.FAILURE, transaction_id, None, reply.fail_info, reply.fail_info_text
+                reply.pki_status or PkiStatus.FAILURE, self.transaction_id, None, reply.fail_info, reply.fail_info_text
             )
-        opened = cms.decrypt_enveloped(reply.envelope, [(signer_cert, signer_key)])
         wanted = key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-        for cert in cms.parse_certs_only(opened.content):
+        for cert in cms.parse_certs_only(self.open(reply)):
             if cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo) == wanted:
-                return EnrollmentResult(PkiStatus.SUCCESS, transaction_id, cert)
+                return EnrollmentResult(PkiStatus.SUCCESS, self.transaction_id, cert)
         raise ScepClientError("the CertRep holds no certificate for our key")
 
 

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 
 from asn1crypto import algos, cms, core
+from asn1crypto import crl as asn1_crl
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
@@ -282,26 +283,35 @@ def build_signed_data(
     return cms.ContentInfo({"content_type": "signed_data", "content": signed_data}).dump()
 
 
-def build_certs_only(certificates: list[x509.Certificate]) -> bytes:
-    """A degenerate SignedData: certificates and no signers (RFC 8894 section 3.4)."""
-    signed_data = cms.SignedData(
-        {
-            "version": "v1",
-            "digest_algorithms": [],
-            "encap_content_info": {"content_type": "data"},
-            "certificates": [_to_asn1(c) for c in certificates],
-            "signer_infos": [],
-        }
-    )
+def build_certs_only(
+    certificates: list[x509.Certificate], crls: list[x509.CertificateRevocationList] = ()
+) -> bytes:
+    """A degenerate SignedData: certificates (or CRLs) and no signers (RFC 8894 section 3.4)."""
+    fields = {
+        "version": "v1",
+        "digest_algorithms": [],
+        "encap_content_info": {"content_type": "data"},
+        "certificates": [_to_asn1(c) for c in certificates],
+        "signer_infos": [],
+    }
+    if crls:
+        fields["crls"] = [asn1_crl.CertificateList.load(c.public_bytes(Encoding.DER)) for c in crls]
+    signed_data = cms.SignedData(fields)
     return cms.ContentInfo({"content_type": "signed_data", "content": signed_data}).dump()
 
 
 def parse_certs_only(der: bytes) -> list[x509.Certificate]:
+    return parse_certs_and_crls(der)[0]
+
+
+def parse_certs_and_crls(der: bytes) -> tuple[list[x509.Certificate], list[x509.CertificateRevocationList]]:
     _, signed_data = load_content(der, "signed_data")
     try:
-        return [_to_cryptography(c.chosen) for c in (signed_data["certificates"] or []) if c.name == "certificate"]
+        certs = [_to_cryptography(c.chosen) for c in (signed_data["certificates"] or []) if c.name == "certificate"]
+        crls = [x509.load_der_x509_crl(c.chosen.dump()) for c in (signed_data["crls"] or []) if c.name == "crl"]
     except Exception as exc:
-        raise _undecodable("a certificate in the certs-only message cannot be read", exc) from None
+        raise _undecodable("a certificate or CRL in the certs-only message cannot be read", exc) from None
+    return certs, crls
 
 
 # --- EnvelopedData / AuthEnvelopedData --------------------------------------------------

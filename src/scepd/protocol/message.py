@@ -10,6 +10,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from asn1crypto import cms as cms_asn1
+from asn1crypto import core
+from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 
 from scepd.protocol import cms
@@ -150,6 +153,7 @@ class CertRepReply:
 
     status: PkiStatus
     certificates: tuple[x509.Certificate, ...] = ()
+    crls: tuple[x509.CertificateRevocationList, ...] = ()  # GetCRL's answer
     fail_info: FailInfo | None = None
     fail_info_text: str | None = None
 
@@ -170,7 +174,7 @@ def build_cert_rep(
     if reply.status is PkiStatus.SUCCESS:
         if request.signer_certificate is None:
             raise ProtocolError(FailInfo.BAD_MESSAGE_CHECK, "MessageSignerUnknown", "no certificate to encrypt to")
-        inner = cms.build_certs_only(list(reply.certificates))
+        inner = cms.build_certs_only(list(reply.certificates), list(reply.crls))
         envelope = cms.build_enveloped(inner, request.signer_certificate, cipher, key_transport)
     return build_pki_message(
         message_type=MessageType.CERT_REP,
@@ -188,3 +192,46 @@ def build_cert_rep(
 
 # We answer in the requester's digest when it is one we sign with; MD5 never.
 _REPLY_DIGESTS = {"sha1", "sha224", "sha256", "sha384", "sha512"}
+
+
+# --- what CertPoll, GetCert and GetCRL carry inside their envelope ------------------------
+
+
+class _IssuerAndSubject(core.Sequence):
+    """RFC 8894 section 3.3.3: the content of a CertPoll (asn1crypto does not define it)."""
+
+    _fields = [("issuer", asn1_x509.Name), ("subject", asn1_x509.Name)]
+
+
+def encode_issuer_and_serial(issuer: x509.Name, serial: int) -> bytes:
+    return cms_asn1.IssuerAndSerialNumber(
+        {"issuer": asn1_x509.Name.load(issuer.public_bytes()), "serial_number": serial}
+    ).dump()
+
+
+def decode_issuer_and_serial(der: bytes) -> tuple[bytes, int]:
+    """(issuer Name as DER, serial) of a GetCert or GetCRL request."""
+    try:
+        value = cms_asn1.IssuerAndSerialNumber.load(der)
+        return value["issuer"].dump(force=True), value["serial_number"].native
+    except Exception as exc:
+        raise ProtocolError(
+            FailInfo.BAD_REQUEST, "MessageUndecodable", f"the content is not an IssuerAndSerialNumber: {exc}"
+        ) from None
+
+
+def encode_issuer_and_subject(issuer: x509.Name, subject: x509.Name) -> bytes:
+    return _IssuerAndSubject(
+        {"issuer": asn1_x509.Name.load(issuer.public_bytes()), "subject": asn1_x509.Name.load(subject.public_bytes())}
+    ).dump()
+
+
+def decode_issuer_and_subject(der: bytes) -> tuple[bytes, bytes]:
+    """(issuer, subject) Names as DER of a CertPoll."""
+    try:
+        value = _IssuerAndSubject.load(der)
+        return value["issuer"].dump(force=True), value["subject"].dump(force=True)
+    except Exception as exc:
+        raise ProtocolError(
+            FailInfo.BAD_REQUEST, "MessageUndecodable", f"the content is not an IssuerAndSubject: {exc}"
+        ) from None

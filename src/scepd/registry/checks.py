@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from scepd.ca.templates import DEFAULT_TEMPLATE
 from scepd.registry.instance import Instance, KeyMaterial
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
@@ -37,12 +38,14 @@ def check_material(instance: Instance, material: KeyMaterial) -> list[CheckResul
     now = dt.datetime.now(dt.timezone.utc)
     ca_cert, ra_cert = material.ca.certificate, material.ra.certificate
     results = [
-        _validity("ca.validity", ca_cert, now, "create a new CA (CA rollover)"),
-        _validity("ra.validity", ra_cert, now, "issue a new RA certificate"),
+        _validity("ca.validity", ca_cert, now, "scepd ca rollover, then scepd ca activate-next"),
+        _validity("ra.validity", ra_cert, now, "scepd ra renew"),
     ]
     try:
         ku = ra_cert.extensions.get_extension_for_class(x509.KeyUsage).value
-        ku_ok = ku.digital_signature and ku.key_encipherment
+        # Without an RA the CA signs CertReps and is encrypted to; its keyCertSign usage is
+        # what clients look at then, so only a separate RA is held to the RA usages.
+        ku_ok = ra_cert == ca_cert or (ku.digital_signature and ku.key_encipherment)
     except x509.ExtensionNotFound:
         ku_ok = True  # no extension: every usage allowed
     if not isinstance(ra_cert.public_key(), rsa.RSAPublicKey) or not ku_ok:
@@ -51,7 +54,7 @@ def check_material(instance: Instance, material: KeyMaterial) -> list[CheckResul
                 "ra.key_usage",
                 FAIL,
                 "the RA certificate must be RSA with digitalSignature and keyEncipherment (clients encrypt to it)",
-                "issue a new RA certificate",
+                "scepd ra renew",
             )
         )
     else:
@@ -59,9 +62,11 @@ def check_material(instance: Instance, material: KeyMaterial) -> list[CheckResul
     try:
         ra_cert.verify_directly_issued_by(ca_cert)
         results.append(CheckResult("ra.issuer", PASS, "issued by the CA"))
-    except (ValueError, TypeError, Exception) as exc:  # InvalidSignature and mismatch
-        results.append(CheckResult("ra.issuer", FAIL, f"the RA certificate is not signed by the CA ({exc or type(exc).__name__})", "issue a new RA certificate"))
+    except Exception as exc:  # InvalidSignature, ValueError, TypeError: not signed by the CA
+        results.append(CheckResult("ra.issuer", FAIL, f"the RA certificate is not signed by the CA ({exc or type(exc).__name__})", "scepd ra renew"))
     for role, files in (("ca", instance.config.ca), ("ra", instance.config.ra)):
+        if not files.key:
+            continue
         path = instance.path(files.key)
         mode = stat.S_IMODE(path.stat().st_mode)
         if mode & 0o077:
@@ -81,6 +86,22 @@ def check_material(instance: Instance, material: KeyMaterial) -> list[CheckResul
     else:
         results.append(CheckResult("challenge.validators", PASS, "static" if challenge.static else "one-time passwords"))
     return results
+
+
+def check_template_mapping(instance: Instance) -> CheckResult:
+    """A mapping that names a missing template would fail every request of that kind."""
+    config = instance.config
+    missing = config.template_mapping.missing(config.templates)
+    if missing:
+        named = "; ".join(f"[template_mapping] {key} names '{name}', which is not a template" for key, name in missing)
+        return CheckResult(
+            "template_mapping",
+            FAIL,
+            named,
+            f"scepd templates reset-mapping --dir {instance.directory} (sets all three to {DEFAULT_TEMPLATE}), "
+            "or define the template in scepd.toml",
+        )
+    return CheckResult("template_mapping", PASS, "every mapping key names an existing template")
 
 
 def check_store(instance: Instance, store, repair: bool) -> CheckResult:

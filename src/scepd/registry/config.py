@@ -12,7 +12,9 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scepd.ca.authority import IssuancePolicy
+import tomli_w
+
+from scepd.ca.templates import BUILTIN_TEMPLATES, Template, TemplateMapping
 
 CONFIG_FILE = "scepd.toml"
 
@@ -40,12 +42,29 @@ class ServerConfig:
     # Bodies above this get 413 and query strings above it 414 (a pkiMessage is a few KiB).
     max_request_bytes: int = 65536
     workers: int = 1
+    # The base URL clients and relying parties reach this server at (CRL distribution points
+    # are published under it); empty: http://HOST:PORT.
+    public_url: str = ""
+
+    @property
+    def base_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
 
 
 @dataclass(frozen=True)
 class KeyFiles:
+    """A CA's or the RA's files: the active pair, the next one (after `rollover`, before
+    `activate-next`) and the previous ones (still trusted, still signing their CRLs)."""
+
     certificate: str
     key: str
+    next_certificate: str = ""
+    next_key: str = ""
+    previous_certificates: tuple[str, ...] = ()
+    previous_keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -58,6 +77,11 @@ class KeysConfig:
 class ScepConfig:
     # A request whose signingTime is further than this from our clock gets badTime.
     max_clock_skew: str = "24h"
+
+
+@dataclass(frozen=True)
+class CrlConfig:
+    validity: str = "7d"  # nextUpdate - thisUpdate; re-signed after half of it
 
 
 @dataclass(frozen=True)
@@ -84,7 +108,9 @@ class Config:
     ra: KeyFiles = field(default_factory=lambda: KeyFiles("ra.pem", "ra.key"))
     keys: KeysConfig = field(default_factory=KeysConfig)
     scep: ScepConfig = field(default_factory=ScepConfig)
-    policy: IssuancePolicy = field(default_factory=IssuancePolicy)
+    crl: CrlConfig = field(default_factory=CrlConfig)
+    templates: dict[str, Template] = field(default_factory=lambda: dict(BUILTIN_TEMPLATES))
+    template_mapping: TemplateMapping = field(default_factory=TemplateMapping)
     challenge: ChallengeConfig = field(default_factory=ChallengeConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
@@ -117,14 +143,18 @@ def _coerce(section: str, key: str, kind, value, from_env: bool):
     raise ConfigError(f"{where} must be {expected}, not {value!r}")
 
 
-def _section(name: str, cls, table: dict, environ: typing.Mapping[str, str], default):
+def _section(name: str, cls, table: dict, environ: typing.Mapping[str, str], default, fixed=None):
+    """One table as a `cls`; `fixed` are fields given by the table's position, not its keys."""
+    fixed = fixed or {}
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
+    known = {f.name for f in dataclasses.fields(cls)} - set(fixed)
     unknown = set(table) - known
     if unknown:
         raise ConfigError(f"[{name}] has unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
-    values = {}
+    values = dict(fixed)
     for f in dataclasses.fields(cls):
+        if f.name in fixed:
+            continue
         env_name = f"SCEPD_{name.upper()}_{f.name.upper()}"
         if env_name in environ:
             values[f.name] = _coerce(name, f.name, hints[f.name], environ[env_name], True)
@@ -136,6 +166,18 @@ def _section(name: str, cls, table: dict, environ: typing.Mapping[str, str], def
         return cls(**values)
     except ValueError as exc:
         raise ConfigError(f"[{name}]: {exc}") from None
+
+
+def _templates(tables: dict) -> dict[str, Template]:
+    """[templates.NAME] tables over the built-in templates (a table may redefine one).
+    Environment overrides do not reach templates: their names are free text."""
+    templates = dict(BUILTIN_TEMPLATES)
+    for name, table in tables.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"[templates.{name}] must be a table")
+        default = BUILTIN_TEMPLATES.get(name, Template(name=name))
+        templates[name] = _section(f"templates.{name}", Template, table, {}, default, fixed={"name": name})
+    return templates
 
 
 def load_config(path: Path, environ: typing.Mapping[str, str] | None = None) -> Config:
@@ -157,19 +199,60 @@ def load_config(path: Path, environ: typing.Mapping[str, str] | None = None) -> 
         table = data.get(name, {})
         if not isinstance(table, dict):
             raise ConfigError(f"[{name}] must be a table")
-        sections[name] = _section(name, hints[name], table, environ, getattr(default, name))
+        if name == "templates":
+            sections[name] = _templates(table)
+        else:
+            sections[name] = _section(name, hints[name], table, environ, getattr(default, name))
     config = Config(**sections)
     parse_duration(config.scep.max_clock_skew)
     parse_duration(config.challenge.otp_validity)
+    parse_duration(config.crl.validity)
+    for role in ("ca", "ra"):
+        files = getattr(config, role)
+        if len(files.previous_certificates) != len(files.previous_keys):
+            raise ConfigError(f"[{role}] previous_certificates and previous_keys must pair up")
+        if bool(files.next_certificate) != bool(files.next_key):
+            raise ConfigError(f"[{role}] next_certificate and next_key go together")
     return config
 
 
 def config_as_toml_tables(config: Config) -> dict:
     """The configuration as TOML tables (for writing scepd.toml)."""
+    def table(section, skip=()):
+        return {
+            k: list(v) if isinstance(v, tuple) else v
+            for k, v in dataclasses.asdict(section).items()
+            if k not in skip
+        }
+
     out = {}
     for f in dataclasses.fields(config):
         section = getattr(config, f.name)
-        out[f.name] = {
-            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(section).items()
-        }
+        if f.name == "templates":
+            out[f.name] = {name: table(t, skip=("name",)) for name, t in section.items()}
+        else:
+            out[f.name] = table(section)
     return out
+
+
+def update_config_file(path: Path, changes: dict[str, dict[str, object]]) -> Config:
+    """Set keys in scepd.toml (section -> key -> value), validate the result and replace
+    the file atomically (0600, as it holds the static challenge). Returns the new Config."""
+    data = tomllib.loads(path.read_text(encoding="utf-8"))
+    for section, values in changes.items():
+        table = data.setdefault(section, {})
+        for key, value in values.items():
+            table[key] = list(value) if isinstance(value, tuple) else value
+    text = tomli_w.dumps(data)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    try:
+        config = load_config(tmp, environ={})
+    except ConfigError:
+        tmp.unlink()
+        raise
+    os.replace(tmp, path)
+    return config

@@ -16,8 +16,22 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from scepd.ca.authority import CertificateAuthority, create_root_ca
-from scepd.ca.keys import KeyPair, generate_key, load_key, save_certificate, save_key, write_private
-from scepd.registry.config import CONFIG_FILE, ChallengeConfig, Config, ConfigError, config_as_toml_tables, load_config
+from scepd.ca.keys import (
+    KeyPair,
+    generate_key,
+    load_key,
+    save_certificate,
+    save_key,
+    write_private,
+)
+from scepd.registry.config import (
+    CONFIG_FILE,
+    ChallengeConfig,
+    Config,
+    ConfigError,
+    config_as_toml_tables,
+    load_config,
+)
 from scepd.store import Store
 
 DEFAULT_DIR = "instance"
@@ -78,12 +92,37 @@ class Instance:
 
 @dataclass(frozen=True)
 class KeyMaterial:
+    """Every key pair the server uses, loaded once.
+
+    `ca` issues and `ra` signs CertReps (the RA is the CA itself when [ra] certificate is
+    empty). Previous pairs stay trusted for renewals, decryption and their CRLs; the next
+    pair exists between `scepd ca rollover` and `scepd ca activate-next`.
+    """
+
     ca: CertificateAuthority
     ra: KeyPair
+    previous_cas: tuple[CertificateAuthority, ...] = ()
+    previous_ras: tuple[KeyPair, ...] = ()
+    next_ca: CertificateAuthority | None = None
+    next_ra: KeyPair | None = None
+
+    @property
+    def all_cas(self) -> tuple[CertificateAuthority, ...]:
+        return (self.ca, *self.previous_cas) + ((self.next_ca,) if self.next_ca else ())
+
+    @property
+    def all_ras(self) -> tuple[KeyPair, ...]:
+        return (self.ra, *self.previous_ras) + ((self.next_ra,) if self.next_ra else ())
+
+    @property
+    def ca_ra_certificates(self) -> list[x509.Certificate]:
+        """GetCACert: the RA first, then the issuing CA, then CAs still in their overlap."""
+        certs = [self.ra.certificate, self.ca.certificate] + [c.certificate for c in self.previous_cas]
+        return list(dict.fromkeys(certs))
 
 
-def _load_pair(instance: Instance, role: str, files) -> KeyPair:
-    cert_path, key_path = instance.path(files.certificate), instance.path(files.key)
+def _load_pair(instance: Instance, role: str, cert_name: str, key_name: str) -> KeyPair:
+    cert_path, key_path = instance.path(cert_name), instance.path(key_name)
     for p in (cert_path, key_path):
         if not p.exists():
             raise InstanceError(
@@ -111,16 +150,29 @@ def _load_pair(instance: Instance, role: str, files) -> KeyPair:
         ) from None
     pair = KeyPair(certificate, key)
     if not pair.key_matches_certificate():
-        raise InstanceError(
-            f"[{role}] key", f"{key_path} does not belong to {cert_path}", "restore the matching pair from backup"
-        )
+        raise InstanceError(f"[{role}] key", f"{key_path} does not belong to {cert_path}", "restore the matching pair from backup")
     return pair
 
 
 def load_key_material(instance: Instance) -> KeyMaterial:
-    ca = _load_pair(instance, "ca", instance.config.ca)
-    ra = _load_pair(instance, "ra", instance.config.ra)
-    return KeyMaterial(CertificateAuthority(ca), ra)
+    config = instance.config
+    crl_base = f"{config.server.base_url}/crl"
+
+    def authority(cert_name: str, key_name: str) -> CertificateAuthority:
+        return CertificateAuthority(_load_pair(instance, "ca", cert_name, key_name), crl_base)
+
+    ca = authority(config.ca.certificate, config.ca.key)
+    ra = _load_pair(instance, "ra", config.ra.certificate, config.ra.key) if config.ra.certificate else ca.pair
+    return KeyMaterial(
+        ca=ca,
+        ra=ra,
+        previous_cas=tuple(authority(c, k) for c, k in zip(config.ca.previous_certificates, config.ca.previous_keys)),
+        previous_ras=tuple(
+            _load_pair(instance, "ra", c, k) for c, k in zip(config.ra.previous_certificates, config.ra.previous_keys)
+        ),
+        next_ca=authority(config.ca.next_certificate, config.ca.next_key) if config.ca.next_certificate else None,
+        next_ra=_load_pair(instance, "ra", config.ra.next_certificate, config.ra.next_key) if config.ra.next_certificate else None,
+    )
 
 
 def create_instance(

@@ -10,12 +10,13 @@ import time
 from pathlib import Path
 from urllib.parse import unquote, unquote_plus
 
+from cryptography.hazmat.primitives.serialization import Encoding
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from scepd.enrollment import CA_CERT, CA_RA_CERT, PKI_MESSAGE, EnrollmentService, OperationResult
+from scepd.enrollment import NEXT_CA_CERT, EnrollmentService, OperationResult
 from scepd.errors import ErrorCode, Refusal
 
 request_log = logging.getLogger("scepd.request")
@@ -77,7 +78,41 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def create_app(service: EnrollmentService, max_request_bytes: int = 65536) -> Starlette:
+class ReloadingService:
+    """The service, rebuilt when scepd.toml changes.
+
+    `scepd ca activate-next` and `scepd ra renew` write new key files and then scepd.toml;
+    each worker notices within `interval` seconds (one stat, never a per-request read) and
+    switches to the new keys without a restart. A configuration that does not load is
+    logged and the running service is kept.
+    """
+
+    def __init__(self, build, watched: Path | None = None, interval: float = 2.0) -> None:
+        self._build = build
+        self._watched = watched
+        self._interval = interval
+        self._mtime = watched.stat().st_mtime_ns if watched else None
+        self._checked = time.monotonic()
+        self._service: EnrollmentService = build()
+
+    def __call__(self) -> EnrollmentService:
+        if self._watched is not None and time.monotonic() - self._checked >= self._interval:
+            self._checked = time.monotonic()
+            try:
+                mtime = self._watched.stat().st_mtime_ns
+                if mtime != self._mtime:
+                    self._service = self._build()
+                    self._mtime = mtime
+                    logging.getLogger("scepd.server").warning("reloaded %s", self._watched)
+            except Exception:
+                logging.getLogger("scepd.server").exception("kept the running configuration: %s does not load", self._watched)
+        return self._service
+
+
+def create_app(service, max_request_bytes: int = 65536) -> Starlette:
+    """`service` is an EnrollmentService, or a callable returning the current one."""
+    current = service if callable(service) else (lambda: service)
+
     async def scep(request: Request) -> Response:
         started = time.perf_counter()
         fields = {
@@ -108,6 +143,7 @@ def create_app(service: EnrollmentService, max_request_bytes: int = 65536) -> St
         return response
 
     async def _dispatch(request: Request, fields: dict) -> tuple[Response, OperationResult | None]:
+        service = current()
         raw_query = request.scope.get("query_string", b"")
         if len(raw_query) > max_request_bytes:
             refusal = Refusal(ErrorCode.REQUEST_TOO_LARGE, f"the query string exceeds {max_request_bytes} bytes")
@@ -120,7 +156,14 @@ def create_app(service: EnrollmentService, max_request_bytes: int = 65536) -> St
             return Response(service.ca_caps, media_type="text/plain"), None
         if operation == "GetCACert":
             # `message` (Apple: profile name, Cisco: trustpoint) names a CA; we have one.
-            return Response(service.ca_certs, media_type=CA_RA_CERT), None
+            content_type, body = service.ca_certs
+            return Response(body, media_type=content_type), None
+        if operation == "GetNextCACert":
+            if service.next_ca_certs is None:
+                refusal = Refusal(ErrorCode.NO_NEXT_CA, "there is no next CA (no rollover in progress)")
+                fields["code"] = refusal.code.value
+                return _text(404, refusal), None
+            return Response(service.next_ca_certs, media_type=NEXT_CA_CERT), None
         if operation != "PKIOperation":
             refusal = Refusal(ErrorCode.OPERATION_UNKNOWN, f"unknown operation {operation!r}")
             fields["code"] = refusal.code.value
@@ -151,14 +194,23 @@ def create_app(service: EnrollmentService, max_request_bytes: int = 65536) -> St
             refusal = Refusal(ErrorCode.MESSAGE_MISSING, "the request has no message")
             fields["code"] = refusal.code.value
             return _text(400, refusal), None
-        result = service.pki_operation(message)
+        result = service.pki_operation(message, fields["client"])
         return Response(result.body, status_code=result.http_status, media_type=result.content_type), result
 
     async def health(_request: Request) -> Response:
         return Response("ok\n", media_type="text/plain")
 
+    async def crl(request: Request) -> Response:
+        service = current()
+        ca = service.ca_for_key_id(request.path_params["key_id"].lower())
+        if ca is None:
+            return Response("no CA with that key identifier\n", status_code=404, media_type="text/plain")
+        der = service.crls.current(ca).public_bytes(Encoding.DER)
+        return Response(der, media_type="application/pkix-crl")
+
     routes = [Route(path, scep, methods=["GET", "POST"]) for path in SCEP_PATHS]
     routes.append(Route("/healthz", health, methods=["GET"]))
+    routes.append(Route("/crl/{key_id}.crl", crl, methods=["GET"]))
     return Starlette(routes=routes)
 
 
@@ -166,15 +218,21 @@ def create_app_from_environment() -> Starlette:
     """The uvicorn factory used by `scepd serve` (each worker process builds its own app:
     keys loaded once per process, one database pool per process)."""
     from scepd.logs import configure
+    from scepd.registry.config import CONFIG_FILE
     from scepd.registry.instance import Instance, load_key_material
 
-    instance = Instance.open(Path(os.environ["SCEPD_DIR"]))
+    directory = Path(os.environ["SCEPD_DIR"])
+    instance = Instance.open(directory)
     log_file = instance.path(instance.config.logging.file) if instance.config.logging.file else None
     configure(log_file)
-    material = load_key_material(instance)
     store = instance.open_store()
-    service = EnrollmentService.from_instance(instance, material, store)
+
+    def build() -> EnrollmentService:
+        fresh = Instance.open(directory)
+        return EnrollmentService.from_instance(fresh, load_key_material(fresh), store)
+
+    service = ReloadingService(build, directory / CONFIG_FILE)
     return create_app(service, instance.config.server.max_request_bytes)
 
 
-__all__ = ["CA_CERT", "PKI_MESSAGE", "create_app", "create_app_from_environment"]
+__all__ = ["create_app", "create_app_from_environment"]

@@ -1,11 +1,29 @@
-"""Persistence: issued certificates, SCEP transactions and one-time passwords.
+"""Persistence: issued certificates, SCEP transactions, one-time passwords and CRLs.
 
 SQLAlchemy 2 models and the queries the other layers need, behind `Store` and its
 `UnitOfWork`; SQLite (WAL) is the embedded default and the same code is meant for PostgreSQL.
-Every issuance is committed together with its transaction record before a reply is sent.
+Every issuance is committed together with its transaction record before a reply is sent;
+state changes that can race (a password used, a request decided, a certificate revoked) are
+conditional UPDATEs, atomic across server processes.
 May import: SQLAlchemy and the standard library only (it stores DER bytes, not key objects).
 """
 
-from scepd.store.store import OtpOutcome, Store, UnitOfWork
+from scepd.store.store import (
+    CertificateRecord,
+    CrlRecord,
+    IntegrityError,
+    OtpOutcome,
+    Store,
+    TransactionRecord,
+    UnitOfWork,
+)
 
-__all__ = ["OtpOutcome", "Store", "UnitOfWork"]
+__all__ = [
+    "CertificateRecord",
+    "CrlRecord",
+    "IntegrityError",
+    "OtpOutcome",
+    "Store",
+    "TransactionRecord",
+    "UnitOfWork",
+]

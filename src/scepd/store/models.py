@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import DateTime, ForeignKey, LargeBinary, String, TypeDecorator
+from sqlalchemy import (
+    DateTime,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -31,26 +40,38 @@ class IssuedCertificate(Base):
     __tablename__ = "certificates"
 
     serial: Mapped[str] = mapped_column(String(64), primary_key=True)  # lower-case hex
+    issuer_key_id: Mapped[str] = mapped_column(String(64), index=True)  # hex SKI of the issuing CA
     subject: Mapped[str] = mapped_column(String(1024))
+    template: Mapped[str] = mapped_column(String(128))
     not_before: Mapped[dt.datetime]
     not_after: Mapped[dt.datetime] = mapped_column(index=True)
     sha256: Mapped[str] = mapped_column(String(64), unique=True)
     der: Mapped[bytes] = mapped_column(LargeBinary)
     transaction_id: Mapped[str | None] = mapped_column(String(128), index=True)
-    status: Mapped[str] = mapped_column(String(16), default="valid")
+    renewal_of: Mapped[str | None] = mapped_column(String(64))  # serial of the renewed certificate
+    status: Mapped[str] = mapped_column(String(16), default="valid")  # valid | revoked
     revoked_at: Mapped[dt.datetime | None]
     revocation_reason: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[dt.datetime]
 
 
 class ScepTransaction(Base):
+    """One enrollment, by transactionID: pending, issued or denied."""
+
     __tablename__ = "transactions"
 
     transaction_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     message_type: Mapped[str] = mapped_column(String(16))
-    status: Mapped[str] = mapped_column(String(16))  # success (pending/failure come with polling)
-    public_key_sha256: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), index=True)  # pending | issued | denied
+    subject: Mapped[str] = mapped_column(String(1024))
+    template: Mapped[str] = mapped_column(String(128))
+    public_key_sha256: Mapped[str] = mapped_column(String(64))  # the key being certified
+    signer_key_sha256: Mapped[str] = mapped_column(String(64))  # the key that signed the request
+    csr_der: Mapped[bytes] = mapped_column(LargeBinary)
+    renewal_of: Mapped[str | None] = mapped_column(String(64))
+    client: Mapped[str | None] = mapped_column(String(64))
     certificate_serial: Mapped[str | None] = mapped_column(ForeignKey("certificates.serial"))
+    reason: Mapped[str | None] = mapped_column(Text)  # why it was denied
     created_at: Mapped[dt.datetime]
     updated_at: Mapped[dt.datetime]
 
@@ -64,3 +85,17 @@ class OneTimePassword(Base):
     expires_at: Mapped[dt.datetime] = mapped_column(index=True)
     used_at: Mapped[dt.datetime | None]
     used_by_transaction: Mapped[str | None] = mapped_column(String(128))
+
+
+class RevocationList(Base):
+    """Every CRL issued, per CA; the newest is served. Numbers only grow (RFC 5280 5.2.3)."""
+
+    __tablename__ = "crls"
+    __table_args__ = (UniqueConstraint("issuer_key_id", "number"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    issuer_key_id: Mapped[str] = mapped_column(String(64), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    this_update: Mapped[dt.datetime]
+    next_update: Mapped[dt.datetime]
+    der: Mapped[bytes] = mapped_column(LargeBinary)

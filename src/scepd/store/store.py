@@ -1,4 +1,8 @@
-"""The Store: engine set-up, schema, and the few queries the service needs."""
+"""The Store: engine set-up, schema, and the queries the other layers need.
+
+Rows leave this module as frozen dataclasses (`CertificateRecord`, `TransactionRecord`), so
+no caller holds an ORM object beyond its session.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +12,18 @@ import enum
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from sqlalchemy import create_engine, event, func, select, update
+from sqlalchemy import create_engine, event, func, inspect, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from scepd.store.models import Base, IssuedCertificate, OneTimePassword, ScepTransaction
+from scepd.store.models import (
+    Base,
+    IssuedCertificate,
+    OneTimePassword,
+    RevocationList,
+    ScepTransaction,
+)
 
 
 def _now() -> dt.datetime:
@@ -28,12 +38,86 @@ class OtpOutcome(enum.Enum):
 
 
 @dataclass(frozen=True)
-class IssuedRecord:
-    """What the service needs back about a transaction that already succeeded."""
+class CertificateRecord:
+    serial: str
+    issuer_key_id: str
+    subject: str
+    template: str
+    not_before: dt.datetime
+    not_after: dt.datetime
+    sha256: str
+    der: bytes
+    transaction_id: str | None = None
+    renewal_of: str | None = None
+    status: str = "valid"
+    revoked_at: dt.datetime | None = None
+    revocation_reason: str | None = None
 
+
+@dataclass(frozen=True)
+class TransactionRecord:
     transaction_id: str
+    message_type: str
+    status: str  # pending | issued | denied
+    subject: str
+    template: str
     public_key_sha256: str
-    certificate_der: bytes
+    signer_key_sha256: str
+    csr_der: bytes
+    renewal_of: str | None = None
+    client: str | None = None
+    reason: str | None = None
+    certificate_serial: str | None = None
+    certificate_der: bytes | None = None
+    created_at: dt.datetime | None = None
+    updated_at: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
+class CrlRecord:
+    issuer_key_id: str
+    number: int
+    this_update: dt.datetime
+    next_update: dt.datetime
+    der: bytes
+
+
+def _certificate(row: IssuedCertificate) -> CertificateRecord:
+    return CertificateRecord(
+        serial=row.serial,
+        issuer_key_id=row.issuer_key_id,
+        subject=row.subject,
+        template=row.template,
+        not_before=row.not_before,
+        not_after=row.not_after,
+        sha256=row.sha256,
+        der=row.der,
+        transaction_id=row.transaction_id,
+        renewal_of=row.renewal_of,
+        status=row.status,
+        revoked_at=row.revoked_at,
+        revocation_reason=row.revocation_reason,
+    )
+
+
+def _transaction(row: ScepTransaction, certificate_der: bytes | None) -> TransactionRecord:
+    return TransactionRecord(
+        transaction_id=row.transaction_id,
+        message_type=row.message_type,
+        status=row.status,
+        subject=row.subject,
+        template=row.template,
+        public_key_sha256=row.public_key_sha256,
+        signer_key_sha256=row.signer_key_sha256,
+        csr_der=row.csr_der,
+        renewal_of=row.renewal_of,
+        client=row.client,
+        reason=row.reason,
+        certificate_serial=row.certificate_serial,
+        certificate_der=certificate_der,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
@@ -74,45 +158,86 @@ class UnitOfWork:
             return OtpOutcome.USED
         return OtpOutcome.EXPIRED
 
-    def record_issuance(
-        self,
-        *,
-        transaction_id: str,
-        message_type: str,
-        public_key_sha256: str,
-        serial: str,
-        subject: str,
-        not_before: dt.datetime,
-        not_after: dt.datetime,
-        sha256: str,
-        der: bytes,
-    ) -> None:
-        now = _now()
+    def add_certificate(self, record: CertificateRecord) -> None:
         self.session.add(
             IssuedCertificate(
-                serial=serial,
-                subject=subject,
-                not_before=not_before,
-                not_after=not_after,
-                sha256=sha256,
-                der=der,
-                transaction_id=transaction_id,
+                serial=record.serial,
+                issuer_key_id=record.issuer_key_id,
+                subject=record.subject,
+                template=record.template,
+                not_before=record.not_before,
+                not_after=record.not_after,
+                sha256=record.sha256,
+                der=record.der,
+                transaction_id=record.transaction_id,
+                renewal_of=record.renewal_of,
                 status="valid",
-                created_at=now,
+                created_at=_now(),
             )
         )
-        self.session.flush()  # the certificate row must exist before the transaction refers to it
+        # The row must exist before a transaction refers to it.
+        self.session.flush()
+
+    def add_transaction(self, record: TransactionRecord) -> None:
+        """Insert a new transaction; a concurrent insert of the same ID raises IntegrityError
+        at flush, so that exactly one of two racing requests wins."""
+        now = _now()
         self.session.add(
             ScepTransaction(
-                transaction_id=transaction_id,
-                message_type=message_type,
-                status="success",
-                public_key_sha256=public_key_sha256,
-                certificate_serial=serial,
+                transaction_id=record.transaction_id,
+                message_type=record.message_type,
+                status=record.status,
+                subject=record.subject,
+                template=record.template,
+                public_key_sha256=record.public_key_sha256,
+                signer_key_sha256=record.signer_key_sha256,
+                csr_der=record.csr_der,
+                renewal_of=record.renewal_of,
+                client=record.client,
+                certificate_serial=record.certificate_serial,
+                reason=record.reason,
                 created_at=now,
                 updated_at=now,
             )
         )
+        self.session.flush()
+
+    def decide_pending(self, transaction_id: str, status: str, *, serial: str | None = None, reason: str | None = None) -> bool:
+        """Move a pending transaction to issued or denied. False when it is no longer pending
+        (another administrator, or another server, decided first)."""
+        result = self.session.execute(
+            update(ScepTransaction)
+            .where(ScepTransaction.transaction_id == transaction_id, ScepTransaction.status == "pending")
+            .values(status=status, certificate_serial=serial, reason=reason, updated_at=_now())
+        )
+        return result.rowcount == 1
+
+    def revoke(self, serial: str, reason: str, at: dt.datetime | None = None) -> bool:
+        """Revoke a valid certificate. False when it is unknown or already revoked."""
+        result = self.session.execute(
+            update(IssuedCertificate)
+            .where(IssuedCertificate.serial == serial, IssuedCertificate.status == "valid")
+            .values(status="revoked", revoked_at=at or _now(), revocation_reason=reason)
+        )
+        return result.rowcount == 1
+
+    def next_crl_number(self, issuer_key_id: str) -> int:
+        current = self.session.scalar(
+            select(func.max(RevocationList.number)).where(RevocationList.issuer_key_id == issuer_key_id)
+        )
+        return (current or 0) + 1
+
+    def add_crl(self, record: CrlRecord) -> None:
+        self.session.add(
+            RevocationList(
+                issuer_key_id=record.issuer_key_id,
+                number=record.number,
+                this_update=record.this_update,
+                next_update=record.next_update,
+                der=record.der,
+            )
+        )
+        self.session.flush()
 
 
 class Store:
@@ -128,8 +253,6 @@ class Store:
 
     def check_schema(self) -> list[str]:
         """Names of the tables the code expects but the database lacks."""
-        from sqlalchemy import inspect
-
         present = set(inspect(self.engine).get_table_names())
         return sorted(set(Base.metadata.tables) - present)
 
@@ -143,24 +266,61 @@ class Store:
 
     # --- reads ----------------------------------------------------------------------------
 
-    def find_issued(self, transaction_id: str) -> IssuedRecord | None:
+    def find_transaction(self, transaction_id: str) -> TransactionRecord | None:
         with self._sessions() as session:
             row = session.execute(
-                select(ScepTransaction.public_key_sha256, IssuedCertificate.der)
-                .join(IssuedCertificate, IssuedCertificate.serial == ScepTransaction.certificate_serial)
-                .where(ScepTransaction.transaction_id == transaction_id, ScepTransaction.status == "success")
+                select(ScepTransaction, IssuedCertificate.der)
+                .outerjoin(IssuedCertificate, IssuedCertificate.serial == ScepTransaction.certificate_serial)
+                .where(ScepTransaction.transaction_id == transaction_id)
             ).first()
-        return IssuedRecord(transaction_id, row[0], row[1]) if row else None
+        return _transaction(row[0], row[1]) if row else None
+
+    def list_transactions(self, status: str | None = None, limit: int = 100) -> list[TransactionRecord]:
+        query = select(ScepTransaction).order_by(ScepTransaction.created_at.desc()).limit(limit)
+        if status:
+            query = query.where(ScepTransaction.status == status)
+        with self._sessions() as session:
+            return [_transaction(row, None) for row in session.scalars(query)]
+
+    def find_certificate(self, serial: str) -> CertificateRecord | None:
+        with self._sessions() as session:
+            row = session.get(IssuedCertificate, serial.lower())
+            return _certificate(row) if row else None
+
+    def list_certificates(self, status: str | None = None, limit: int = 100) -> list[CertificateRecord]:
+        query = select(IssuedCertificate).order_by(IssuedCertificate.created_at.desc()).limit(limit)
+        if status:
+            query = query.where(IssuedCertificate.status == status)
+        with self._sessions() as session:
+            return [_certificate(row) for row in session.scalars(query)]
 
     def certificate_count(self) -> int:
         with self._sessions() as session:
             return session.scalar(select(func.count()).select_from(IssuedCertificate)) or 0
 
-    def list_certificates(self, limit: int = 100) -> list[IssuedCertificate]:
+    def revoked_certificates(self, issuer_key_id: str) -> list[CertificateRecord]:
+        """Revoked and not yet expired (an expired certificate may leave the CRL)."""
         with self._sessions() as session:
-            return list(
-                session.scalars(select(IssuedCertificate).order_by(IssuedCertificate.created_at.desc()).limit(limit))
+            rows = session.scalars(
+                select(IssuedCertificate).where(
+                    IssuedCertificate.issuer_key_id == issuer_key_id,
+                    IssuedCertificate.status == "revoked",
+                    IssuedCertificate.not_after > _now(),
+                )
             )
+            return [_certificate(row) for row in rows]
+
+    def latest_crl(self, issuer_key_id: str) -> CrlRecord | None:
+        with self._sessions() as session:
+            row = session.scalars(
+                select(RevocationList)
+                .where(RevocationList.issuer_key_id == issuer_key_id)
+                .order_by(RevocationList.number.desc())
+                .limit(1)
+            ).first()
+            if row is None:
+                return None
+            return CrlRecord(row.issuer_key_id, row.number, row.this_update, row.next_update, row.der)
 
     # --- one-time passwords ---------------------------------------------------------------
 
@@ -169,4 +329,12 @@ class Store:
             session.add(OneTimePassword(digest=digest, created_at=_now(), expires_at=expires_at))
 
 
-__all__ = ["IntegrityError", "IssuedRecord", "OtpOutcome", "Store", "UnitOfWork"]
+__all__ = [
+    "CertificateRecord",
+    "CrlRecord",
+    "IntegrityError",
+    "OtpOutcome",
+    "Store",
+    "TransactionRecord",
+    "UnitOfWork",
+]

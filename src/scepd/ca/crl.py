@@ -1,0 +1,86 @@
+"""Revocation and CRLs: revoke a certificate, sign CRLs, keep the current one fresh.
+
+A CRL is signed by the CA that issued the certificates it lists, numbered in sequence and
+stored; it is re-signed on every revocation and, lazily, once half of its lifetime has passed
+(so a relying party fetching at nextUpdate always finds a newer one).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from scepd.ca.authority import CertificateAuthority
+from scepd.protocol import signatures
+from scepd.store import CrlRecord, Store
+
+REASONS = {
+    "unspecified": x509.ReasonFlags.unspecified,
+    "keyCompromise": x509.ReasonFlags.key_compromise,
+    "cACompromise": x509.ReasonFlags.ca_compromise,
+    "affiliationChanged": x509.ReasonFlags.affiliation_changed,
+    "superseded": x509.ReasonFlags.superseded,
+    "cessationOfOperation": x509.ReasonFlags.cessation_of_operation,
+    "certificateHold": x509.ReasonFlags.certificate_hold,
+    "privilegeWithdrawn": x509.ReasonFlags.privilege_withdrawn,
+}
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+@dataclass
+class CrlPublisher:
+    store: Store
+    validity: dt.timedelta = dt.timedelta(days=7)
+    hash_name: str = "sha256"
+
+    def issue(self, ca: CertificateAuthority) -> x509.CertificateRevocationList:
+        """Sign and store a new CRL for `ca` listing its revoked, unexpired certificates."""
+        now = _now()
+        with self.store.unit_of_work() as uow:
+            number = uow.next_crl_number(ca.key_id)
+            builder = (
+                x509.CertificateRevocationListBuilder()
+                .issuer_name(ca.certificate.subject)
+                .last_update(now)
+                .next_update(now + self.validity)
+                .add_extension(x509.CRLNumber(number), critical=False)
+                .add_extension(ca.authority_key_identifier, critical=False)
+            )
+            for record in self.store.revoked_certificates(ca.key_id):
+                entry = (
+                    x509.RevokedCertificateBuilder()
+                    .serial_number(int(record.serial, 16))
+                    .revocation_date(record.revoked_at)
+                )
+                reason = REASONS.get(record.revocation_reason or "unspecified")
+                if reason and reason is not x509.ReasonFlags.unspecified:
+                    entry = entry.add_extension(x509.CRLReason(reason), critical=False)
+                builder = builder.add_revoked_certificate(entry.build())
+            crl = builder.sign(ca.pair.key, signatures.hash_algorithm(self.hash_name))
+            uow.add_crl(CrlRecord(ca.key_id, number, now, now + self.validity, crl.public_bytes(Encoding.DER)))
+        return crl
+
+    def current(self, ca: CertificateAuthority) -> x509.CertificateRevocationList:
+        """The CRL to serve: the stored one while less than half its lifetime has passed."""
+        latest = self.store.latest_crl(ca.key_id)
+        if latest is not None:
+            half_life = (latest.next_update - latest.this_update) / 2
+            if _now() < latest.this_update + half_life:
+                return x509.load_der_x509_crl(latest.der)
+        return self.issue(ca)
+
+    def revoke(self, ca: CertificateAuthority, serial: str, reason: str) -> bool:
+        """Revoke one certificate of `ca` and publish a new CRL. False if it was not valid."""
+        if reason not in REASONS:
+            raise ValueError(f"unknown reason {reason!r}; one of {', '.join(REASONS)}")
+        with self.store.unit_of_work() as uow:
+            done = uow.revoke(serial.lower(), reason)
+        if done:
+            self.issue(ca)
+        return done

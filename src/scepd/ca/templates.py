@@ -1,0 +1,175 @@
+"""Certificate templates (as ADCS has them) and NDES's choice of template by key usage.
+
+A template says what an issued certificate looks like (validity, key usage, EKUs, hash),
+which requests qualify (key types and sizes, subject and SAN rules), whether issuance waits
+for an administrator, and how renewal works. NDES picks one of three templates from the key
+usage the request asks for; `TemplateMapping` does the same with NDES's names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
+
+from scepd.errors import ErrorCode, Refusal
+from scepd.protocol.csr import CertificationRequest
+
+KEY_USAGE_NAMES = (
+    "digitalSignature",
+    "contentCommitment",
+    "keyEncipherment",
+    "dataEncipherment",
+    "keyAgreement",
+    "keyCertSign",
+    "cRLSign",
+)
+
+EKU_NAMES = {
+    "clientAuth": ExtendedKeyUsageOID.CLIENT_AUTH,
+    "serverAuth": ExtendedKeyUsageOID.SERVER_AUTH,
+    "codeSigning": ExtendedKeyUsageOID.CODE_SIGNING,
+    "emailProtection": ExtendedKeyUsageOID.EMAIL_PROTECTION,
+    "ipsecIKE": ExtendedKeyUsageOID.IPSEC_IKE,
+    "ipsecIKEIntermediate": ObjectIdentifier("1.3.6.1.5.5.8.2.2"),
+    "smartcardLogon": ExtendedKeyUsageOID.SMARTCARD_LOGON,
+}
+
+EC_CURVES = ("secp256r1", "secp384r1", "secp521r1")
+
+# SHA-1 certificate signatures are refused by cryptography and by every modern verifier.
+CERTIFICATE_HASHES = ("sha256", "sha384", "sha512")
+
+DEFAULT_TEMPLATE = "IPSECIntermediateOffline"
+
+
+def key_usage_extension(names: set[str]) -> x509.KeyUsage:
+    unknown = names - set(KEY_USAGE_NAMES)
+    if unknown:
+        raise ValueError(f"unknown key usage {sorted(unknown)}; known: {', '.join(KEY_USAGE_NAMES)}")
+    return x509.KeyUsage(
+        digital_signature="digitalSignature" in names,
+        content_commitment="contentCommitment" in names,
+        key_encipherment="keyEncipherment" in names,
+        data_encipherment="dataEncipherment" in names,
+        key_agreement="keyAgreement" in names,
+        key_cert_sign="keyCertSign" in names,
+        crl_sign="cRLSign" in names,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def eku_oid(name: str) -> ObjectIdentifier:
+    if name in EKU_NAMES:
+        return EKU_NAMES[name]
+    try:
+        return ObjectIdentifier(name)
+    except ValueError:
+        raise ValueError(f"unknown extended key usage {name!r}; use one of {sorted(EKU_NAMES)} or an OID") from None
+
+
+def _one_of(field: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{field} must be one of {', '.join(allowed)}, not {value!r}")
+
+
+@dataclass(frozen=True)
+class Template:
+    name: str = DEFAULT_TEMPLATE
+    validity_days: int = 365
+    hash: str = "sha256"
+    key_usage: tuple[str, ...] = ("digitalSignature", "keyEncipherment")
+    extended_key_usage: tuple[str, ...] = ("clientAuth",)
+    key_types: tuple[str, ...] = ("rsa", "ec")
+    min_rsa_bits: int = 2048
+    ec_curves: tuple[str, ...] = ("secp256r1", "secp384r1")
+    subject: str = "copy"  # copy: as requested (may be empty with a SAN); require: must not be empty
+    san: str = "copy"  # copy | require | forbid
+    approval: str = "auto"  # auto | manual (PENDING until `scepd requests approve`)
+    renewal: bool = True
+    renewal_window_days: int = 0  # 0: renew any time before expiry; N: only in the last N days
+    revoke_on_renewal: bool = False  # revoke the renewed certificate (superseded)
+
+    def __post_init__(self) -> None:
+        # Fail when the configuration is loaded, not at the first request.
+        key_usage_extension(set(self.key_usage))
+        for name in self.extended_key_usage:
+            eku_oid(name)
+        _one_of("hash", self.hash, CERTIFICATE_HASHES)
+        for kind in self.key_types:
+            _one_of("key_types", kind, ("rsa", "ec"))
+        for curve in self.ec_curves:
+            _one_of("ec_curves", curve, EC_CURVES)
+        _one_of("subject", self.subject, ("copy", "require"))
+        _one_of("san", self.san, ("copy", "require", "forbid"))
+        _one_of("approval", self.approval, ("auto", "manual"))
+        if self.validity_days < 1:
+            raise ValueError("validity_days must be at least 1")
+        if self.renewal_window_days < 0:
+            raise ValueError("renewal_window_days must not be negative")
+
+    def check(self, request: CertificationRequest) -> Refusal | None:
+        """Does this request qualify for this template?"""
+        key = request.public_key
+        kind = "rsa" if isinstance(key, rsa.RSAPublicKey) else "ec"
+        if kind not in self.key_types:
+            return Refusal(ErrorCode.KEY_TYPE_NOT_ALLOWED, f"template {self.name} does not accept {kind.upper()} keys")
+        if isinstance(key, rsa.RSAPublicKey) and key.key_size < self.min_rsa_bits:
+            return Refusal(
+                ErrorCode.KEY_TOO_WEAK,
+                f"RSA-{key.key_size} is below the minimum of {self.min_rsa_bits} bits (template {self.name})",
+            )
+        if isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name not in self.ec_curves:
+            return Refusal(
+                ErrorCode.KEY_TYPE_NOT_ALLOWED,
+                f"EC curve {key.curve.name} is not allowed (template {self.name}: {', '.join(self.ec_curves)})",
+            )
+        sans = request.subject_alternative_names
+        if len(request.subject) == 0 and (self.subject == "require" or not sans):
+            return Refusal(ErrorCode.SUBJECT_INVALID, f"the request has no subject name (template {self.name})")
+        if self.san == "require" and not sans:
+            return Refusal(ErrorCode.SUBJECT_INVALID, f"template {self.name} requires a subjectAltName")
+        if self.san == "forbid" and sans:
+            return Refusal(ErrorCode.SUBJECT_INVALID, f"template {self.name} does not allow subjectAltNames")
+        return None
+
+
+BUILTIN_TEMPLATES: dict[str, Template] = {
+    # NDES's default for all three purposes: IKE intermediate plus client authentication.
+    DEFAULT_TEMPLATE: Template(
+        name=DEFAULT_TEMPLATE,
+        key_usage=("digitalSignature", "keyEncipherment"),
+        extended_key_usage=("ipsecIKEIntermediate", "clientAuth"),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class TemplateMapping:
+    """NDES's registry values (HKLM\\SOFTWARE\\Microsoft\\Cryptography\\MSCEP), same names."""
+
+    SignatureTemplate: str = DEFAULT_TEMPLATE
+    EncryptionTemplate: str = DEFAULT_TEMPLATE
+    GeneralPurposeTemplate: str = DEFAULT_TEMPLATE
+
+    def purpose(self, request: CertificationRequest) -> str:
+        """The mapping key the request's key usage selects, as NDES decides it."""
+        ku = request.key_usage
+        signs = bool(ku and ku.digital_signature)
+        encrypts = bool(ku and ku.key_encipherment)
+        if signs and not encrypts:
+            return "SignatureTemplate"
+        if encrypts and not signs:
+            return "EncryptionTemplate"
+        return "GeneralPurposeTemplate"
+
+    def missing(self, templates: dict[str, Template]) -> list[tuple[str, str]]:
+        """(mapping key, template name) for every key that names no existing template."""
+        return [
+            (key, getattr(self, key))
+            for key in ("SignatureTemplate", "EncryptionTemplate", "GeneralPurposeTemplate")
+            if getattr(self, key) not in templates
+        ]

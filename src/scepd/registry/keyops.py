@@ -1,0 +1,120 @@
+"""Key lifecycle of an instance: CA rollover, activating the next CA, renewing the RA, and
+resetting the template mapping. Each writes new files next to the old ones (never over them)
+and then updates scepd.toml atomically; running servers pick the change up by themselves.
+
+Rollover makes a *new self-signed root* with the same subject and a new key (no
+cross-certificate): devices learn it through GetNextCACert or GetCACert during the overlap,
+and certificates issued by the old CA stay valid, renewable and covered by its CRL.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from scepd.ca.authority import CertificateAuthority, create_root_ca
+from scepd.ca.keys import KeyPair, generate_key, save_certificate, save_key
+from scepd.ca.templates import DEFAULT_TEMPLATE
+from scepd.registry.config import CONFIG_FILE, update_config_file
+from scepd.registry.instance import Instance, InstanceError, KeyMaterial
+
+
+def _stamp() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+
+
+def _key_spec_like(key) -> str:
+    if isinstance(key, rsa.RSAPrivateKey):
+        return f"rsa:{key.key_size}"
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return {"secp256r1": "ec:p256", "secp384r1": "ec:p384", "secp521r1": "ec:p521"}[key.curve.name]
+    raise ValueError(f"unsupported CA key {type(key).__name__}")
+
+
+def _write_pair(instance: Instance, stem: str, key, certificate) -> tuple[str, str]:
+    cert_name, key_name = f"{stem}.pem", f"{stem}.key"
+    save_key(key, instance.path(key_name), instance.passphrase)
+    save_certificate(certificate, instance.path(cert_name))
+    return cert_name, key_name
+
+
+def _ra_subject(ca: CertificateAuthority, current_ra: KeyPair):
+    return current_ra.certificate.subject if current_ra.certificate != ca.certificate else ca.certificate.subject
+
+
+def rollover(instance: Instance, material: KeyMaterial, key_spec: str | None = None) -> Path:
+    """Create the next CA (and an RA under it). GetCACaps then offers GetNextCACert."""
+    if material.next_ca is not None:
+        raise InstanceError("[ca] next_certificate", "a next CA exists already", "scepd ca activate-next")
+    stamp = _stamp()
+    key = generate_key(key_spec or _key_spec_like(material.ca.pair.key))
+    certificate = create_root_ca(material.ca.certificate.subject, key)
+    ca_cert, ca_key = _write_pair(instance, f"ca-{stamp}", key, certificate)
+    changes: dict = {"ca": {"next_certificate": ca_cert, "next_key": ca_key}}
+    if instance.config.ra.certificate:
+        next_ca = CertificateAuthority(KeyPair(certificate, key))
+        ra_key = generate_key(_key_spec_like(material.ra.key))
+        ra_certificate = next_ca.issue_ra_certificate(_ra_subject(material.ca, material.ra), ra_key)
+        ra_cert, ra_key_name = _write_pair(instance, f"ra-{stamp}", ra_key, ra_certificate)
+        changes["ra"] = {"next_certificate": ra_cert, "next_key": ra_key_name}
+    update_config_file(instance.path(CONFIG_FILE), changes)
+    return instance.path(ca_cert)
+
+
+def activate_next(instance: Instance) -> None:
+    """Issue from the next CA from now on; the old one stays trusted (overlap)."""
+    ca, ra = instance.config.ca, instance.config.ra
+    if not ca.next_certificate:
+        raise InstanceError("[ca] next_certificate", "there is no next CA to activate", "scepd ca rollover")
+    changes = {
+        "ca": {
+            "certificate": ca.next_certificate,
+            "key": ca.next_key,
+            "next_certificate": "",
+            "next_key": "",
+            "previous_certificates": (ca.certificate, *ca.previous_certificates),
+            "previous_keys": (ca.key, *ca.previous_keys),
+        }
+    }
+    if ra.next_certificate:
+        changes["ra"] = {
+            "certificate": ra.next_certificate,
+            "key": ra.next_key,
+            "next_certificate": "",
+            "next_key": "",
+            "previous_certificates": (ra.certificate, *ra.previous_certificates),
+            "previous_keys": (ra.key, *ra.previous_keys),
+        }
+    update_config_file(instance.path(CONFIG_FILE), changes)
+
+
+def renew_ra(instance: Instance, material: KeyMaterial, validity_days: int = 730) -> Path:
+    """A new RA key and certificate under the active CA. The old RA stays a decryption key,
+    so requests from clients that cached it still open."""
+    ra = instance.config.ra
+    if not ra.certificate:
+        raise InstanceError("[ra] certificate", "this instance has no separate RA (the CA acts as RA)", "nothing to renew")
+    key = generate_key(_key_spec_like(material.ra.key))
+    certificate = material.ca.issue_ra_certificate(material.ra.certificate.subject, key, validity_days)
+    cert_name, key_name = _write_pair(instance, f"ra-{_stamp()}", key, certificate)
+    update_config_file(
+        instance.path(CONFIG_FILE),
+        {
+            "ra": {
+                "certificate": cert_name,
+                "key": key_name,
+                "previous_certificates": (ra.certificate, *ra.previous_certificates),
+                "previous_keys": (ra.key, *ra.previous_keys),
+            }
+        },
+    )
+    return instance.path(cert_name)
+
+
+def reset_template_mapping(instance: Instance) -> dict[str, str]:
+    """What NDES admins do by hand in the registry: all three purposes to the default."""
+    mapping = {key: DEFAULT_TEMPLATE for key in ("SignatureTemplate", "EncryptionTemplate", "GeneralPurposeTemplate")}
+    update_config_file(instance.path(CONFIG_FILE), {"template_mapping": mapping})
+    return mapping
