@@ -116,13 +116,13 @@ def cmd_serve(args) -> int:
     import uvicorn
 
     from scepd.logs import configure
-    from scepd.registry.checks import FAIL, check_material, check_store
+    from scepd.registry.checks import FAIL, startup_checks
     from scepd.registry.instance import load_key_material
 
     instance = _open(args)
     material = load_key_material(instance)
     store = instance.open_store()
-    results = check_material(instance, material) + [check_store(instance, store, repair=True)]
+    results = startup_checks(instance, material, store)
     store.dispose()
     failures = [r for r in results if r.status == FAIL]
     for r in results:
@@ -137,6 +137,9 @@ def cmd_serve(args) -> int:
     _err(f"serving SCEP on {scep_url(host, port)}")
     _print_info(instance, material, False, scep_url(host, port))
     os.environ["SCEPD_DIR"] = str(instance.directory.resolve())
+    # The workers read the configuration themselves: hand them the address actually served
+    # (it makes the CRL distribution point of issued certificates when public_url is empty).
+    os.environ["SCEPD_SERVER_HOST"], os.environ["SCEPD_SERVER_PORT"] = host, str(port)
     log_file = instance.path(instance.config.logging.file) if instance.config.logging.file else None
     configure(log_file)
     uvicorn.run(

@@ -109,20 +109,47 @@ class CaCertificates:
     all: tuple[x509.Certificate, ...]
 
 
-def pick_ca_and_ra(certs: list[x509.Certificate]) -> CaCertificates:
-    def is_ca(c):
-        try:
-            return c.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-        except x509.ExtensionNotFound:
-            return False
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        return False
 
-    cas = [c for c in certs if is_ca(c)]
-    others = [c for c in certs if not is_ca(c)]
-    if not cas and not others:
+
+def _encrypts(cert: x509.Certificate) -> bool:
+    try:
+        return cert.extensions.get_extension_for_class(x509.KeyUsage).value.key_encipherment
+    except x509.ExtensionNotFound:
+        return True
+
+
+def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+        return True
+    except Exception:  # InvalidSignature, ValueError, TypeError: not this issuer
+        return False
+
+
+def pick_ca_and_ra(certs: list[x509.Certificate]) -> CaCertificates:
+    """Find the RA and the issuing CA among GetCACert's certificates.
+
+    The certificates of a SignedData are a SET, which DER sorts, so their order means
+    nothing: the RA is the non-CA certificate that can be encrypted to, and the issuing CA
+    is the one that signed it (during a CA rollover several CAs are offered). Without an
+    RA, the newest CA is both.
+    """
+    if not certs:
         raise ScepClientError("GetCACert returned no certificates")
-    ca = cas[0] if cas else others[0]
-    ra = others[0] if others else ca
-    return CaCertificates(ca, ra, tuple(certs))
+    cas = sorted((c for c in certs if _is_ca(c)), key=lambda c: c.not_valid_before_utc, reverse=True)
+    ras = [c for c in certs if not _is_ca(c) and _encrypts(c)]
+    if not cas:
+        return CaCertificates(ras[0] if ras else certs[0], ras[0] if ras else certs[0], tuple(certs))
+    for ra in ras:
+        issuer = next((ca for ca in cas if _signed_by(ra, ca)), None)
+        if issuer is not None:
+            return CaCertificates(issuer, ra, tuple(certs))
+    return CaCertificates(cas[0], cas[0], tuple(certs))
 
 
 @dataclass(frozen=True)

@@ -115,3 +115,12 @@ def check_store(instance: Instance, store, repair: bool) -> CheckResult:
         store.create_schema()
         return CheckResult("database", WARN, f"created missing table(s) {', '.join(missing)}")
     return CheckResult("database", FAIL, f"missing table(s) {', '.join(missing)}", "scepd serve creates them at start")
+
+
+def startup_checks(instance: Instance, material: KeyMaterial, store) -> list[CheckResult]:
+    """What `scepd serve` runs before it listens: a FAIL stops it. Missing tables are
+    created (the one repair that is always safe)."""
+    return check_material(instance, material) + [
+        check_template_mapping(instance),
+        check_store(instance, store, repair=True),
+    ]

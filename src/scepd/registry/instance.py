@@ -116,7 +116,8 @@ class KeyMaterial:
 
     @property
     def ca_ra_certificates(self) -> list[x509.Certificate]:
-        """GetCACert: the RA first, then the issuing CA, then CAs still in their overlap."""
+        """GetCACert: the RA, the issuing CA and the CAs still in their overlap (a SET: DER
+        sorts it, so clients tell them apart by their extensions, not their order)."""
         certs = [self.ra.certificate, self.ca.certificate] + [c.certificate for c in self.previous_cas]
         return list(dict.fromkeys(certs))
 
@@ -166,9 +167,9 @@ def load_key_material(instance: Instance) -> KeyMaterial:
     return KeyMaterial(
         ca=ca,
         ra=ra,
-        previous_cas=tuple(authority(c, k) for c, k in zip(config.ca.previous_certificates, config.ca.previous_keys)),
+        previous_cas=tuple(authority(c, k) for c, k in zip(config.ca.previous_certificates, config.ca.previous_keys, strict=True)),
         previous_ras=tuple(
-            _load_pair(instance, "ra", c, k) for c, k in zip(config.ra.previous_certificates, config.ra.previous_keys)
+            _load_pair(instance, "ra", c, k) for c, k in zip(config.ra.previous_certificates, config.ra.previous_keys, strict=True)
         ),
         next_ca=authority(config.ca.next_certificate, config.ca.next_key) if config.ca.next_certificate else None,
         next_ra=_load_pair(instance, "ra", config.ra.next_certificate, config.ra.next_key) if config.ra.next_certificate else None,
