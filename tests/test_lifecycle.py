@@ -442,3 +442,55 @@ def test_ca_rollover_overlap_and_ra_renewal_without_restart(tmp_path):
         assert server.alive()
     finally:
         server.stop()
+
+
+def test_templates_can_pin_the_previous_ca_and_limit_the_renewal_window(tmp_path):
+    d = tmp_path / "pinned"
+    create_instance(d, ca_subject="CN=Pinned CA", key_spec="rsa:2048", static_challenge=CHALLENGE)
+    old_ca = x509.load_pem_x509_certificate((d / "ca.pem").read_bytes())
+    old_kid = old_ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest.hex()
+    assert run_scepd("ca", "rollover", "--dir", str(d)).returncode == 0
+    assert run_scepd("ca", "activate-next", "--dir", str(d)).returncode == 0
+    update_config_file(d / "scepd.toml", {"templates": {"Old": {"ca": "0011"}}, "template_mapping": {"SignatureTemplate": "Old"}})
+    refused = run_scepd("serve", "--dir", str(d), "--port", str(free_port()), timeout=30)
+    assert refused.returncode == 2 and "[templates.Old] ca = '0011'" in refused.stderr
+
+    update_config_file(d / "scepd.toml", {
+        "templates": {"Old": {"ca": old_kid}, "Windowed": {"renewal_window_days": 30}},
+        "template_mapping": {"SignatureTemplate": "Old", "GeneralPurposeTemplate": "Windowed"},
+    })
+    server = RunningServer(d)
+    try:
+        c = ScepClient(server.url)
+        pinned = c.enroll(new_key(), name("pinned"), challenge=CHALLENGE, key_usage=SIGN_ONLY)
+        assert pinned.status is PkiStatus.SUCCESS, pinned.fail_info_text
+        pinned.certificate.verify_directly_issued_by(old_ca)
+        key = new_key()
+        current = c.enroll(key, name("windowed"), challenge=CHALLENGE)
+        assert current.status is PkiStatus.SUCCESS
+        from scepd.registry.config import load_config
+
+        active = load_config(d / "scepd.toml", environ={}).ca.certificate
+        current.certificate.verify_directly_issued_by(x509.load_pem_x509_certificate((d / active).read_bytes()))
+        early = c.enroll(new_key(), name("windowed"), signer=(current.certificate, key), renewal=True)
+        assert early.status is PkiStatus.FAILURE
+        assert early.fail_info_text.startswith("RenewalTooEarly") and "30 days" in early.fail_info_text
+    finally:
+        server.stop()
+
+
+def test_without_an_ra_the_ca_answers_alone(tmp_path):
+    d = tmp_path / "no-ra"
+    create_instance(d, ca_subject="CN=Lonely CA", key_spec="rsa:2048", static_challenge=CHALLENGE)
+    update_config_file(d / "scepd.toml", {"ra": {"certificate": "", "key": ""}})
+    server = RunningServer(d)
+    try:
+        response = httpx.get(server.url, params={"operation": "GetCACert"})
+        assert response.headers["content-type"] == "application/x-x509-ca-cert"
+        ca = x509.load_der_x509_certificate(response.content)
+        assert ca == x509.load_pem_x509_certificate((d / "ca.pem").read_bytes())
+        result = ScepClient(server.url).enroll(new_key(), name("no-ra-device"), challenge=CHALLENGE)
+        assert result.status is PkiStatus.SUCCESS, result.fail_info_text
+        result.certificate.verify_directly_issued_by(ca)
+    finally:
+        server.stop()

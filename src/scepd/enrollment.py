@@ -182,6 +182,11 @@ class EnrollmentService:
         ra = self.material.ra
         return cms.build_signed_data(inner, ra.certificate, ra.key, "sha256", [])
 
+    def issuer_for(self, template: Template) -> CertificateAuthority | None:
+        """The active CA, or the one the template pins by key id (during a rollover overlap,
+        a template may keep issuing from the previous CA)."""
+        return self.ca if template.ca == "active" else self.ca_for_key_id(template.ca)
+
     def ca_for_key_id(self, key_id: str) -> CertificateAuthority | None:
         return next((ca for ca in self.material.all_cas if ca.key_id == key_id), None)
 
@@ -318,6 +323,8 @@ class EnrollmentService:
         details["template"] = selection
         if template is None:
             return Outcome.refuse(ErrorCode.TEMPLATE_MISSING, f"[template_mapping] {selection} names no template")
+        if self.issuer_for(template) is None:
+            return Outcome.refuse(ErrorCode.TEMPLATE_MISSING, f"template {template.name} names CA {template.ca}, which is not configured")
         refusal = template.check(csr) or (self._renewal_refusal(renewed, csr, template) if renewed else None)
         if refusal:
             return Outcome.failure(refusal)
@@ -361,12 +368,15 @@ class EnrollmentService:
     def issue_in(self, uow: UnitOfWork, record: TransactionRecord, csr: CertificationRequest, template: Template) -> x509.Certificate:
         """Sign and record a certificate for `record` inside the caller's unit of work: the
         certificate exists only if the record commits. Pending records are decided instead."""
-        cert = self.ca.issue(csr, template)
+        ca = self.issuer_for(template)
+        if ca is None:
+            raise ValueError(f"template {template.name} names CA {template.ca!r}, which is not configured")
+        cert = ca.issue(csr, template)
         serial = format(cert.serial_number, "x")
         uow.add_certificate(
             CertificateRecord(
                 serial=serial,
-                issuer_key_id=self.ca.key_id,
+                issuer_key_id=ca.key_id,
                 subject=cert.subject.rfc4514_string(),
                 template=template.name,
                 not_before=cert.not_valid_before_utc,

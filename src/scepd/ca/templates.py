@@ -92,6 +92,7 @@ class Template:
     renewal: bool = True
     renewal_window_days: int = 0  # 0: renew any time before expiry; N: only in the last N days
     revoke_on_renewal: bool = False  # revoke the renewed certificate (superseded)
+    ca: str = "active"  # which CA issues: the active one, or a configured CA by key id (hex SKI)
 
     def __post_init__(self) -> None:
         # Fail when the configuration is loaded, not at the first request.

@@ -117,10 +117,22 @@ def check_store(instance: Instance, store, repair: bool) -> CheckResult:
     return CheckResult("database", FAIL, f"missing table(s) {', '.join(missing)}", "scepd serve creates them at start")
 
 
+def check_template_issuers(instance: Instance, material: KeyMaterial) -> CheckResult:
+    known = {ca.key_id for ca in material.all_cas}
+    wrong = [f"[templates.{t.name}] ca = '{t.ca}'" for t in instance.config.templates.values() if t.ca != "active" and t.ca not in known]
+    if wrong:
+        return CheckResult(
+            "templates.ca", FAIL, f"{'; '.join(wrong)} names no configured CA (known: {', '.join(sorted(known))})",
+            "set ca = \"active\" or a key id listed above",
+        )
+    return CheckResult("templates.ca", PASS, "every template's issuing CA is configured")
+
+
 def startup_checks(instance: Instance, material: KeyMaterial, store) -> list[CheckResult]:
     """What `scepd serve` runs before it listens: a FAIL stops it. Missing tables are
     created (the one repair that is always safe)."""
     return check_material(instance, material) + [
         check_template_mapping(instance),
+        check_template_issuers(instance, material),
         check_store(instance, store, repair=True),
     ]
