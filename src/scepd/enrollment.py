@@ -31,6 +31,7 @@ from scepd.challenge import (
     OneTimePasswordValidator,
     StaticChallengeValidator,
 )
+from scepd.challenge.mdm import MdmChallengeValidator
 from scepd.errors import ErrorCode, Refusal, refusal_from_protocol
 from scepd.protocol import MessageType, PkiStatus, ProtocolError, cms
 from scepd.protocol.caps import SERVER_CAPABILITIES, format_caps
@@ -45,6 +46,7 @@ from scepd.protocol.message import (
 )
 from scepd.registry.config import parse_duration
 from scepd.registry.instance import Instance, KeyMaterial
+from scepd.registry.rp import load_rp_material
 from scepd.store import (
     CertificateRecord,
     IntegrityError,
@@ -67,7 +69,19 @@ def public_key_sha256(public_key) -> str:
 
 
 def build_validator(instance: Instance) -> ChallengeValidator:
-    validators: list[ChallengeValidator] = []
+    """The registration point as configured: MDM challenges, a static challenge, one-time
+    passwords; the first that accepts wins."""
+    rp = instance.config.registration_point
+    material = load_rp_material(instance)
+    validators: list[ChallengeValidator] = [
+        MdmChallengeValidator(
+            encryption=(material.encryption.certificate, material.encryption.key) if material.encryption else None,
+            trusted_signers=material.trusted,
+            audience=rp.audience,
+            clock_skew=parse_duration(rp.clock_skew),
+            max_lifetime=parse_duration(rp.challenge_lifetime),
+        )
+    ]
     if instance.config.challenge.static:
         validators.append(StaticChallengeValidator(instance.config.challenge.static))
     if instance.config.challenge.one_time_passwords:
@@ -118,6 +132,13 @@ class OperationResult:
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
+
+
+class _Stop(Exception):
+    """Ends an enrollment inside its unit of work (rolling it back) with an outcome."""
+
+    def __init__(self, outcome: Outcome) -> None:
+        self.outcome = outcome
 
 
 class EnrollmentService:
@@ -319,41 +340,38 @@ class EnrollmentService:
                 "a RenewalReq must be signed by a valid certificate this CA issued; this one is signed by "
                 f"'{message.signer_certificate.subject.rfc4514_string()}'",
             )
-        selection, template = self.template_for(csr)
-        details["template"] = selection
-        if template is None:
-            return Outcome.refuse(ErrorCode.TEMPLATE_MISSING, f"[template_mapping] {selection} names no template")
-        if self.issuer_for(template) is None:
-            return Outcome.refuse(ErrorCode.TEMPLATE_MISSING, f"template {template.name} names CA {template.ca}, which is not configured")
-        refusal = template.check(csr) or (self._renewal_refusal(renewed, csr, template) if renewed else None)
-        if refusal:
-            return Outcome.failure(refusal)
         if renewed:
             details["renewal_of"] = renewed.serial
-
-        record = TransactionRecord(
-            transaction_id=message.transaction_id,
-            message_type=message.message_type.name,
-            status="pending" if template.approval == "manual" else "issued",
-            subject=csr.subject.rfc4514_string(),
-            template=template.name,
-            public_key_sha256=key_digest,
-            signer_key_sha256=public_key_sha256(message.signer_certificate.public_key()),
-            csr_der=csr.der,
-            renewal_of=renewed.serial if renewed else None,
-            client=client,
-        )
         try:
             with self.store.unit_of_work() as uow:
+                verdict = None
                 if renewed is None:
+                    # The challenge first: it may name the template (an MDM challenge can).
                     verdict = self.validator.verify(ChallengeRequest(message.transaction_id, csr.challenge_password, csr), uow)
                     details["validator"] = verdict.validator
                     if not verdict.accepted:
-                        return Outcome.failure(verdict.refusal)
+                        raise _Stop(Outcome.failure(verdict.refusal))
+                template = self._qualifying_template(csr, verdict, renewed, details)
+                record = TransactionRecord(
+                    transaction_id=message.transaction_id,
+                    message_type=message.message_type.name,
+                    status="pending" if template.approval == "manual" else "issued",
+                    subject=csr.subject.rfc4514_string(),
+                    template=template.name,
+                    public_key_sha256=key_digest,
+                    signer_key_sha256=public_key_sha256(message.signer_certificate.public_key()),
+                    csr_der=csr.der,
+                    renewal_of=renewed.serial if renewed else None,
+                    client=client,
+                )
                 if template.approval == "manual":
                     uow.add_transaction(record)
                     return Outcome.pending()
                 cert = self.issue_in(uow, record, csr, template)
+        except _Stop as stop:
+            # Raised inside the unit of work so that it rolls back: a refused request spends
+            # no one-time password and no challenge.
+            return stop.outcome
         except IntegrityError:
             # The same transaction was committed meanwhile (a resend racing the original,
             # perhaps on another server): answer with what was stored.
@@ -364,6 +382,23 @@ class EnrollmentService:
         if renewed and template.revoke_on_renewal:
             self.publish_crl(renewed.issuer_key_id)
         return Outcome.success(cert)
+
+    def _qualifying_template(self, csr, verdict, renewed, details) -> Template:
+        """The template for this request (the challenge's, else NDES's mapping), once the
+        request qualifies for it; otherwise _Stop with the refusal."""
+        if verdict is not None and verdict.template:
+            selection, template = f"challenge={verdict.template}", self.templates.get(verdict.template)
+        else:
+            selection, template = self.template_for(csr)
+        details["template"] = selection
+        if template is None:
+            raise _Stop(Outcome.refuse(ErrorCode.TEMPLATE_MISSING, f"{selection} names no template"))
+        if self.issuer_for(template) is None:
+            raise _Stop(Outcome.refuse(ErrorCode.TEMPLATE_MISSING, f"template {template.name} names CA {template.ca}, which is not configured"))
+        refusal = template.check(csr) or (self._renewal_refusal(renewed, csr, template) if renewed else None)
+        if refusal:
+            raise _Stop(Outcome.failure(refusal))
+        return template
 
     def issue_in(self, uow: UnitOfWork, record: TransactionRecord, csr: CertificationRequest, template: Template) -> x509.Certificate:
         """Sign and record a certificate for `record` inside the caller's unit of work: the

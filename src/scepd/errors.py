@@ -53,6 +53,25 @@ class ErrorCode(enum.Enum):
     TEMPLATE_MISSING = "TemplateMissing"
     # the challenge (Intune's names where Intune has one)
     CHALLENGE_PASSWORD_MISSING = "ChallengePasswordMissing"
+    CHALLENGE_DECODING_ERROR = "ChallengeDecodingError"
+    CHALLENGE_DECRYPTION_ERROR = "ChallengeDecryptionError"
+    CHALLENGE_DESERIALIZATION_ERROR = "ChallengeDeserializationError"
+    SIGNATURE_VALIDATION_FAILED = "SignatureValidationFailed"
+    SIGNING_CERT_THUMBPRINT_MISMATCH = "SigningCertThumbprintMismatch"
+    CHALLENGE_EXPIRED = "ChallengeExpired"
+    CHALLENGE_INVALID_TIMESTAMP = "ChallengeInvalidTimestamp"
+    SUBJECT_NAME_MISMATCH = "SubjectNameMismatch"
+    SUBJECT_NAME_MISSING = "SubjectNameMissing"
+    SUBJECT_ALT_NAME_MISMATCH = "SubjectAltNameMismatch"
+    SUBJECT_ALT_NAME_MISSING = "SubjectAltNameMissing"
+    KEY_USAGE_MISMATCH = "KeyUsageMismatch"
+    KEY_LENGTH_MISMATCH = "KeyLengthMismatch"
+    ENHANCED_KEY_USAGE_MISMATCH = "EnhancedKeyUsageMismatch"
+    ENHANCED_KEY_USAGE_MISSING = "EnhancedKeyUsageMissing"
+    BAD_DEVICE_ID_IN_CHALLENGE = "BadDeviceIdInChallenge"
+    CHALLENGE_REPLAYED = "ChallengeReplayed"
+    REGISTRATION_POINT_KEY_MISSING = "RegistrationPointKeyMissing"
+    REGISTRATION_POINT_UNAVAILABLE = "RegistrationPointUnavailable"
     CHALLENGE_PASSWORD_INCORRECT = "ChallengePasswordIncorrect"
     ONE_TIME_PASSWORD_EXPIRED = "OneTimePasswordExpired"
     ONE_TIME_PASSWORD_USED = "OneTimePasswordUsed"
@@ -108,6 +127,25 @@ ERRORS: dict[ErrorCode, ErrorInfo] = {
     ErrorCode.SUBJECT_INVALID: ErrorInfo(_BR, "Give the request the subject and subjectAltNames its template asks for."),
     ErrorCode.TEMPLATE_MISSING: ErrorInfo(_BR, "The template mapping names a template that does not exist: run 'scepd templates reset-mapping' or define it."),
     ErrorCode.CHALLENGE_PASSWORD_MISSING: ErrorInfo(_BR, "Put the challenge in the request's challengePassword attribute."),
+    ErrorCode.CHALLENGE_DECODING_ERROR: ErrorInfo(_BR, "The challenge was damaged on its way: have the MDM issue and push it again, unaltered."),
+    ErrorCode.CHALLENGE_DECRYPTION_ERROR: ErrorInfo(_BR, "The challenge was encrypted to another registration point certificate: issue a new one (the encryption pair may have been re-created)."),
+    ErrorCode.CHALLENGE_DESERIALIZATION_ERROR: ErrorInfo(_BR, "The MDM wrote claims this registration point cannot read (format in docs/challenges.md); fix the MDM or its audience."),
+    ErrorCode.SIGNATURE_VALIDATION_FAILED: ErrorInfo(_BR, "The challenge's signature does not match the trusted signing certificate: the challenge was altered or the MDM's key changed."),
+    ErrorCode.SIGNING_CERT_THUMBPRINT_MISMATCH: ErrorInfo(_BR, "Trust the MDM's signing certificate: 'scepd registry trust add mdm.pem' (for scepd's own, 'scepd doctor --fix')."),
+    ErrorCode.CHALLENGE_EXPIRED: ErrorInfo(_BR, "Issue a new challenge; check the device and server clocks (lifetime [registration_point] challenge_lifetime)."),
+    ErrorCode.CHALLENGE_INVALID_TIMESTAMP: ErrorInfo(_BR, "The challenge's iat/exp are impossible or too far apart: check the MDM's clock and lifetime."),
+    ErrorCode.SUBJECT_NAME_MISMATCH: ErrorInfo(_BR, "The device asked for another subject than the MDM expected: align the profile's subject with the challenge."),
+    ErrorCode.SUBJECT_NAME_MISSING: ErrorInfo(_BR, "The request has no subject though the challenge expects one: set the subject in the profile."),
+    ErrorCode.SUBJECT_ALT_NAME_MISMATCH: ErrorInfo(_BR, "The device asked for other subjectAltNames than the MDM expected: align profile and challenge."),
+    ErrorCode.SUBJECT_ALT_NAME_MISSING: ErrorInfo(_BR, "The request has no subjectAltName though the challenge expects some: add them to the profile."),
+    ErrorCode.KEY_USAGE_MISMATCH: ErrorInfo(_BR, "The request's key usage differs from the challenge's: align the profile's key usage."),
+    ErrorCode.KEY_LENGTH_MISMATCH: ErrorInfo(_BR, "The request's key type or size is not what the challenge expects: align the profile's key size."),
+    ErrorCode.ENHANCED_KEY_USAGE_MISMATCH: ErrorInfo(_BR, "The request's extended key usages differ from the challenge's: align profile and challenge."),
+    ErrorCode.ENHANCED_KEY_USAGE_MISSING: ErrorInfo(_BR, "The challenge expects extended key usages the request does not ask for: add them to the profile."),
+    ErrorCode.BAD_DEVICE_ID_IN_CHALLENGE: ErrorInfo(_BR, "The request must carry the device ID of the challenge as a URI SAN IntuneDeviceId://<id>."),
+    ErrorCode.CHALLENGE_REPLAYED: ErrorInfo(_BR, "A challenge works once: have the MDM issue a new one."),
+    ErrorCode.REGISTRATION_POINT_KEY_MISSING: ErrorInfo(_BR, "The registration point's encryption pair is missing: 'scepd doctor --fix' or restart 'scepd serve' re-creates it; then issue new challenges."),
+    ErrorCode.REGISTRATION_POINT_UNAVAILABLE: ErrorInfo(_BR, "The remote registration point did not answer: check [challenge] remote_url and its token; no certificate is issued without a verdict."),
     ErrorCode.CHALLENGE_PASSWORD_INCORRECT: ErrorInfo(_BR, "Use the static challenge from scepd.toml or a fresh one from 'scepd otp new'."),
     ErrorCode.ONE_TIME_PASSWORD_EXPIRED: ErrorInfo(_BR, "Get a fresh password with 'scepd otp new'."),
     ErrorCode.ONE_TIME_PASSWORD_USED: ErrorInfo(_BR, "One-time passwords work once; get a fresh one with 'scepd otp new'."),

@@ -108,17 +108,26 @@ class CertificateAuthority:
             .add_extension(self.authority_key_identifier, critical=False)
         )
 
+    def issue_service_certificate(
+        self, subject: x509.Name, public_key, key_usage: set[str], validity_days: int
+    ) -> x509.Certificate:
+        """A certificate for one of scepd's own keys (the RA, the registration point's
+        encryption and signing keys): end entity, the given key usage, no EKU."""
+        builder = (
+            self._builder(subject, public_key, dt.timedelta(days=validity_days))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(key_usage_extension(key_usage), critical=True)
+        )
+        return _sign(builder, self.pair, None, "sha256")
+
     def issue_ra_certificate(self, subject: x509.Name, ra_key: rsa.RSAPrivateKey, validity_days: int = 730) -> x509.Certificate:
         """The RA certificate: RSA, digitalSignature (signs CertReps) + keyEncipherment (requests
         are encrypted to it; SCEP key transport is RSA-only, even under an EC CA)."""
         if not isinstance(ra_key, rsa.RSAPrivateKey):
             raise ValueError("the RA key must be RSA: SCEP clients encrypt to it with RSA key transport")
-        builder = (
-            self._builder(subject, ra_key.public_key(), dt.timedelta(days=validity_days))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(key_usage_extension({"digitalSignature", "keyEncipherment"}), critical=True)
+        return self.issue_service_certificate(
+            subject, ra_key.public_key(), {"digitalSignature", "keyEncipherment"}, validity_days
         )
-        return _sign(builder, self.pair, None, "sha256")
 
     def issue(self, request: CertificationRequest, template: Template) -> x509.Certificate:
         """Sign a certificate for a request that passed `template.check`."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from scepd.errors import ErrorCode, Refusal
@@ -21,6 +21,8 @@ class ChallengeRequest:
 class ChallengeVerdict:
     validator: str
     refusal: Refusal | None = None
+    template: str | None = None  # a template the challenge names, over the NDES mapping
+    claims: dict | None = field(default=None, repr=False)  # what an MDM challenge said
 
     @property
     def accepted(self) -> bool:

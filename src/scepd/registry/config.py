@@ -92,6 +92,22 @@ class ChallengeConfig:
 
 
 @dataclass(frozen=True)
+class RegistrationPointConfig:
+    """The registration point's registry: what verifying an MDM challenge needs."""
+
+    encryption_certificate: str = "rp/encryption.pem"  # challenges are encrypted to this
+    encryption_key: str = "rp/encryption.key"
+    signing_certificate: str = "rp/mdm-signing.pem"  # scepd's own MDM side signs with this
+    signing_key: str = "rp/mdm-signing.key"
+    trusted_signers: tuple[str, ...] = ("rp/mdm-signing.pem",)  # certificates whose challenges count
+    audience: str = "scepd-registration-point"  # the aud claim challenges must carry
+    issuer: str = "scepd"  # the iss claim of challenges scepd issues
+    challenge_lifetime: str = "60m"
+    clock_skew: str = "5m"
+    api_tokens: tuple[str, ...] = ()  # SHA-256 of the bearer tokens of the HTTP APIs
+
+
+@dataclass(frozen=True)
 class DatabaseConfig:
     url: str = "sqlite:///scepd.db"  # a relative SQLite path is relative to the instance
 
@@ -112,6 +128,7 @@ class Config:
     templates: dict[str, Template] = field(default_factory=lambda: dict(BUILTIN_TEMPLATES))
     template_mapping: TemplateMapping = field(default_factory=TemplateMapping)
     challenge: ChallengeConfig = field(default_factory=ChallengeConfig)
+    registration_point: RegistrationPointConfig = field(default_factory=RegistrationPointConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
@@ -207,6 +224,8 @@ def load_config(path: Path, environ: typing.Mapping[str, str] | None = None) -> 
     parse_duration(config.scep.max_clock_skew)
     parse_duration(config.challenge.otp_validity)
     parse_duration(config.crl.validity)
+    parse_duration(config.registration_point.challenge_lifetime)
+    parse_duration(config.registration_point.clock_skew)
     for role in ("ca", "ra"):
         files = getattr(config, role)
         if len(files.previous_certificates) != len(files.previous_keys):

@@ -217,6 +217,11 @@ def create_instance(
     # scepd.toml holds the static challenge, so it is as private as the keys.
     write_private(directory / CONFIG_FILE, tomli_w.dumps(config_as_toml_tables(config)).encode("utf-8"))
     instance = Instance(directory, config)
+    # registry.rp builds on Instance, hence the import here rather than at the top.
+    from scepd.registry.rp import create_encryption_pair, create_signing_pair
+
+    create_encryption_pair(instance, ca)
+    create_signing_pair(instance, ca)
     store = instance.open_store()
     store.create_schema()
     store.dispose()

@@ -99,3 +99,14 @@ class RevocationList(Base):
     this_update: Mapped[dt.datetime]
     next_update: Mapped[dt.datetime]
     der: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class UsedChallenge(Base):
+    """MDM challenges spent, by their jti: each is accepted once, across all servers."""
+
+    __tablename__ = "used_challenges"
+
+    jti: Mapped[str] = mapped_column(String(128), primary_key=True)
+    transaction_id: Mapped[str] = mapped_column(String(128))
+    used_at: Mapped[dt.datetime]
+    expires_at: Mapped[dt.datetime] = mapped_column(index=True)  # rows may be pruned after this

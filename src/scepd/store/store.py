@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from sqlalchemy import create_engine, event, func, inspect, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -24,6 +26,9 @@ from scepd.store.models import (
     RevocationList,
     ScepTransaction,
 )
+
+# Dialects with INSERT ... ON CONFLICT: the two engines scepd supports.
+_INSERTS = {"sqlite": sqlite_insert, "postgresql": postgresql_insert}
 
 
 def _now() -> dt.datetime:
@@ -157,6 +162,17 @@ class UnitOfWork:
         if row.used_at is not None:
             return OtpOutcome.USED
         return OtpOutcome.EXPIRED
+
+    def use_challenge(self, jti: str, transaction_id: str, expires_at: dt.datetime) -> bool:
+        """Spend an MDM challenge; False if it was spent before (by any server process).
+        INSERT ... ON CONFLICT DO NOTHING is atomic and leaves the caller's transaction usable."""
+        insert = _INSERTS[self.session.get_bind().dialect.name]
+        result = self.session.execute(
+            insert(UsedChallenge)
+            .values(jti=jti, transaction_id=transaction_id, used_at=_now(), expires_at=expires_at)
+            .on_conflict_do_nothing()
+        )
+        return result.rowcount == 1
 
     def add_certificate(self, record: CertificateRecord) -> None:
         self.session.add(

@@ -1,0 +1,358 @@
+"""MDM-issued challenges: a signed JWT of what the device may ask for, encrypted to the
+registration point (JWS nested in a compact JWE, with joserfc).
+
+The device carries the challenge as its challengePassword but can neither read nor alter it.
+The registration point verifies it in named phases, each logged, and every failure carries
+Intune's error name, so admins can search for it (docs/challenges.md has the format).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from asn1crypto import core
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import rsa
+from joserfc import jwe, jws
+from joserfc.errors import JoseError
+from joserfc.jwk import ECKey, RSAKey
+from joserfc.util import urlsafe_b64encode
+
+from scepd.ca.templates import eku_oid
+from scepd.challenge.base import ChallengeRequest, ChallengeVerdict
+from scepd.errors import ErrorCode
+from scepd.protocol.csr import CertificationRequest
+from scepd.store import UnitOfWork
+
+log = logging.getLogger("scepd.challenge")
+
+DEVICE_ID_URI_PREFIX = "IntuneDeviceId://"
+UPN_OID = x509.ObjectIdentifier("1.3.6.1.4.1.311.20.2.3")
+# The JWS header names its signer by the SHA-256 thumbprint of the signing certificate.
+THUMBPRINT = "x5t#S256"
+
+
+def thumbprint(cert: x509.Certificate) -> str:
+    return urlsafe_b64encode(cert.fingerprint(hashes.SHA256())).decode("ascii")
+
+
+def _jwk(key):
+    return RSAKey.import_key(key) if isinstance(key, (rsa.RSAPrivateKey, rsa.RSAPublicKey)) else ECKey.import_key(key)
+
+
+def _signing_alg(key) -> str:
+    if isinstance(key, rsa.RSAPrivateKey):
+        return "RS256"
+    return {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}[key.curve.name]
+
+
+def _encryption_alg(public_key) -> str:
+    return "RSA-OAEP-256" if isinstance(public_key, rsa.RSAPublicKey) else "ECDH-ES+A128KW"
+
+
+def san_text(name: x509.GeneralName) -> str:
+    """A subjectAltName as the challenge claims write it: dns:, ip:, email:, uri:, upn:."""
+    if isinstance(name, x509.DNSName):
+        return f"dns:{name.value}"
+    if isinstance(name, x509.IPAddress):
+        return f"ip:{name.value}"
+    if isinstance(name, x509.RFC822Name):
+        return f"email:{name.value}"
+    if isinstance(name, x509.UniformResourceIdentifier):
+        return f"uri:{name.value}"
+    if isinstance(name, x509.OtherName) and name.type_id == UPN_OID:
+        return f"upn:{core.UTF8String.load(name.value).native}"
+    return f"other:{name!r}"
+
+
+@dataclass(frozen=True)
+class ExpectedRequest:
+    """The `req` claim: what the CSR must ask for. Empty fields are not checked."""
+
+    subject: str | None = None
+    sans: tuple[str, ...] = ()
+    key_usage: tuple[str, ...] = ()
+    eku: tuple[str, ...] = ()
+    key_type: str | None = None  # rsa | ec
+    min_key_size: int | None = None
+    template: str | None = None
+    device_id: str | None = None
+    user_id: str | None = None
+
+    def as_claim(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items() if v not in (None, ())}
+
+    @classmethod
+    def from_claim(cls, value: dict) -> "ExpectedRequest":
+        if not isinstance(value, dict):
+            raise ValueError("req must be an object")
+        unknown = set(value) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"req has unknown member(s) {sorted(unknown)}")
+        fields = dict(value)
+        for name in ("sans", "key_usage", "eku"):
+            if name in fields:
+                if not isinstance(fields[name], list) or not all(isinstance(v, str) for v in fields[name]):
+                    raise ValueError(f"req.{name} must be a list of strings")
+                fields[name] = tuple(fields[name])
+        for name in ("subject", "key_type", "template", "device_id", "user_id"):
+            if name in fields and not isinstance(fields[name], str):
+                raise ValueError(f"req.{name} must be a string")
+        if "min_key_size" in fields and not isinstance(fields["min_key_size"], int):
+            raise ValueError("req.min_key_size must be an integer")
+        return cls(**fields)
+
+
+def issue_challenge(
+    *,
+    signing_certificate: x509.Certificate,
+    signing_key,
+    encryption_certificate: x509.Certificate,
+    expected: ExpectedRequest,
+    issuer: str,
+    audience: str,
+    lifetime: dt.timedelta,
+    now: dt.datetime | None = None,
+) -> tuple[str, dict]:
+    """A challenge for one enrollment: (compact JWE, its claims)."""
+    issued = int((now or dt.datetime.now(dt.timezone.utc)).timestamp())
+    claims = {
+        "iss": issuer,
+        "aud": audience,
+        "iat": issued,
+        "exp": issued + int(lifetime.total_seconds()),
+        "jti": uuid.uuid4().hex,
+        "req": expected.as_claim(),
+    }
+    header = {"alg": _signing_alg(signing_key), "typ": "JWT", THUMBPRINT: thumbprint(signing_certificate)}
+    signed = jws.serialize_compact(header, json.dumps(claims, separators=(",", ":")), _jwk(signing_key))
+    public = encryption_certificate.public_key()
+    protected = {
+        "alg": _encryption_alg(public),
+        "enc": "A128GCM",
+        "cty": "JWT",
+        THUMBPRINT: thumbprint(encryption_certificate),
+    }
+    return jwe.encrypt_compact(protected, signed.encode("ascii"), _jwk(public)), claims
+
+
+def looks_like_challenge(password: str) -> bool:
+    """A compact JWE has five base64url parts; no static or one-time password does."""
+    return password.count(".") == 4
+
+
+@dataclass
+class MdmChallengeValidator:
+    """Verifies MDM challenges in phases: decode, decrypt, signature, time, replay, compare."""
+
+    encryption: tuple[x509.Certificate, object] | None
+    trusted_signers: tuple[x509.Certificate, ...]
+    audience: str
+    clock_skew: dt.timedelta = dt.timedelta(minutes=5)
+    max_lifetime: dt.timedelta = dt.timedelta(minutes=60)
+    now: Callable[[], dt.datetime] = field(default=lambda: dt.datetime.now(dt.timezone.utc))
+    name: str = "mdm"
+
+    def verify(self, request: ChallengeRequest, uow: UnitOfWork) -> ChallengeVerdict:
+        password = request.password or ""
+        if not looks_like_challenge(password):
+            return ChallengeVerdict.refuse(self.name, ErrorCode.CHALLENGE_PASSWORD_INCORRECT, "not an MDM challenge")
+        phases = _Phases(self.name, request.transaction_id)
+        try:
+            return self._verify(password, request, uow, phases)
+        except _Refused as refused:
+            return refused.verdict
+
+    def _verify(self, password: str, request: ChallengeRequest, uow: UnitOfWork, phases: "_Phases") -> ChallengeVerdict:
+        with phases("decode"):
+            try:
+                header = json.loads(_b64decode(password.split(".", 1)[0]))
+                if not isinstance(header, dict) or "alg" not in header or "enc" not in header:
+                    raise ValueError("the JWE header lacks alg or enc")
+            except ValueError as exc:
+                phases.refuse(ErrorCode.CHALLENGE_DECODING_ERROR, f"the challenge is not a compact JWE: {exc}")
+
+        with phases("decrypt"):
+            if self.encryption is None:
+                phases.refuse(
+                    ErrorCode.REGISTRATION_POINT_KEY_MISSING,
+                    "the registration point has no encryption key; run 'scepd doctor --fix' or restart 'scepd serve'",
+                )
+            cert, key = self.encryption
+            sent_to = header.get(THUMBPRINT)
+            if sent_to is not None and sent_to != thumbprint(cert):
+                phases.refuse(
+                    ErrorCode.CHALLENGE_DECRYPTION_ERROR,
+                    f"the challenge is encrypted to certificate {sent_to}, not to this registration point's "
+                    f"{thumbprint(cert)} (was the encryption pair re-created? issue a new challenge)",
+                )
+            try:
+                inner = jwe.decrypt_compact(password, _jwk(key)).plaintext.decode("ascii")
+            except (JoseError, ValueError, UnicodeDecodeError) as exc:
+                phases.refuse(ErrorCode.CHALLENGE_DECRYPTION_ERROR, f"the challenge does not decrypt: {exc.__class__.__name__}")
+
+        with phases("signature"):
+            try:
+                signed_header = json.loads(_b64decode(inner.split(".", 1)[0]))
+                if inner.count(".") != 2 or not isinstance(signed_header, dict):
+                    raise ValueError("not a compact JWS")
+            except ValueError as exc:
+                phases.refuse(ErrorCode.CHALLENGE_DESERIALIZATION_ERROR, f"the decrypted challenge is not a JWS: {exc}")
+            signer_thumbprint = signed_header.get(THUMBPRINT)
+            signer = next((c for c in self.trusted_signers if thumbprint(c) == signer_thumbprint), None)
+            if signer is None:
+                trusted = ", ".join(thumbprint(c) for c in self.trusted_signers) or "none"
+                phases.refuse(
+                    ErrorCode.SIGNING_CERT_THUMBPRINT_MISMATCH,
+                    f"the challenge is signed by {signer_thumbprint}, which is not a trusted signing certificate "
+                    f"(trusted: {trusted}); see 'scepd registry show' and 'scepd doctor'",
+                )
+            try:
+                payload = jws.deserialize_compact(inner, _jwk(signer.public_key())).payload
+            except (JoseError, ValueError) as exc:
+                phases.refuse(ErrorCode.SIGNATURE_VALIDATION_FAILED, f"the challenge's signature does not verify: {exc.__class__.__name__}")
+            try:
+                claims = json.loads(payload)
+                expected = ExpectedRequest.from_claim(claims.get("req", {}))
+                for claim in ("iat", "exp"):
+                    if not isinstance(claims.get(claim), int):
+                        raise ValueError(f"{claim} must be an integer")
+                if not isinstance(claims.get("jti"), str) or not claims["jti"]:
+                    raise ValueError("jti is missing")
+            except (ValueError, TypeError, AttributeError) as exc:
+                phases.refuse(ErrorCode.CHALLENGE_DESERIALIZATION_ERROR, f"the challenge's claims are malformed: {exc}")
+            audience = claims.get("aud")
+            if audience != self.audience and not (isinstance(audience, list) and self.audience in audience):
+                phases.refuse(
+                    ErrorCode.CHALLENGE_DESERIALIZATION_ERROR,
+                    f"the challenge is for audience {audience!r}, not {self.audience!r}",
+                )
+
+        with phases("time"):
+            now = int(self.now().timestamp())
+            skew = int(self.clock_skew.total_seconds())
+            iat, exp = claims["iat"], claims["exp"]
+            if iat > now + skew or exp <= iat or exp - iat > self.max_lifetime.total_seconds():
+                phases.refuse(
+                    ErrorCode.CHALLENGE_INVALID_TIMESTAMP,
+                    f"iat {iat} / exp {exp} are not a valid lifetime of at most "
+                    f"{int(self.max_lifetime.total_seconds())} s ending after now {now}",
+                )
+            if exp + skew < now:
+                phases.refuse(ErrorCode.CHALLENGE_EXPIRED, f"the challenge expired {now - exp} s ago")
+
+        with phases("compare"):
+            mismatch = compare(expected, request.csr)
+            if mismatch:
+                phases.refuse(*mismatch)
+
+        with phases("replay"):
+            # Last, so that a challenge is only spent on a request that qualifies; inside the
+            # caller's unit of work, so that it is spent only if the certificate is recorded.
+            if not uow.use_challenge(claims["jti"], request.transaction_id, dt.datetime.fromtimestamp(exp, dt.timezone.utc)):
+                phases.refuse(ErrorCode.CHALLENGE_REPLAYED, f"challenge {claims['jti']} has been used already")
+        return ChallengeVerdict(self.name, template=expected.template, claims=claims)
+
+
+def compare(expected: ExpectedRequest, csr: CertificationRequest) -> tuple[ErrorCode, str] | None:
+    """The first way the CSR differs from what the MDM expected, as Intune names it."""
+    if expected.subject is not None:
+        if len(csr.subject) == 0:
+            return ErrorCode.SUBJECT_NAME_MISSING, f"the CSR has no subject; expected '{expected.subject}'"
+        try:
+            wanted = x509.Name.from_rfc4514_string(expected.subject)
+        except ValueError:
+            return ErrorCode.CHALLENGE_DESERIALIZATION_ERROR, f"req.subject {expected.subject!r} is not an RFC 4514 name"
+        if csr.subject != wanted:
+            return ErrorCode.SUBJECT_NAME_MISMATCH, f"the CSR asks for '{csr.subject.rfc4514_string()}', expected '{wanted.rfc4514_string()}'"
+    actual_sans = {san_text(n) for n in csr.subject_alternative_names}
+    if expected.device_id is not None:
+        device_uri = f"uri:{DEVICE_ID_URI_PREFIX}{expected.device_id}"
+        if device_uri not in actual_sans:
+            return ErrorCode.BAD_DEVICE_ID_IN_CHALLENGE, f"the CSR does not carry the device ID {expected.device_id} as {DEVICE_ID_URI_PREFIX}"
+        actual_sans.discard(device_uri)
+    wanted_sans = set(expected.sans)
+    if wanted_sans:
+        if not actual_sans:
+            return ErrorCode.SUBJECT_ALT_NAME_MISSING, f"the CSR has no subjectAltName; expected {sorted(wanted_sans)}"
+        if actual_sans != wanted_sans:
+            return ErrorCode.SUBJECT_ALT_NAME_MISMATCH, f"the CSR asks for {sorted(actual_sans)}, expected {sorted(wanted_sans)}"
+    if expected.key_usage:
+        ku = csr.key_usage
+        names = set()
+        if ku is not None:
+            names = {n for n, flag in (("digitalSignature", ku.digital_signature), ("keyEncipherment", ku.key_encipherment),
+                                       ("dataEncipherment", ku.data_encipherment), ("keyAgreement", ku.key_agreement),
+                                       ("contentCommitment", ku.content_commitment)) if flag}
+        if names != set(expected.key_usage):
+            return ErrorCode.KEY_USAGE_MISMATCH, f"the CSR asks for key usage {sorted(names)}, expected {sorted(expected.key_usage)}"
+    key = csr.public_key
+    kind = "rsa" if isinstance(key, rsa.RSAPublicKey) else "ec"
+    if expected.key_type is not None and expected.key_type != kind:
+        return ErrorCode.KEY_LENGTH_MISMATCH, f"the CSR has an {kind.upper()} key, expected {expected.key_type.upper()}"
+    if expected.min_key_size is not None and key.key_size < expected.min_key_size:
+        return ErrorCode.KEY_LENGTH_MISMATCH, f"the CSR's key has {key.key_size} bits, expected at least {expected.min_key_size}"
+    if expected.eku:
+        requested = csr.extension(x509.oid.ExtensionOID.EXTENDED_KEY_USAGE)
+        if requested is None:
+            return ErrorCode.ENHANCED_KEY_USAGE_MISSING, f"the CSR requests no extended key usage; expected {list(expected.eku)}"
+        if set(requested) != {eku_oid(e) for e in expected.eku}:
+            return ErrorCode.ENHANCED_KEY_USAGE_MISMATCH, f"the CSR requests {[o.dotted_string for o in requested]}, expected {list(expected.eku)}"
+    return None
+
+
+def _b64decode(part: str) -> bytes:
+    try:
+        return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"bad base64url: {exc}") from None
+
+
+class _Refused(Exception):
+    def __init__(self, verdict: ChallengeVerdict) -> None:
+        self.verdict = verdict
+
+
+class _Phases:
+    """Times and logs each verification phase; `refuse` ends verification with a verdict."""
+
+    def __init__(self, validator: str, transaction_id: str) -> None:
+        self.validator = validator
+        self.transaction_id = transaction_id
+        self.current = ""
+
+    def __call__(self, phase: str) -> "_Phases":
+        self.current = phase
+        return self
+
+    def __enter__(self) -> "_Phases":
+        self.started = time.perf_counter()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        refused = isinstance(exc, _Refused)
+        if exc_type is None or refused:
+            fields = {
+                "transaction_id": self.transaction_id,
+                "phase": self.current,
+                "result": "fail" if refused else "pass",
+                "duration_ms": round((time.perf_counter() - self.started) * 1000, 3),
+            }
+            if refused:
+                fields.update(code=exc.verdict.refusal.code.value, reason=exc.verdict.refusal.reason)
+            log.log(logging.WARNING if refused else logging.INFO, "challenge phase", extra={"fields": fields})
+        return False
+
+    def refuse(self, code: ErrorCode, reason: str):
+        raise _Refused(ChallengeVerdict.refuse(self.validator, code, reason))
+
+
+__all__ = ["ExpectedRequest", "MdmChallengeValidator", "issue_challenge", "looks_like_challenge", "thumbprint"]

@@ -1,0 +1,186 @@
+"""The registration point's entries: its encryption pair, the local MDM signing pair, the
+trusted signing certificates and API tokens, with their checks and self-repair.
+
+This is where Microsoft's connector keeps what `ValidateChallenge` needs in a registry key,
+and where it fails with `m_safeCertContext is an invalid handle` when an entry is gone.
+Here loading never raises: a missing entry is None, the validator answers with a named code,
+`check_registration_point` says what is wrong and, with `repair`, re-creates what can be
+re-created safely (the encryption pair, the local signing pair and its trust).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from scepd.ca.authority import CertificateAuthority
+from scepd.ca.keys import (
+    KeyPair,
+    load_certificate,
+    load_key,
+    save_certificate,
+    save_key,
+)
+from scepd.registry.checks import FAIL, PASS, WARN, CheckResult
+from scepd.registry.config import CONFIG_FILE, update_config_file
+from scepd.registry.instance import Instance
+
+EXPIRY_WARNING = dt.timedelta(days=30)
+SERVICE_VALIDITY_DAYS = 730
+
+
+@dataclass(frozen=True)
+class RegistrationPointMaterial:
+    encryption: KeyPair | None
+    signing: KeyPair | None
+    trusted: tuple[x509.Certificate, ...]
+
+
+def _try_pair(instance: Instance, cert_name: str, key_name: str) -> KeyPair | None:
+    if not cert_name or not key_name:
+        return None
+    try:
+        pair = KeyPair(load_certificate(instance.path(cert_name)), load_key(instance.path(key_name), instance.passphrase))
+    except (OSError, ValueError, TypeError):
+        return None
+    return pair if pair.key_matches_certificate() else None
+
+
+def _try_certificate(instance: Instance, name: str) -> x509.Certificate | None:
+    try:
+        return load_certificate(instance.path(name))
+    except (OSError, ValueError):
+        return None
+
+
+def load_rp_material(instance: Instance) -> RegistrationPointMaterial:
+    rp = instance.config.registration_point
+    trusted = tuple(c for c in (_try_certificate(instance, n) for n in rp.trusted_signers) if c is not None)
+    return RegistrationPointMaterial(
+        encryption=_try_pair(instance, rp.encryption_certificate, rp.encryption_key),
+        signing=_try_pair(instance, rp.signing_certificate, rp.signing_key),
+        trusted=trusted,
+    )
+
+
+def _create_pair(instance: Instance, ca: CertificateAuthority, cert_name: str, key_name: str, cn: str, usage: set[str]) -> KeyPair:
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    cert = ca.issue_service_certificate(subject, key.public_key(), usage, SERVICE_VALIDITY_DAYS)
+    key_path, cert_path = instance.path(key_name), instance.path(cert_name)
+    key_path.parent.mkdir(parents=True, exist_ok=True)
+    for p in (key_path, cert_path):
+        if p.exists():
+            # Keep what was there for the record; never overwrite key material in place.
+            p.rename(p.with_name(f"{p.name}.replaced-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}"))
+    save_key(key, key_path, instance.passphrase)
+    save_certificate(cert, cert_path)
+    return KeyPair(cert, key)
+
+
+def create_encryption_pair(instance: Instance, ca: CertificateAuthority) -> KeyPair:
+    rp = instance.config.registration_point
+    return _create_pair(instance, ca, rp.encryption_certificate, rp.encryption_key,
+                        "scepd registration point encryption", {"keyAgreement"})
+
+
+def create_signing_pair(instance: Instance, ca: CertificateAuthority) -> KeyPair:
+    rp = instance.config.registration_point
+    return _create_pair(instance, ca, rp.signing_certificate, rp.signing_key,
+                        "scepd MDM challenge signing", {"digitalSignature"})
+
+
+def _expiry(name: str, cert: x509.Certificate, fix: str) -> CheckResult:
+    now = dt.datetime.now(dt.timezone.utc)
+    if cert.not_valid_after_utc <= now:
+        return CheckResult(name, FAIL, f"expired on {cert.not_valid_after_utc:%Y-%m-%d}", fix)
+    if cert.not_valid_after_utc - now < EXPIRY_WARNING:
+        return CheckResult(name, WARN, f"expires on {cert.not_valid_after_utc:%Y-%m-%d}", fix)
+    return CheckResult(name, PASS, f"present, valid until {cert.not_valid_after_utc:%Y-%m-%d}")
+
+
+def check_registration_point(instance: Instance, ca: CertificateAuthority, repair: bool) -> list[CheckResult]:
+    """Check every entry the registration point needs; with `repair`, re-create the safe ones."""
+    rp = instance.config.registration_point
+    material = load_rp_material(instance)
+    results: list[CheckResult] = []
+
+    def pair_check(name, pair, create, what, expired_fix):
+        nonlocal material
+        fix = "scepd doctor --fix (or restart scepd serve) re-creates it; challenges issued before must be re-issued"
+        if pair is None or pair.certificate.not_valid_after_utc <= dt.datetime.now(dt.timezone.utc):
+            if repair:
+                create(instance, ca)
+                return CheckResult(name, WARN, f"{what} was missing or expired and has been re-created")
+            return CheckResult(name, FAIL, f"{what} is missing, unreadable or does not match its certificate", fix)
+        return _expiry(name, pair.certificate, expired_fix)
+
+    results.append(pair_check("registration_point.encryption", material.encryption, create_encryption_pair,
+                              f"the encryption pair ({rp.encryption_certificate}, {rp.encryption_key})", "scepd doctor --fix"))
+    results.append(pair_check("registration_point.signing", material.signing, create_signing_pair,
+                              f"the local MDM signing pair ({rp.signing_certificate}, {rp.signing_key})", "scepd doctor --fix"))
+    material = load_rp_material(instance) if repair else material
+
+    # The local issuer's trust can always be restored: its certificate is ours.
+    if rp.signing_certificate not in rp.trusted_signers:
+        if repair and material.signing is not None:
+            update_config_file(
+                instance.path(CONFIG_FILE),
+                {"registration_point": {"trusted_signers": (*rp.trusted_signers, rp.signing_certificate)}},
+            )
+            results.append(CheckResult("registration_point.trust.local", WARN,
+                                       f"the local signing certificate {rp.signing_certificate} was not trusted; trust restored"))
+        else:
+            results.append(CheckResult(
+                "registration_point.trust.local", FAIL,
+                f"the local signing certificate {rp.signing_certificate} is not among [registration_point] trusted_signers, "
+                "so every challenge from 'scepd challenge issue' fails with SigningCertThumbprintMismatch",
+                f"scepd doctor --fix (or scepd registry trust add {rp.signing_certificate})",
+            ))
+    else:
+        results.append(CheckResult("registration_point.trust.local", PASS, "the local signing certificate is trusted"))
+
+    # Third-party signing certificates cannot be re-created: name them and the command.
+    for name in rp.trusted_signers:
+        if name == rp.signing_certificate:
+            continue
+        cert = _try_certificate(instance, name)
+        if cert is None:
+            results.append(CheckResult(
+                f"registration_point.trust.{Path(name).name}", FAIL,
+                f"trusted signing certificate {name} is missing or unreadable",
+                f"restore {instance.path(name)} from the MDM, or scepd registry trust remove {name}",
+            ))
+        else:
+            results.append(_expiry(f"registration_point.trust.{Path(name).name}", cert,
+                                   "get the MDM's new signing certificate and 'scepd registry trust add' it"))
+    return results
+
+
+# --- API tokens -----------------------------------------------------------------------------
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def new_api_token(instance: Instance) -> str:
+    """A bearer token for the HTTP APIs; only its SHA-256 is stored in scepd.toml."""
+    token = secrets.token_urlsafe(32)
+    rp = instance.config.registration_point
+    update_config_file(instance.path(CONFIG_FILE), {"registration_point": {"api_tokens": (*rp.api_tokens, token_digest(token))}})
+    return token
+
+
+def token_accepted(token: str, digests: tuple[str, ...]) -> bool:
+    """Constant-time comparison against every stored digest."""
+    digest = token_digest(token)
+    return any([hmac.compare_digest(digest, d) for d in digests])  # a list: no short-circuit
