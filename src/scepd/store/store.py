@@ -25,6 +25,7 @@ from scepd.store.models import (
     OneTimePassword,
     RevocationList,
     ScepTransaction,
+    UsedChallenge,
 )
 
 # Dialects with INSERT ... ON CONFLICT: the two engines scepd supports.
