@@ -116,7 +116,8 @@ def cmd_serve(args) -> int:
     import uvicorn
 
     from scepd.logs import configure
-    from scepd.registry.checks import FAIL, startup_checks
+    from scepd.registry.checks import FAIL
+    from scepd.registry.doctor import startup_checks
     from scepd.registry.instance import load_key_material
 
     instance = _open(args)
@@ -435,6 +436,221 @@ def cmd_ra_renew(args) -> int:
     return EXIT_OK
 
 
+# --- the registration point ---------------------------------------------------------------
+
+
+def _expected_request(args):
+    from scepd.challenge.mdm import ExpectedRequest
+    from scepd.client import parse_san
+
+    for san in args.san:
+        parse_san(san)  # refuse a malformed SAN now, not at the device
+    if args.subject:
+        x509.Name.from_rfc4514_string(args.subject)
+    return ExpectedRequest(
+        subject=args.subject,
+        sans=tuple(args.san),
+        key_usage=tuple(filter(None, (args.key_usage or "").split(","))),
+        eku=tuple(filter(None, (args.eku or "").split(","))),
+        key_type=args.key_type,
+        min_key_size=args.min_key_size,
+        template=args.template,
+        device_id=args.device_id,
+        user_id=args.user_id,
+    )
+
+
+def cmd_challenge_issue(args) -> int:
+    import datetime as dt
+
+    from scepd.challenge.mdm import issue_local_challenge
+    from scepd.registry.config import ConfigError, parse_duration
+
+    instance = _open(args)
+    try:
+        expected = _expected_request(args)
+        lifetime = parse_duration(args.validity) if args.validity else None
+        if args.template and args.template not in instance.config.templates:
+            raise ValueError(f"no template {args.template!r}")
+        challenge, claims = issue_local_challenge(instance, expected, lifetime)
+    except (ValueError, ConfigError) as exc:
+        _err(f"error: {exc}")
+        return EXIT_USAGE
+    if args.json:
+        print(json.dumps({
+            "challenge": challenge,
+            "scep_url": f"{instance.config.server.base_url}/scep",
+            "expires_at": dt.datetime.fromtimestamp(claims["exp"], dt.timezone.utc).isoformat(),
+            "jti": claims["jti"],
+        }, indent=2))
+    else:
+        print(challenge)
+        _err(f"valid once, until {dt.datetime.fromtimestamp(claims['exp'], dt.timezone.utc):%Y-%m-%d %H:%M:%S}Z")
+    return EXIT_OK
+
+
+def cmd_registry_show(args) -> int:
+    import dataclasses
+
+    from scepd.challenge.mdm import thumbprint
+    from scepd.registry.rp import load_rp_material
+
+    instance = _open(args)
+    rp = instance.config.registration_point
+    material = load_rp_material(instance)
+
+    def describe(pair_or_cert):
+        cert = getattr(pair_or_cert, "certificate", pair_or_cert)
+        if cert is None:
+            return None
+        return {"subject": cert.subject.rfc4514_string(), "thumbprint_sha256": thumbprint(cert),
+                "not_after": f"{cert.not_valid_after_utc:%Y-%m-%d}"}
+
+    trusted = {thumbprint(c): c for c in material.trusted}
+    data = {
+        "registration_point": {k: v for k, v in dataclasses.asdict(rp).items() if k != "api_tokens"},
+        "api_tokens": len(rp.api_tokens),
+        "encryption": describe(material.encryption) or "MISSING",
+        "signing": describe(material.signing) or "MISSING",
+        "trusted_signers": [describe(c) for c in trusted.values()],
+        "template_mapping": dataclasses.asdict(instance.config.template_mapping),
+        "challenge": {k: v for k, v in dataclasses.asdict(instance.config.challenge).items()
+                      if k not in ("static", "client_secret", "remote_token")},
+    }
+    print(json.dumps(data, indent=2, default=str))
+    return EXIT_OK
+
+
+_SETTABLE = {
+    "challenge_lifetime": ("registration_point", "challenge_lifetime"),
+    "clock_skew": ("registration_point", "clock_skew"),
+    "audience": ("registration_point", "audience"),
+    "issuer": ("registration_point", "issuer"),
+    "SignatureTemplate": ("template_mapping", "SignatureTemplate"),
+    "EncryptionTemplate": ("template_mapping", "EncryptionTemplate"),
+    "GeneralPurposeTemplate": ("template_mapping", "GeneralPurposeTemplate"),
+}
+
+
+def cmd_registry_set(args) -> int:
+    from scepd.registry.config import CONFIG_FILE, ConfigError, update_config_file
+
+    instance = _open(args)
+    if args.key not in _SETTABLE:
+        _err(f"unknown entry {args.key!r}; settable: {', '.join(_SETTABLE)}")
+        return EXIT_USAGE
+    section, key = _SETTABLE[args.key]
+    if section == "template_mapping" and args.value not in instance.config.templates:
+        _err(f"no template {args.value!r}; known: {', '.join(sorted(instance.config.templates))}")
+        return EXIT_USAGE
+    try:
+        update_config_file(instance.path(CONFIG_FILE), {section: {key: args.value}})
+    except ConfigError as exc:
+        _err(f"error: {exc}")
+        return EXIT_USAGE
+    _err(f"[{section}] {key} = {args.value}")
+    return EXIT_OK
+
+
+def cmd_registry_trust(args) -> int:
+    from scepd.challenge.mdm import thumbprint
+    from scepd.registry.config import CONFIG_FILE, update_config_file
+
+    instance = _open(args)
+    rp = instance.config.registration_point
+    if args.trust_command == "add":
+        try:
+            cert = x509.load_pem_x509_certificate(args.certificate.read_bytes())
+        except (OSError, ValueError) as exc:
+            _err(f"error: {args.certificate} is not a PEM certificate: {exc}")
+            return EXIT_USAGE
+        name = f"rp/trusted/{thumbprint(cert)[:16]}.pem"
+        path = instance.path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        if name not in rp.trusted_signers:
+            update_config_file(instance.path(CONFIG_FILE), {"registration_point": {"trusted_signers": (*rp.trusted_signers, name)}})
+        _err(f"trusted {cert.subject.rfc4514_string()} ({thumbprint(cert)}) as {name}")
+        return EXIT_OK
+    keep = []
+    for name in rp.trusted_signers:
+        path = instance.path(name)
+        match = args.certificate in (name, path.name)
+        if not match and path.exists():
+            try:
+                match = thumbprint(x509.load_pem_x509_certificate(path.read_bytes())) == args.certificate
+            except ValueError:
+                pass
+        if not match:
+            keep.append(name)
+    if len(keep) == len(rp.trusted_signers):
+        _err(f"no trusted signer {args.certificate!r}; trusted: {', '.join(rp.trusted_signers) or 'none'}")
+        return EXIT_USAGE
+    update_config_file(instance.path(CONFIG_FILE), {"registration_point": {"trusted_signers": tuple(keep)}})
+    _err(f"no longer trusted: {args.certificate}")
+    return EXIT_OK
+
+
+def cmd_registry_token_new(args) -> int:
+    from scepd.registry.rp import new_api_token
+
+    print(new_api_token(_open(args)))
+    _err("keep it secret: only its SHA-256 is stored; use it as 'Authorization: Bearer <token>'")
+    return EXIT_OK
+
+
+def cmd_doctor(args) -> int:
+    from scepd.registry.doctor import exit_code, run_doctor
+
+    results = run_doctor(_open(args), fix=args.fix)
+    if args.json:
+        print(json.dumps([r.__dict__ for r in results], indent=2))
+    else:
+        for r in results:
+            print(f"{r.status:4}  {r.name}: {r.reason}" + (f"\n      fix: {r.fix}" if r.fix and r.status != "PASS" else ""))
+    return exit_code(results)
+
+
+def cmd_logs(args) -> int:
+    import datetime as dt
+
+    from scepd.registry.config import ConfigError, parse_duration
+
+    instance = _open(args)
+    if not instance.config.logging.file:
+        _err("logging to a file is off ([logging] file is empty)")
+        return EXIT_USAGE
+    path = instance.path(instance.config.logging.file)
+    try:
+        since = dt.datetime.now(dt.timezone.utc) - parse_duration(args.since) if args.since else None
+    except ConfigError as exc:
+        _err(f"--since: {exc}")
+        return EXIT_USAGE
+    if not path.exists():
+        return EXIT_OK
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if args.transaction and entry.get("transaction_id") != args.transaction:
+            continue
+        if args.errors and not (entry.get("code") or entry.get("level") in ("warning", "error")):
+            continue
+        if since and dt.datetime.fromisoformat(entry["ts"]) < since:
+            continue
+        if args.json:
+            print(json.dumps(entry))
+            continue
+        what = entry.get("operation") or entry.get("phase") or entry.get("msg")
+        parts = [entry["ts"][:19].replace("T", " "), f"{entry.get('level', ''):7}", str(what)]
+        for key in ("transaction_id", "status", "result", "code", "reason", "serial", "remedy"):
+            if entry.get(key):
+                parts.append(f"{key}={entry[key]}")
+        print("  ".join(parts))
+    return EXIT_OK
+
+
 # --- parser -----------------------------------------------------------------------------
 
 
@@ -546,6 +762,63 @@ def build_parser() -> argparse.ArgumentParser:
     _dir_arg(p)
     p.add_argument("--validity-days", type=int, default=730)
     p.set_defaults(func=cmd_ra_renew)
+
+    p = sub.add_parser("doctor", help="check everything the instance needs; --fix mends what is safe")
+    _dir_arg(p)
+    p.add_argument("--fix", action="store_true", help="repair what is safe and say what was done")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("logs", help="the request and verification log, readable")
+    _dir_arg(p)
+    p.add_argument("--transaction", help="only this transaction ID")
+    p.add_argument("--errors", action="store_true", help="only refusals and warnings")
+    p.add_argument("--since", help="only the last 30m, 1h, 2d ...")
+    p.add_argument("--json", action="store_true", help="the JSON lines as stored")
+    p.set_defaults(func=cmd_logs)
+
+    group = sub.add_parser("challenge", help="MDM challenges (the MDM side)").add_subparsers(
+        dest="challenge_command", required=True, metavar="ACTION")
+    p = group.add_parser("issue", help="a signed, encrypted challenge for one enrollment")
+    _dir_arg(p)
+    p.add_argument("--subject", help="the subject the CSR must ask for (RFC 4514)")
+    p.add_argument("--san", action="append", default=[], help="dns:, ip:, email:, uri: or upn: SAN the CSR must carry (repeatable)")
+    p.add_argument("--key-usage", help="e.g. digitalSignature,keyEncipherment")
+    p.add_argument("--eku", help="extended key usages the CSR must request, e.g. clientAuth")
+    p.add_argument("--key-type", choices=["rsa", "ec"])
+    p.add_argument("--min-key-size", type=int)
+    p.add_argument("--template", help="issue with this template instead of the NDES mapping's")
+    p.add_argument("--device-id", help="the CSR must carry URI SAN IntuneDeviceId://ID")
+    p.add_argument("--user-id")
+    p.add_argument("--validity", help="lifetime, at most [registration_point] challenge_lifetime (60m)")
+    p.add_argument("--json", action="store_true", help="challenge, SCEP URL and expiry as JSON")
+    p.set_defaults(func=cmd_challenge_issue)
+
+    group = sub.add_parser("registry", help="the registration point's registry").add_subparsers(
+        dest="registry_command", required=True, metavar="ACTION")
+    p = group.add_parser("show", help="every entry, with certificate thumbprints and expiry (JSON)")
+    _dir_arg(p)
+    p.set_defaults(func=cmd_registry_show)
+    p = group.add_parser("set", help=f"set an entry: {', '.join(_SETTABLE)}")
+    _dir_arg(p)
+    p.add_argument("key")
+    p.add_argument("value")
+    p.set_defaults(func=cmd_registry_set)
+    trust = group.add_parser("trust", help="trusted MDM signing certificates").add_subparsers(
+        dest="trust_command", required=True, metavar="ACTION")
+    p = trust.add_parser("add", help="trust challenges signed by this certificate's key")
+    _dir_arg(p)
+    p.add_argument("certificate", type=Path, help="PEM certificate of the MDM's signing key")
+    p.set_defaults(func=cmd_registry_trust)
+    p = trust.add_parser("remove", help="stop trusting a signing certificate (file name or SHA-256 thumbprint)")
+    _dir_arg(p)
+    p.add_argument("certificate")
+    p.set_defaults(func=cmd_registry_trust)
+    token = group.add_parser("token", help="bearer tokens of the HTTP APIs").add_subparsers(
+        dest="token_command", required=True, metavar="ACTION")
+    p = token.add_parser("new", help="print a new token (only its hash is kept)")
+    _dir_arg(p)
+    p.set_defaults(func=cmd_registry_token_new)
 
     client = sub.add_parser("client", help="the SCEP client").add_subparsers(dest="client_command", required=True, metavar="ACTION")
     for name, func, text in (

@@ -30,6 +30,9 @@ from scepd.ca.templates import eku_oid
 from scepd.challenge.base import ChallengeRequest, ChallengeVerdict
 from scepd.errors import ErrorCode
 from scepd.protocol.csr import CertificationRequest
+from scepd.registry.config import parse_duration
+from scepd.registry.instance import Instance, InstanceError
+from scepd.registry.rp import load_rp_material
 from scepd.store import UnitOfWork
 
 log = logging.getLogger("scepd.challenge")
@@ -356,3 +359,28 @@ class _Phases:
 
 
 __all__ = ["ExpectedRequest", "MdmChallengeValidator", "issue_challenge", "looks_like_challenge", "thumbprint"]
+
+
+def issue_local_challenge(instance: Instance, expected: ExpectedRequest, lifetime: dt.timedelta | None = None) -> tuple[str, dict]:
+    """A challenge from scepd's own MDM side, signed with the instance's local signing pair
+    and encrypted to its registration point. Raises InstanceError naming a missing entry."""
+    rp = instance.config.registration_point
+    material = load_rp_material(instance)
+    for entry, pair in (("encryption", material.encryption), ("signing", material.signing)):
+        if pair is None:
+            raise InstanceError(
+                f"[registration_point] {entry}_certificate", f"the {entry} pair is missing or unreadable", "scepd doctor --fix"
+            )
+    maximum = parse_duration(rp.challenge_lifetime)
+    lifetime = lifetime or maximum
+    if lifetime > maximum:
+        raise ValueError(f"the validity may not exceed [registration_point] challenge_lifetime ({rp.challenge_lifetime})")
+    return issue_challenge(
+        signing_certificate=material.signing.certificate,
+        signing_key=material.signing.key,
+        encryption_certificate=material.encryption.certificate,
+        expected=expected,
+        issuer=rp.issuer,
+        audience=rp.audience,
+        lifetime=lifetime,
+    )

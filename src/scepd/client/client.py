@@ -72,8 +72,11 @@ def build_csr(
     sans: list[x509.GeneralName] = (),
     challenge: str | None = None,
     key_usage: x509.KeyUsage | None = None,
+    extended_key_usage: list[x509.ObjectIdentifier] = (),
 ) -> x509.CertificateSigningRequest:
     builder = x509.CertificateSigningRequestBuilder().subject_name(subject)
+    if extended_key_usage:
+        builder = builder.add_extension(x509.ExtendedKeyUsage(list(extended_key_usage)), critical=False)
     if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
     if key_usage is not None:
@@ -211,6 +214,7 @@ class ScepClient:
         signer: tuple[x509.Certificate, object] | None = None,
         renewal: bool = False,
         key_usage: x509.KeyUsage | None = None,
+        extended_key_usage: list[x509.ObjectIdentifier] = (),
         poll_interval: float = 0,
         max_poll_time: float = 0,
     ) -> EnrollmentResult:
@@ -224,7 +228,9 @@ class ScepClient:
         runs out.
         """
         ca = ca or self.get_ca_certs()
-        csr = build_csr(key, subject, sans=list(sans), challenge=challenge, key_usage=key_usage)
+        csr = build_csr(
+            key, subject, sans=list(sans), challenge=challenge, key_usage=key_usage, extended_key_usage=extended_key_usage
+        )
         if signer is None:
             signer_key = key if isinstance(key, rsa.RSAPrivateKey) else rsa.generate_private_key(65537, 2048)
             signer = (self_signed(signer_key, subject), signer_key)

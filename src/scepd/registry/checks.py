@@ -126,13 +126,3 @@ def check_template_issuers(instance: Instance, material: KeyMaterial) -> CheckRe
             "set ca = \"active\" or a key id listed above",
         )
     return CheckResult("templates.ca", PASS, "every template's issuing CA is configured")
-
-
-def startup_checks(instance: Instance, material: KeyMaterial, store) -> list[CheckResult]:
-    """What `scepd serve` runs before it listens: a FAIL stops it. Missing tables are
-    created (the one repair that is always safe)."""
-    return check_material(instance, material) + [
-        check_template_mapping(instance),
-        check_template_issuers(instance, material),
-        check_store(instance, store, repair=True),
-    ]

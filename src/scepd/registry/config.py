@@ -89,6 +89,32 @@ class ChallengeConfig:
     static: str = ""  # empty: no static challenge
     one_time_passwords: bool = True
     otp_validity: str = "60m"
+    # local: this process verifies challenges. remote: ask a registration point's validation
+    # API (scepd's or Microsoft Intune's) at remote_url; no verdict, no certificate.
+    mode: str = "local"
+    remote_url: str = ""  # e.g. https://rp.example/ScepActions
+    remote_token: str = ""  # a static bearer token for remote_url, or:
+    token_url: str = ""  # an OAuth2 token endpoint (client credentials)
+    client_id: str = ""
+    client_secret: str = ""
+    scope: str = ""
+    remote_timeout: int = 10  # seconds
+    webhook_url: str = ""  # a third-party MDM's allow/deny endpoint for every challenge
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("local", "remote"):
+            raise ValueError(f"mode must be local or remote, not {self.mode!r}")
+
+
+@dataclass(frozen=True)
+class NotificationsConfig:
+    """Every success and failure is recorded and POSTed (JSON) to these URLs, signed with
+    an HMAC-SHA256 header when hmac_secret is set, retried with backoff, never in the way
+    of the enrollment response."""
+
+    webhooks: tuple[str, ...] = ()
+    hmac_secret: str = ""
+    max_attempts: int = 8
 
 
 @dataclass(frozen=True)
@@ -129,6 +155,7 @@ class Config:
     template_mapping: TemplateMapping = field(default_factory=TemplateMapping)
     challenge: ChallengeConfig = field(default_factory=ChallengeConfig)
     registration_point: RegistrationPointConfig = field(default_factory=RegistrationPointConfig)
+    notifications: NotificationsConfig = field(default_factory=NotificationsConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 

@@ -79,33 +79,47 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 class ReloadingService:
-    """The service, rebuilt when scepd.toml changes.
+    """The service, rebuilt when the files it was built from change.
 
     `scepd ca activate-next` and `scepd ra renew` write new key files and then scepd.toml;
-    each worker notices within `interval` seconds (one stat, never a per-request read) and
-    switches to the new keys without a restart. A configuration that does not load is
-    logged and the running service is kept.
+    `scepd doctor --fix` re-creates the registration point's files. Each worker notices within
+    `interval` seconds (a few stats, never a per-request read) and switches without a
+    restart. A configuration that does not load is logged and the running service is kept.
     """
 
-    def __init__(self, build, watched: Path | None = None, interval: float = 2.0) -> None:
+    def __init__(self, build, watched, interval: float = 2.0) -> None:
         self._build = build
-        self._watched = watched
+        self._watched = watched  # () -> the paths to watch, from the current configuration
         self._interval = interval
-        self._mtime = watched.stat().st_mtime_ns if watched else None
-        self._checked = time.monotonic()
         self._service: EnrollmentService = build()
+        self._stamp = self._fingerprint()
+        self._checked = time.monotonic()
+
+    def _fingerprint(self) -> tuple:
+        try:
+            paths = self._watched()
+        except Exception:  # an unreadable configuration: its rebuild will say why
+            paths = []
+        stamps = []
+        for path in paths:
+            try:
+                stamps.append((str(path), path.stat().st_mtime_ns))
+            except OSError:
+                stamps.append((str(path), None))  # a file that vanished is a change too
+        return tuple(stamps)
 
     def __call__(self) -> EnrollmentService:
-        if self._watched is not None and time.monotonic() - self._checked >= self._interval:
+        if time.monotonic() - self._checked >= self._interval:
             self._checked = time.monotonic()
-            try:
-                mtime = self._watched.stat().st_mtime_ns
-                if mtime != self._mtime:
+            stamp = self._fingerprint()
+            if stamp != self._stamp:
+                try:
                     self._service = self._build()
-                    self._mtime = mtime
-                    logging.getLogger("scepd.server").warning("reloaded %s", self._watched)
-            except Exception:
-                logging.getLogger("scepd.server").exception("kept the running configuration: %s does not load", self._watched)
+                    self._stamp = self._fingerprint()
+                    logging.getLogger("scepd.server").warning("configuration or key files changed: reloaded")
+                except Exception:
+                    self._stamp = stamp
+                    logging.getLogger("scepd.server").exception("kept the running configuration: the new one does not load")
         return self._service
 
 
@@ -231,7 +245,12 @@ def create_app_from_environment() -> Starlette:
         fresh = Instance.open(directory)
         return EnrollmentService.from_instance(fresh, load_key_material(fresh), store)
 
-    service = ReloadingService(build, directory / CONFIG_FILE)
+    def watched() -> list[Path]:
+        rp = Instance.open(directory).config.registration_point
+        names = [rp.encryption_certificate, rp.encryption_key, *rp.trusted_signers]
+        return [directory / CONFIG_FILE, *(directory / n for n in names)]
+
+    service = ReloadingService(build, watched)
     return create_app(service, instance.config.server.max_request_bytes)
 
 

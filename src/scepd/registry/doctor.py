@@ -1,0 +1,138 @@
+"""`scepd doctor`: every check the instance can fail, each with its reason and fix.
+
+The same checks `scepd serve` runs at start, plus those that only warn, in one list. Nothing
+here raises for a broken instance: what cannot be loaded becomes a FAIL naming the entry.
+With `fix`, what is safe to mend is mended and said so.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import stat
+from urllib.parse import urlsplit
+
+from scepd.registry.checks import (
+    FAIL,
+    PASS,
+    WARN,
+    CheckResult,
+    check_material,
+    check_store,
+    check_template_issuers,
+    check_template_mapping,
+)
+from scepd.registry.instance import Instance, InstanceError, load_key_material
+from scepd.registry.keyops import reset_template_mapping
+from scepd.registry.rp import check_registration_point
+
+CLOCK_TOLERANCE = dt.timedelta(minutes=5)
+
+
+def _key_permissions(instance: Instance, fix: bool) -> list[CheckResult]:
+    config = instance.config
+    rp = config.registration_point
+    names = [config.ca.key, config.ra.key, rp.encryption_key, rp.signing_key, *config.ca.previous_keys,
+             *config.ra.previous_keys, config.ca.next_key, config.ra.next_key, "scepd.toml"]
+    results = []
+    for name in filter(None, dict.fromkeys(names)):
+        path = instance.path(name)
+        if not path.exists():
+            continue  # its own check reports a missing file
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if not mode & 0o077:
+            continue
+        if fix:
+            os.chmod(path, 0o600)
+            results.append(CheckResult(f"permissions.{name}", WARN, f"{path} was mode {mode:o}; set to 600"))
+        else:
+            results.append(CheckResult(f"permissions.{name}", FAIL, f"{path} is mode {mode:o}: others can read a secret", f"chmod 600 {path}"))
+    if not results:
+        results.append(CheckResult("permissions", PASS, "key files and scepd.toml are private (600)"))
+    return results
+
+
+def _clock(instance: Instance, store, material) -> CheckResult:
+    now = dt.datetime.now(dt.timezone.utc)
+    if material is not None and material.ca.certificate.not_valid_before_utc > now + CLOCK_TOLERANCE:
+        return CheckResult("clock", FAIL, "the CA certificate starts in the future: the system clock is behind",
+                           "set the clock (NTP) before serving")
+    try:
+        newest = store.list_certificates(limit=1)
+    except Exception:  # the database check reports this
+        newest = []
+    if newest and newest[0].not_before > now + CLOCK_TOLERANCE:
+        return CheckResult("clock", FAIL, f"the newest certificate starts at {newest[0].not_before:%Y-%m-%d %H:%M}Z, "
+                           "later than now: the clock went back", "set the clock (NTP)")
+    return CheckResult("clock", PASS, f"{now:%Y-%m-%d %H:%M:%S}Z is consistent with the CA and the store")
+
+
+def _urls(instance: Instance) -> CheckResult:
+    config = instance.config
+    problems = []
+    for label, url in (("[server] public_url", config.server.public_url), ("[challenge] remote_url", config.challenge.remote_url),
+                       ("[challenge] token_url", config.challenge.token_url), ("[challenge] webhook_url", config.challenge.webhook_url),
+                       *((f"[notifications] webhooks {u}", u) for u in config.notifications.webhooks)):
+        if not url:
+            continue
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            problems.append(f"{label} = {url!r} is not an http(s) URL")
+    if config.challenge.mode == "remote" and not config.challenge.remote_url:
+        problems.append("[challenge] mode = 'remote' needs remote_url")
+    if problems:
+        return CheckResult("urls", FAIL, "; ".join(problems), "edit scepd.toml")
+    base = config.server.base_url
+    if urlsplit(base).hostname in ("0.0.0.0", "::"):
+        return CheckResult("urls", WARN, f"issued certificates would point at {base}/crl/..., which no client can reach",
+                           "set [server] public_url")
+    return CheckResult("urls", PASS, f"CRLs are published under {base}/crl/")
+
+
+def startup_checks(instance: Instance, material, store) -> list[CheckResult]:
+    """What `scepd serve` runs before it listens: a FAIL stops it. What is always safe to
+    re-create is re-created and reported as a WARN: missing tables, the registration
+    point's encryption pair, the local signing pair and its trust."""
+    return check_material(instance, material) + [
+        check_template_mapping(instance),
+        check_template_issuers(instance, material),
+        *check_registration_point(instance, material.ca, repair=True),
+        check_store(instance, store, repair=True),
+    ]
+
+
+def run_doctor(instance: Instance, fix: bool = False) -> list[CheckResult]:
+    results: list[CheckResult] = []
+    try:
+        material = load_key_material(instance)
+    except InstanceError as exc:
+        material = None
+        results.append(CheckResult(f"keys {exc.entry}", FAIL, exc.reason, exc.fix))
+    if material is not None:
+        results += check_material(instance, material)
+        results.append(check_template_issuers(instance, material))
+
+    mapping = check_template_mapping(instance)
+    if mapping.status == FAIL and fix:
+        reset_template_mapping(instance)
+        mapping = CheckResult("template_mapping", WARN, f"{mapping.reason}; reset all three to the default")
+    results.append(mapping)
+
+    if material is not None:
+        results += check_registration_point(instance, material.ca, repair=fix)
+    results += _key_permissions(instance, fix)
+
+    store = instance.open_store()
+    try:
+        results.append(check_store(instance, store, repair=fix))
+        results.append(_clock(instance, store, material))
+    finally:
+        store.dispose()
+    results.append(_urls(instance))
+    return results
+
+
+def exit_code(results: list[CheckResult]) -> int:
+    """0: all pass; 1: warnings; 2: failures."""
+    statuses = {r.status for r in results}
+    return 2 if FAIL in statuses else 1 if WARN in statuses else 0
