@@ -11,6 +11,7 @@ May import: every layer below server/ (protocol, ca, challenge, store, registry,
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import datetime as dt
 import hashlib
@@ -18,6 +19,7 @@ import logging
 from dataclasses import dataclass, field
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
@@ -32,6 +34,11 @@ from scepd.challenge import (
     StaticChallengeValidator,
 )
 from scepd.challenge.mdm import MdmChallengeValidator
+from scepd.challenge.remote import (
+    BearerToken,
+    RemoteRegistrationPoint,
+    WebhookValidator,
+)
 from scepd.errors import ErrorCode, Refusal, refusal_from_protocol
 from scepd.protocol import MessageType, PkiStatus, ProtocolError, cms
 from scepd.protocol.caps import SERVER_CAPABILITIES, format_caps
@@ -68,10 +75,16 @@ def public_key_sha256(public_key) -> str:
     return hashlib.sha256(der).hexdigest()
 
 
-def build_validator(instance: Instance) -> ChallengeValidator:
-    """The registration point as configured: MDM challenges, a static challenge, one-time
-    passwords; the first that accepts wins."""
+def remote_token(instance: Instance) -> BearerToken:
+    c = instance.config.challenge
+    return BearerToken(c.remote_token, c.token_url, c.client_id, c.client_secret, c.scope, c.remote_timeout)
+
+
+def build_local_validator(instance: Instance) -> ChallengeValidator:
+    """The registration point in this process: MDM challenges, the static challenge,
+    one-time passwords and the MDM webhook, as configured; the first that accepts wins."""
     rp = instance.config.registration_point
+    challenge = instance.config.challenge
     material = load_rp_material(instance)
     validators: list[ChallengeValidator] = [
         MdmChallengeValidator(
@@ -82,11 +95,33 @@ def build_validator(instance: Instance) -> ChallengeValidator:
             max_lifetime=parse_duration(rp.challenge_lifetime),
         )
     ]
-    if instance.config.challenge.static:
-        validators.append(StaticChallengeValidator(instance.config.challenge.static))
-    if instance.config.challenge.one_time_passwords:
+    if challenge.static:
+        validators.append(StaticChallengeValidator(challenge.static))
+    if challenge.one_time_passwords:
         validators.append(OneTimePasswordValidator())
+    if challenge.webhook_url:
+        validators.append(WebhookValidator(challenge.webhook_url, instance.config.notifications.hmac_secret,
+                                           challenge.remote_timeout))
     return FirstAccepting(tuple(validators))
+
+
+def build_validator(instance: Instance) -> ChallengeValidator:
+    """What the SCEP server asks: the local registration point, or a remote one."""
+    challenge = instance.config.challenge
+    if challenge.mode == "remote":
+        return RemoteRegistrationPoint(challenge.remote_url, remote_token(instance), challenge.remote_timeout)
+    return build_local_validator(instance)
+
+
+def notification_targets(instance: Instance) -> dict[str, tuple[str, ...]]:
+    """Where successes and failures are told: the webhooks and, in remote mode, the
+    registration point's notification endpoints (as Intune expects them)."""
+    config = instance.config
+    targets = {"success": config.notifications.webhooks, "failure": config.notifications.webhooks}
+    if config.challenge.mode == "remote":
+        base = config.challenge.remote_url.rstrip("/")
+        targets = {kind: (*urls, f"{base}/{kind}Notification") for kind, urls in targets.items()}
+    return targets
 
 
 @dataclass(frozen=True)
@@ -152,6 +187,8 @@ class EnrollmentService:
         mapping: TemplateMapping,
         max_clock_skew: dt.timedelta,
         crls: CrlPublisher | None = None,
+        local_validator: ChallengeValidator | None = None,
+        notify: dict[str, tuple[str, ...]] | None = None,
     ) -> None:
         self.material = material
         self.store = store
@@ -160,6 +197,9 @@ class EnrollmentService:
         self.mapping = mapping
         self.max_clock_skew = max_clock_skew
         self.crls = crls or CrlPublisher(store)
+        # The registration point's own verdicts (its HTTP API), even when SCEP asks a remote one.
+        self.local_validator = local_validator or validator
+        self.notify = notify or {}
         # Answers that never change are built once, not per request.
         self.ca_caps = format_caps(SERVER_CAPABILITIES + (("GetNextCACert",) if material.next_ca else ()))
         if material.ra.certificate == material.ca.certificate and not material.previous_cas:
@@ -174,10 +214,12 @@ class EnrollmentService:
                 # Some clients encrypt to the CA certificate when they see one; accept that too.
                 self._recipients.append((ca.certificate, ca.pair.key))
 
+    instance: Instance | None = None  # set when built from an instance (the HTTP APIs use it)
+
     @classmethod
     def from_instance(cls, instance: Instance, material: KeyMaterial, store: Store) -> "EnrollmentService":
         config = instance.config
-        return cls(
+        service = cls(
             material=material,
             store=store,
             validator=build_validator(instance),
@@ -185,7 +227,11 @@ class EnrollmentService:
             mapping=config.template_mapping,
             max_clock_skew=parse_duration(config.scep.max_clock_skew),
             crls=CrlPublisher(store, parse_duration(config.crl.validity)),
+            local_validator=build_local_validator(instance),
+            notify=notification_targets(instance),
         )
+        service.instance = instance
+        return service
 
     @property
     def ca(self) -> CertificateAuthority:
@@ -235,6 +281,8 @@ class EnrollmentService:
         except Exception:
             log.exception("bug while answering transaction %s", message.transaction_id)
             outcome = Outcome.refuse(ErrorCode.INTERNAL_ERROR, "the server failed to process the request")
+        if outcome.refusal and message.message_type in (MessageType.PKCS_REQ, MessageType.RENEWAL_REQ):
+            self._notify_failure(message, outcome.refusal, details)
         body = build_cert_rep(
             message,
             outcome.reply,
@@ -255,6 +303,44 @@ class EnrollmentService:
             serial=outcome.serial,
             details=details,
         )
+
+    def _notify_failure(self, message: PkiMessage, refusal: Refusal, details: dict) -> None:
+        payload = {
+            "transactionId": message.transaction_id,
+            "errorCode": refusal.code.value,
+            "errorDescription": refusal.reason,
+            "hResult": -2147024809,  # E_INVALIDARG, as Intune's failureNotification expects a number
+            "subject": details.get("subject"),
+            "callerInfo": "scepd",
+        }
+        try:
+            with self.store.unit_of_work() as uow:
+                uow.add_notification("failure", message.transaction_id, payload, self.notify.get("failure", ()))
+        except Exception:  # never let telling about a failure turn into another one
+            log.exception("could not queue the failure notification of %s", message.transaction_id)
+
+    # --- the registration point's API --------------------------------------------------------
+
+    def validate_request(self, transaction_id: str, csr_der: bytes) -> tuple[str, str]:
+        """Intune's validateRequest: ("Success", "") or (error code, description)."""
+        try:
+            csr = parse_csr(csr_der)
+        except ProtocolError as exc:
+            return exc.code, exc.reason
+        try:
+            with self.store.unit_of_work() as uow:
+                verdict = self.local_validator.verify(ChallengeRequest(transaction_id, csr.challenge_password, csr), uow)
+                if not verdict.accepted:
+                    raise _Stop(Outcome.failure(verdict.refusal))
+        except _Stop as stop:
+            return stop.outcome.refusal.code.value, stop.outcome.refusal.reason
+        return "Success", ""
+
+    def record_received(self, kind: str, payload: dict) -> None:
+        """A success or failure notification sent to this registration point."""
+        transaction_id = str(payload.get("transactionId") or "")
+        with self.store.unit_of_work() as uow:
+            uow.add_notification(f"received-{kind}", transaction_id, payload, ())
 
     def _handle(self, message: PkiMessage, content: bytes, client: str | None, details: dict) -> Outcome:
         kind = message.message_type
@@ -429,6 +515,17 @@ class EnrollmentService:
             uow.add_transaction(dataclasses.replace(record, certificate_serial=serial))
         if record.renewal_of and template.revoke_on_renewal:
             uow.revoke(record.renewal_of, "superseded")
+        uow.add_notification("success", record.transaction_id, {
+            "transactionId": record.transaction_id,
+            "certificateRequest": base64.b64encode(csr.der).decode("ascii"),
+            "certificateThumbprint": cert.fingerprint(hashes.SHA1()).hex().upper(),
+            "certificateSerialNumber": serial,
+            "certificateExpirationDateUtc": cert.not_valid_after_utc.isoformat(),
+            "issuingCertificateAuthority": ca.certificate.subject.rfc4514_string(),
+            "subject": cert.subject.rfc4514_string(),
+            "template": template.name,
+            "callerInfo": "scepd",
+        }, self.notify.get("success", ()))
         return cert
 
     def publish_crl(self, issuer_key_id: str) -> None:

@@ -4,20 +4,29 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import datetime as dt
+import json
 import logging
 import os
 import time
 from pathlib import Path
 from urllib.parse import unquote, unquote_plus
 
+from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from scepd.challenge.mdm import ExpectedRequest, issue_local_challenge
 from scepd.enrollment import NEXT_CA_CERT, EnrollmentService, OperationResult
 from scepd.errors import ErrorCode, Refusal
+from scepd.registry.config import ConfigError, parse_duration
+from scepd.registry.instance import InstanceError
+from scepd.registry.rp import token_accepted
 
 request_log = logging.getLogger("scepd.request")
 
@@ -123,8 +132,9 @@ class ReloadingService:
         return self._service
 
 
-def create_app(service, max_request_bytes: int = 65536) -> Starlette:
-    """`service` is an EnrollmentService, or a callable returning the current one."""
+def create_app(service, max_request_bytes: int = 65536, background=None) -> Starlette:
+    """`service` is an EnrollmentService, or a callable returning the current one;
+    `background` (the notification dispatcher) runs while the app does."""
     current = service if callable(service) else (lambda: service)
 
     async def scep(request: Request) -> Response:
@@ -208,7 +218,8 @@ def create_app(service, max_request_bytes: int = 65536) -> Starlette:
             refusal = Refusal(ErrorCode.MESSAGE_MISSING, "the request has no message")
             fields["code"] = refusal.code.value
             return _text(400, refusal), None
-        result = service.pki_operation(message, fields["client"])
+        # In a worker thread: a remote registration point's answer must not stall the loop.
+        result = await run_in_threadpool(service.pki_operation, message, fields["client"])
         return Response(result.body, status_code=result.http_status, media_type=result.content_type), result
 
     async def health(_request: Request) -> Response:
@@ -222,16 +233,100 @@ def create_app(service, max_request_bytes: int = 65536) -> Starlette:
         der = service.crls.current(ca).public_bytes(Encoding.DER)
         return Response(der, media_type="application/pkix-crl")
 
+    def _authorized(request: Request, service) -> Response | None:
+        tokens = service.instance.config.registration_point.api_tokens if service.instance else ()
+        if not tokens:
+            return JSONResponse({"code": "Unauthorized", "errorDescription": "no API token is configured: scepd registry token new"}, 403)
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token_accepted(token.strip(), tokens):
+            return JSONResponse({"code": "Unauthorized", "errorDescription": "a valid bearer token is required"}, 401,
+                                headers={"WWW-Authenticate": "Bearer"})
+        return None
+
+    async def _json_body(request: Request):
+        try:
+            return json.loads(await _read_body(request, max_request_bytes)), None
+        except _TooLarge:
+            return None, JSONResponse({"code": "RequestTooLarge", "errorDescription": f"over {max_request_bytes} bytes"}, 413)
+        except (ValueError, UnicodeDecodeError):
+            return None, JSONResponse({"code": "BadRequest", "errorDescription": "the body is not JSON"}, 400)
+
+    async def api_challenges(request: Request) -> Response:
+        """POST /api/v1/challenges: the MDM side issues a challenge for one enrollment."""
+        service = current()
+        denied = _authorized(request, service)
+        if denied:
+            return denied
+        body, error = await _json_body(request)
+        if error:
+            return error
+        try:
+            if not isinstance(body, dict):
+                raise ValueError("the body must be a JSON object")
+            validity = body.pop("validity", None)
+            expected = ExpectedRequest.from_claim(body)
+            if expected.subject:
+                x509.Name.from_rfc4514_string(expected.subject)
+            lifetime = parse_duration(validity) if validity else None
+            challenge, claims = issue_local_challenge(service.instance, expected, lifetime)
+        except (ValueError, ConfigError) as exc:
+            return JSONResponse({"code": "BadRequest", "errorDescription": str(exc)}, 400)
+        except InstanceError as exc:
+            return JSONResponse({"code": ErrorCode.REGISTRATION_POINT_KEY_MISSING.value, "errorDescription": str(exc)}, 503)
+        base = service.instance.config.server.base_url
+        return JSONResponse({"challenge": challenge, "scep_url": f"{base}/scep", "jti": claims["jti"],
+                             "expires_at": dt.datetime.fromtimestamp(claims["exp"], dt.timezone.utc).isoformat()}, 201)
+
+    async def scep_actions(request: Request) -> Response:
+        """Intune's SCEP validation API: validateRequest, successNotification, failureNotification."""
+        service = current()
+        denied = _authorized(request, service)
+        if denied:
+            return denied
+        body, error = await _json_body(request)
+        if error:
+            return error
+        action = request.path_params["action"]
+        try:
+            if action == "validateRequest":
+                item = body["request"]
+                csr_der = base64.b64decode(item["certificateRequest"], validate=True)
+                code, description = await run_in_threadpool(service.validate_request, str(item["transactionId"]), csr_der)
+                return JSONResponse({"code": code, "errorDescription": description})
+            if action in ("successNotification", "failureNotification"):
+                item = body["notification"]
+                if not isinstance(item, dict):
+                    raise TypeError("notification must be an object")
+                await run_in_threadpool(service.record_received, action.removesuffix("Notification"), item)
+                return JSONResponse({"code": "Success", "errorDescription": ""})
+        except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+            return JSONResponse({"code": "BadRequest", "errorDescription": f"malformed {action} body: {exc}"}, 400)
+        return JSONResponse({"code": "NotFound", "errorDescription": f"no action {action}"}, 404)
+
     routes = [Route(path, scep, methods=["GET", "POST"]) for path in SCEP_PATHS]
+    routes.append(Route("/api/v1/challenges", api_challenges, methods=["POST"]))
+    routes.append(Route("/ScepActions/{action}", scep_actions, methods=["POST"]))
     routes.append(Route("/healthz", health, methods=["GET"]))
     routes.append(Route("/crl/{key_id}.crl", crl, methods=["GET"]))
-    return Starlette(routes=routes)
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        if background is not None:
+            background.start()
+        try:
+            yield
+        finally:
+            if background is not None:
+                background.stop()
+
+    return Starlette(routes=routes, lifespan=lifespan)
 
 
 def create_app_from_environment() -> Starlette:
     """The uvicorn factory used by `scepd serve` (each worker process builds its own app:
     keys loaded once per process, one database pool per process)."""
+    from scepd.enrollment import remote_token
     from scepd.logs import configure
+    from scepd.notifications import Dispatcher
     from scepd.registry.config import CONFIG_FILE
     from scepd.registry.instance import Instance, load_key_material
 
@@ -251,7 +346,13 @@ def create_app_from_environment() -> Starlette:
         return [directory / CONFIG_FILE, *(directory / n for n in names)]
 
     service = ReloadingService(build, watched)
-    return create_app(service, instance.config.server.max_request_bytes)
+    dispatcher = Dispatcher(
+        store,
+        hmac_secret=instance.config.notifications.hmac_secret,
+        max_attempts=instance.config.notifications.max_attempts,
+        tokens={instance.config.challenge.remote_url: remote_token(instance)} if instance.config.challenge.remote_url else {},
+    )
+    return create_app(service, instance.config.server.max_request_bytes, background=dispatcher)
 
 
 __all__ = ["create_app", "create_app_from_environment"]

@@ -110,3 +110,31 @@ class UsedChallenge(Base):
     transaction_id: Mapped[str] = mapped_column(String(128))
     used_at: Mapped[dt.datetime]
     expires_at: Mapped[dt.datetime] = mapped_column(index=True)  # rows may be pruned after this
+
+
+class Notification(Base):
+    """An enrollment's outcome, to be told to the MDM and webhooks (a durable queue)."""
+
+    __tablename__ = "notifications"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(16))  # success | failure | received
+    transaction_id: Mapped[str] = mapped_column(String(128), index=True)
+    payload: Mapped[str] = mapped_column(Text)  # JSON
+    created_at: Mapped[dt.datetime]
+
+
+class Delivery(Base):
+    """One notification to one target URL, retried with backoff until delivered."""
+
+    __tablename__ = "deliveries"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    notification_id: Mapped[int] = mapped_column(ForeignKey("notifications.id"), index=True)
+    target: Mapped[str] = mapped_column(String(1024))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(index=True)
+    lease_until: Mapped[dt.datetime | None]
+    delivered_at: Mapped[dt.datetime | None]
+    gave_up: Mapped[bool] = mapped_column(default=False)
+    last_error: Mapped[str | None] = mapped_column(Text)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import enum
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -21,7 +22,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from scepd.store.models import (
     Base,
+    Delivery,
     IssuedCertificate,
+    Notification,
     OneTimePassword,
     RevocationList,
     ScepTransaction,
@@ -77,6 +80,15 @@ class TransactionRecord:
     certificate_der: bytes | None = None
     created_at: dt.datetime | None = None
     updated_at: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
+class PendingDelivery:
+    id: int
+    target: str
+    attempts: int
+    kind: str
+    payload: str  # JSON
 
 
 @dataclass(frozen=True)
@@ -174,6 +186,16 @@ class UnitOfWork:
             .on_conflict_do_nothing()
         )
         return result.rowcount == 1
+
+    def add_notification(self, kind: str, transaction_id: str, payload: dict, targets: tuple[str, ...]) -> None:
+        """Queue a notification for each target, in the caller's transaction: a success is
+        told if and only if its certificate is recorded."""
+        now = _now()
+        note = Notification(kind=kind, transaction_id=transaction_id, payload=json.dumps(payload), created_at=now)
+        self.session.add(note)
+        self.session.flush()
+        for target in targets:
+            self.session.add(Delivery(notification_id=note.id, target=target, attempts=0, next_attempt_at=now))
 
     def add_certificate(self, record: CertificateRecord) -> None:
         self.session.add(
@@ -338,6 +360,68 @@ class Store:
             if row is None:
                 return None
             return CrlRecord(row.issuer_key_id, row.number, row.this_update, row.next_update, row.der)
+
+    # --- notifications --------------------------------------------------------------------
+
+    def notifications(self, transaction_id: str | None = None) -> list[dict]:
+        query = select(Notification).order_by(Notification.id)
+        if transaction_id:
+            query = query.where(Notification.transaction_id == transaction_id)
+        with self._sessions() as session:
+            return [
+                {"id": n.id, "kind": n.kind, "transaction_id": n.transaction_id, "payload": json.loads(n.payload)}
+                for n in session.scalars(query)
+            ]
+
+    def claim_deliveries(self, limit: int = 20, lease: dt.timedelta = dt.timedelta(seconds=60)) -> list[PendingDelivery]:
+        """Due deliveries, each leased to this process with a conditional UPDATE, so that
+        several servers share the queue without sending anything twice."""
+        now = _now()
+        claimed = []
+        with self._sessions() as session, session.begin():
+            due = session.execute(
+                select(Delivery.id, Delivery.target, Delivery.attempts, Notification.kind, Notification.payload)
+                .join(Notification, Notification.id == Delivery.notification_id)
+                .where(
+                    Delivery.delivered_at.is_(None),
+                    Delivery.gave_up.is_(False),
+                    Delivery.next_attempt_at <= now,
+                    (Delivery.lease_until.is_(None)) | (Delivery.lease_until < now),
+                )
+                .order_by(Delivery.next_attempt_at)
+                .limit(limit)
+            ).all()
+            for row in due:
+                won = session.execute(
+                    update(Delivery)
+                    .where(Delivery.id == row.id, (Delivery.lease_until.is_(None)) | (Delivery.lease_until < now))
+                    .values(lease_until=now + lease)
+                ).rowcount
+                if won:
+                    claimed.append(PendingDelivery(row.id, row.target, row.attempts, row.kind, row.payload))
+        return claimed
+
+    def finish_delivery(self, delivery_id: int, *, error: str | None, retry_in: dt.timedelta | None) -> None:
+        now = _now()
+        with self._sessions() as session, session.begin():
+            values: dict = {"lease_until": None, "attempts": Delivery.attempts + 1}
+            if error is None:
+                values["delivered_at"] = now
+            else:
+                values["last_error"] = error[:2000]
+                if retry_in is None:
+                    values["gave_up"] = True
+                else:
+                    values["next_attempt_at"] = now + retry_in
+            session.execute(update(Delivery).where(Delivery.id == delivery_id).values(**values))
+
+    def delivery_states(self) -> list[dict]:
+        with self._sessions() as session:
+            return [
+                {"id": d.id, "target": d.target, "attempts": d.attempts, "delivered": d.delivered_at is not None,
+                 "gave_up": d.gave_up, "last_error": d.last_error}
+                for d in session.scalars(select(Delivery).order_by(Delivery.id))
+            ]
 
     # --- one-time passwords ---------------------------------------------------------------
 
