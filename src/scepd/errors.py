@@ -70,6 +70,7 @@ class ErrorCode(enum.Enum):
     ENHANCED_KEY_USAGE_MISSING = "EnhancedKeyUsageMissing"
     BAD_DEVICE_ID_IN_CHALLENGE = "BadDeviceIdInChallenge"
     CHALLENGE_REPLAYED = "ChallengeReplayed"
+    CHALLENGE_DENIED = "ChallengeDenied"
     REGISTRATION_POINT_KEY_MISSING = "RegistrationPointKeyMissing"
     REGISTRATION_POINT_UNAVAILABLE = "RegistrationPointUnavailable"
     CHALLENGE_PASSWORD_INCORRECT = "ChallengePasswordIncorrect"
@@ -143,6 +144,7 @@ ERRORS: dict[ErrorCode, ErrorInfo] = {
     ErrorCode.ENHANCED_KEY_USAGE_MISMATCH: ErrorInfo(_BR, "The request's extended key usages differ from the challenge's: align profile and challenge."),
     ErrorCode.ENHANCED_KEY_USAGE_MISSING: ErrorInfo(_BR, "The challenge expects extended key usages the request does not ask for: add them to the profile."),
     ErrorCode.BAD_DEVICE_ID_IN_CHALLENGE: ErrorInfo(_BR, "The request must carry the device ID of the challenge as a URI SAN IntuneDeviceId://<id>."),
+    ErrorCode.CHALLENGE_DENIED: ErrorInfo(_BR, "The MDM (its webhook or a remote registration point) refused the request; the text gives its reason."),
     ErrorCode.CHALLENGE_REPLAYED: ErrorInfo(_BR, "A challenge works once: have the MDM issue a new one."),
     ErrorCode.REGISTRATION_POINT_KEY_MISSING: ErrorInfo(_BR, "The registration point's encryption pair is missing: 'scepd doctor --fix' or restart 'scepd serve' re-creates it; then issue new challenges."),
     ErrorCode.REGISTRATION_POINT_UNAVAILABLE: ErrorInfo(_BR, "The remote registration point did not answer: check [challenge] remote_url and its token; no certificate is issued without a verdict."),

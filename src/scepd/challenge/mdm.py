@@ -167,7 +167,7 @@ class MdmChallengeValidator:
     def verify(self, request: ChallengeRequest, uow: UnitOfWork) -> ChallengeVerdict:
         password = request.password or ""
         if not looks_like_challenge(password):
-            return ChallengeVerdict.refuse(self.name, ErrorCode.CHALLENGE_PASSWORD_INCORRECT, "not an MDM challenge")
+            return ChallengeVerdict.refuse(self.name, ErrorCode.CHALLENGE_PASSWORD_INCORRECT, "the challenge password is wrong")
         phases = _Phases(self.name, request.transaction_id)
         try:
             return self._verify(password, request, uow, phases)

@@ -101,7 +101,7 @@ class RemoteRegistrationPoint:
         try:
             return ChallengeVerdict.refuse(self.name, ErrorCode(code), description)
         except ValueError:
-            return ChallengeVerdict.refuse(self.name, ErrorCode.CHALLENGE_PASSWORD_INCORRECT, f"{code}: {description}")
+            return ChallengeVerdict.refuse(self.name, ErrorCode.CHALLENGE_DENIED, f"{code}: {description}")
 
 
 @dataclass
@@ -133,5 +133,5 @@ class WebhookValidator:
             return _unavailable(self.name, f"the webhook {self.url} gave no allow/deny verdict (HTTP {response.status_code})")
         if answer["allow"]:
             return ChallengeVerdict(self.name)
-        return ChallengeVerdict.refuse(self.name, ErrorCode.CHALLENGE_PASSWORD_INCORRECT,
+        return ChallengeVerdict.refuse(self.name, ErrorCode.CHALLENGE_DENIED,
                                        f"the MDM webhook denied it: {answer.get('reason') or 'no reason given'}")
