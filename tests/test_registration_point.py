@@ -343,3 +343,32 @@ def test_doctor_fixes_key_permissions(tmp_path):
     assert code == 2 and checks["permissions.ca.key"]["fix"].startswith("chmod 600")
     _doctor(d, "--fix")
     assert (d / "ca.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_apple_profile_carries_a_working_challenge_and_the_ca(client, rp_dir, tmp_path):
+    import hashlib
+    import plistlib
+
+    out = tmp_path / "device.mobileconfig"
+    made = run_scepd("profile", "apple", "--dir", str(rp_dir), "--subject", "CN=iphone-7,O=Example",
+                     "--san", "dns:iphone-7.example", "--mdm-challenge", "--key-usage", "digitalSignature",
+                     "--url", client.url, "--out", str(out))
+    assert made.returncode == 0, made.stderr
+    profile = plistlib.loads(out.read_bytes())
+    scep, root = profile["PayloadContent"]
+    assert (scep["PayloadType"], root["PayloadType"]) == ("com.apple.security.scep", "com.apple.security.root")
+    content = scep["PayloadContent"]
+    # DER order, most significant first, as Apple writes it.
+    assert content["URL"] == client.url and content["Subject"] == [[["O", "Example"]], [["CN", "iphone-7"]]]
+    assert content["Key Usage"] == 1 and content["SubjectAltName"] == {"dNSName": ["iphone-7.example"]}
+    ca = x509.load_der_x509_certificate(root["PayloadContent"])
+    assert ca == load_certificate(rp_dir / "ca.pem")
+    assert content["CAFingerprint"] == hashlib.sha1(root["PayloadContent"]).digest()
+    # What the device would do with it: the challenge is bound to exactly this request.
+    result = client.enroll(rsa.generate_private_key(65537, 2048), x509.Name.from_rfc4514_string("CN=iphone-7,O=Example"),
+                           sans=[parse_san("dns:iphone-7.example")], challenge=content["Challenge"],
+                           key_usage=x509.KeyUsage(True, False, False, False, False, False, False, False, False))
+    assert result.status is PkiStatus.SUCCESS, result.fail_info_text
+    as_json = json.loads(run_scepd("profile", "apple", "--dir", str(rp_dir), "--subject", "CN=android-1", "--json").stdout)
+    assert as_json["ca_fingerprint_sha256"] == hashlib.sha256(root["PayloadContent"]).hexdigest()
+    assert as_json["challenge"] == CHALLENGE  # the static one when no MDM challenge is asked for

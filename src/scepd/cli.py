@@ -651,6 +651,44 @@ def cmd_logs(args) -> int:
     return EXIT_OK
 
 
+def cmd_profile_apple(args) -> int:
+    from scepd.challenge.mdm import issue_local_challenge
+    from scepd.profiles import ScepProfile
+    from scepd.registry.instance import load_key_material
+
+    instance = _open(args)
+    try:
+        subject = x509.Name.from_rfc4514_string(args.subject)
+        key_usage = tuple(filter(None, args.key_usage.split(",")))
+        challenge = args.challenge
+        if args.mdm_challenge:
+            args.eku, args.key_type, args.min_key_size, args.template, args.device_id, args.user_id = (
+                None, "rsa", args.key_size, None, None, None)
+            challenge, _ = issue_local_challenge(instance, _expected_request(args))
+        elif challenge is None:
+            challenge = instance.config.challenge.static or None
+        profile = ScepProfile(
+            url=args.url or f"{instance.config.server.base_url}/scep",
+            ca_certificate=load_key_material(instance).ca.certificate,
+            subject=subject,
+            challenge=challenge,
+            sans=tuple(args.san),
+            key_size=args.key_size,
+            key_usage=key_usage,
+            name=args.name,
+        )
+        data = json.dumps(profile.as_json(), indent=2).encode() if args.json else profile.mobileconfig()
+    except ValueError as exc:
+        _err(f"error: {exc}")
+        return EXIT_USAGE
+    if args.out:
+        args.out.write_bytes(data)
+        _err(f"wrote {args.out}")
+    else:
+        sys.stdout.write(data.decode())
+    return EXIT_OK
+
+
 # --- parser -----------------------------------------------------------------------------
 
 
@@ -793,6 +831,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--validity", help="lifetime, at most [registration_point] challenge_lifetime (60m)")
     p.add_argument("--json", action="store_true", help="challenge, SCEP URL and expiry as JSON")
     p.set_defaults(func=cmd_challenge_issue)
+
+    group = sub.add_parser("profile", help="enrollment profiles for MDMs").add_subparsers(
+        dest="profile_command", required=True, metavar="KIND")
+    p = group.add_parser("apple", help="an Apple .mobileconfig SCEP payload (--json: the same for other MDMs)")
+    _dir_arg(p)
+    p.add_argument("--subject", required=True, help="RFC 4514 subject the device asks for")
+    p.add_argument("--san", action="append", default=[], help="dns:, email:, uri: or upn: (repeatable)")
+    p.add_argument("--challenge", help="challenge to embed (default: the static challenge)")
+    p.add_argument("--mdm-challenge", action="store_true", help="embed a fresh MDM challenge bound to this subject and SANs")
+    p.add_argument("--key-size", type=int, default=2048)
+    p.add_argument("--key-usage", default="digitalSignature,keyEncipherment")
+    p.add_argument("--name", default="scepd", help="the CA name the profile shows")
+    p.add_argument("--url", help="SCEP URL (default: [server] public_url + /scep)")
+    p.add_argument("--out", type=Path, help="write here instead of stdout")
+    p.add_argument("--json", action="store_true", help="the settings as JSON for Android and other MDMs")
+    p.set_defaults(func=cmd_profile_apple)
 
     group = sub.add_parser("registry", help="the registration point's registry").add_subparsers(
         dest="registry_command", required=True, metavar="ACTION")
