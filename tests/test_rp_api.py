@@ -225,3 +225,26 @@ def test_mdm_webhook_decides(tmp_path):
     finally:
         allow.close()
         deny.close()
+
+
+def test_remote_mode_gets_its_bearer_token_by_oauth2_client_credentials(rp, tmp_path):
+    rp_dir, rp_server, token = rp
+    issuer = Receiver(answer={"access_token": token, "token_type": "Bearer", "expires_in": 3600})
+    d = tmp_path / "oauth"
+    create_instance(d, key_spec="rsa:2048", static_challenge="unused-here")
+    update_config_file(d / "scepd.toml", {"challenge": {
+        "mode": "remote", "remote_url": f"http://127.0.0.1:{rp_server.port}/ScepActions",
+        "token_url": issuer.url, "client_id": "scepd-app", "client_secret": "app-secret", "scope": "scep/.default"}})
+    server = RunningServer(d)
+    try:
+        c = ScepClient(server.url)
+        for cn in ("oauth-1", "oauth-2"):
+            challenge = run_scepd("challenge", "issue", "--dir", str(rp_dir), "--subject", f"CN={cn}").stdout.strip()
+            result = c.enroll(rsa.generate_private_key(65537, 2048), name(cn), challenge=challenge)
+            assert result.status is PkiStatus.SUCCESS, result.fail_info_text
+        form = dict(pair.split("=") for pair in issuer.requests[0][1].decode().split("&"))
+        assert form["grant_type"] == "client_credentials" and form["client_id"] == "scepd-app"
+        assert len(issuer.requests) == 1  # cached until it expires
+    finally:
+        server.stop()
+        issuer.close()

@@ -105,11 +105,12 @@ def build_local_validator(instance: Instance) -> ChallengeValidator:
     return FirstAccepting(tuple(validators))
 
 
-def build_validator(instance: Instance) -> ChallengeValidator:
-    """What the SCEP server asks: the local registration point, or a remote one."""
+def build_validator(instance: Instance, token: BearerToken | None = None) -> ChallengeValidator:
+    """What the SCEP server asks: the local registration point, or a remote one (with
+    `token`, shared by the caller so that an OAuth2 token is fetched once per process)."""
     challenge = instance.config.challenge
     if challenge.mode == "remote":
-        return RemoteRegistrationPoint(challenge.remote_url, remote_token(instance), challenge.remote_timeout)
+        return RemoteRegistrationPoint(challenge.remote_url, token or remote_token(instance), challenge.remote_timeout)
     return build_local_validator(instance)
 
 
@@ -217,12 +218,14 @@ class EnrollmentService:
     instance: Instance | None = None  # set when built from an instance (the HTTP APIs use it)
 
     @classmethod
-    def from_instance(cls, instance: Instance, material: KeyMaterial, store: Store) -> "EnrollmentService":
+    def from_instance(
+        cls, instance: Instance, material: KeyMaterial, store: Store, token: BearerToken | None = None
+    ) -> "EnrollmentService":
         config = instance.config
         service = cls(
             material=material,
             store=store,
-            validator=build_validator(instance),
+            validator=build_validator(instance, token),
             templates=config.templates,
             mapping=config.template_mapping,
             max_clock_skew=parse_duration(config.scep.max_clock_skew),

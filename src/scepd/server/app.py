@@ -336,9 +336,18 @@ def create_app_from_environment() -> Starlette:
     configure(log_file)
     store = instance.open_store()
 
+    tokens: dict[tuple, object] = {}
+
+    def token_for(current_instance):
+        """One bearer token per remote-token setting in this process, kept across reloads,
+        so that an OAuth2 token is fetched once and reused until it expires."""
+        c = current_instance.config.challenge
+        key = (c.remote_token, c.token_url, c.client_id, c.client_secret, c.scope)
+        return tokens.setdefault(key, remote_token(current_instance))
+
     def build() -> EnrollmentService:
         fresh = Instance.open(directory)
-        return EnrollmentService.from_instance(fresh, load_key_material(fresh), store)
+        return EnrollmentService.from_instance(fresh, load_key_material(fresh), store, token_for(fresh))
 
     def watched() -> list[Path]:
         rp = Instance.open(directory).config.registration_point
@@ -350,7 +359,7 @@ def create_app_from_environment() -> Starlette:
         store,
         hmac_secret=instance.config.notifications.hmac_secret,
         max_attempts=instance.config.notifications.max_attempts,
-        tokens={instance.config.challenge.remote_url: remote_token(instance)} if instance.config.challenge.remote_url else {},
+        tokens={instance.config.challenge.remote_url: token_for(instance)} if instance.config.challenge.remote_url else {},
     )
     return create_app(service, instance.config.server.max_request_bytes, background=dispatcher)
 
