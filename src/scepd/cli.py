@@ -44,6 +44,9 @@ def _instance_dir(args) -> Path:
 def _open(args):
     from scepd.registry.instance import Instance
 
+    if getattr(args, "db", None):
+        # As the SCEPD_DATABASE_URL override, which the worker processes read too.
+        os.environ["SCEPD_DATABASE_URL"] = args.db
     return Instance.open(_instance_dir(args))
 
 
@@ -154,6 +157,16 @@ def cmd_serve(args) -> int:
         # Our own limits answer 413/414 with a reason; h11's must not cut in first.
         h11_max_incomplete_event_size=max(1 << 20, 4 * instance.config.server.max_request_bytes),
     )
+    return EXIT_OK
+
+
+def cmd_db_upgrade(args) -> int:
+    instance = _open(args)
+    store = instance.open_store()
+    before, head = store.schema_revisions()
+    store.upgrade()
+    _err(f"database at revision {head}" + ("" if before == head else f" (was {before or 'empty'})"))
+    store.dispose()
     return EXIT_OK
 
 
@@ -719,10 +732,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="check the instance, then serve SCEP over HTTP")
     _dir_arg(p)
+    p.add_argument("--db", help="database URL, e.g. postgresql+psycopg://scepd@db/scepd (default: [database] url)")
     p.add_argument("--host", help="address to bind (default: [server] host, 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default: [server] port, 8080)")
     p.add_argument("--workers", type=int, help="worker processes sharing the socket (default: [server] workers)")
     p.set_defaults(func=cmd_serve)
+
+    db = sub.add_parser("db", help="the database").add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    p = db.add_parser("upgrade", help="apply the schema migrations (SQLite or PostgreSQL)")
+    _dir_arg(p)
+    p.add_argument("--db", help="database URL (default: [database] url)")
+    p.set_defaults(func=cmd_db_upgrade)
 
     otp = sub.add_parser("otp", help="one-time challenge passwords").add_subparsers(dest="otp_command", required=True, metavar="ACTION")
     p = otp.add_parser("new", help="print a fresh single-use challenge password")

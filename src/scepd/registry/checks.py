@@ -106,15 +106,22 @@ def check_template_mapping(instance: Instance) -> CheckResult:
 
 def check_store(instance: Instance, store, repair: bool) -> CheckResult:
     try:
-        missing = store.check_schema()
+        problems = store.check_schema()
     except Exception as exc:  # any driver error: unreachable, bad URL, permissions
-        return CheckResult("database", FAIL, f"cannot open {instance.config.database.url}: {exc}", "check [database] url")
-    if not missing:
-        return CheckResult("database", PASS, "reachable, schema present")
+        return CheckResult("database", FAIL, f"cannot open {_safe_url(store.url)}: {exc}", "check [database] url")
+    if not problems:
+        return CheckResult("database", PASS, f"reachable, schema current ({_safe_url(store.url)})")
     if repair:
-        store.create_schema()
-        return CheckResult("database", WARN, f"created missing table(s) {', '.join(missing)}")
-    return CheckResult("database", FAIL, f"missing table(s) {', '.join(missing)}", "scepd serve creates them at start")
+        store.upgrade()
+        return CheckResult("database", WARN, f"{'; '.join(problems)}: upgraded")
+    return CheckResult("database", FAIL, "; ".join(problems), f"scepd db upgrade --dir {instance.directory}")
+
+
+def _safe_url(url: str) -> str:
+    """The database URL without its password, for messages."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def check_template_issuers(instance: Instance, material: KeyMaterial) -> CheckResult:

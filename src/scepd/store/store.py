@@ -12,8 +12,13 @@ import enum
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
-from sqlalchemy import create_engine, event, func, inspect, select, update
+from alembic import command as alembic_command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine, event, func, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
@@ -21,7 +26,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from scepd.store.models import (
-    Base,
     Delivery,
     IssuedCertificate,
     Notification,
@@ -30,6 +34,8 @@ from scepd.store.models import (
     ScepTransaction,
     UsedChallenge,
 )
+
+MIGRATIONS = Path(__file__).parent / "migrations"
 
 # Dialects with INSERT ... ON CONFLICT: the two engines scepd supports.
 _INSERTS = {"sqlite": sqlite_insert, "postgresql": postgresql_insert}
@@ -287,13 +293,32 @@ class Store:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
-    def create_schema(self) -> None:
-        Base.metadata.create_all(self.engine)
+    def _alembic(self, connection) -> AlembicConfig:
+        config = AlembicConfig()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        config.attributes["connection"] = connection
+        return config
+
+    def upgrade(self, revision: str = "head") -> None:
+        """Apply the migrations up to `revision` (`scepd db upgrade`; `scepd serve` at start)."""
+        with self.engine.begin() as connection:
+            alembic_command.upgrade(self._alembic(connection), revision)
+
+    create_schema = upgrade
+
+    def schema_revisions(self) -> tuple[str | None, str]:
+        """(the database's revision, the code's head revision)."""
+        with self.engine.connect() as connection:
+            current = MigrationContext.configure(connection).get_current_revision()
+            head = ScriptDirectory.from_config(self._alembic(connection)).get_current_head()
+        return current, head
 
     def check_schema(self) -> list[str]:
-        """Names of the tables the code expects but the database lacks."""
-        present = set(inspect(self.engine).get_table_names())
-        return sorted(set(Base.metadata.tables) - present)
+        """What keeps the schema from being current; empty when it is."""
+        current, head = self.schema_revisions()
+        if current == head:
+            return []
+        return [f"the database is at revision {current or 'none'}, the code needs {head}"]
 
     def dispose(self) -> None:
         self.engine.dispose()
