@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Install the third-party SCEP clients the tests run against, when missing:
-# strongSwan's pki (strongswan-pki) with the curl fetcher (libstrongswan-extra-plugins:
-# without it pki cannot fetch over HTTP), from Debian.
+# Install what the tests run against, when missing, from Debian: strongSwan's pki
+# (strongswan-pki) with the curl fetcher (libstrongswan-extra-plugins: without it pki cannot
+# fetch over HTTP), openssl, and a PostgreSQL server (the tests start a throwaway one with
+# its initdb; Debian keeps that in /usr/lib/postgresql/<version>/bin).
 set -euo pipefail
-wanted=(strongswan-pki libstrongswan-extra-plugins openssl)
+wanted=(strongswan-pki libstrongswan-extra-plugins openssl postgresql)
 missing=()
 for pkg in "${wanted[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

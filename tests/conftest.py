@@ -116,3 +116,56 @@ def require_tool(name: str) -> str:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+# --- a throwaway PostgreSQL server ------------------------------------------------------------
+
+
+def _postgres_bin() -> Path | None:
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parent.parent.name))
+    return versions[-1].parent if versions else None
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A PostgreSQL server of its own, on a loopback port, for the session: Debian's
+    postgresql package (installed by make test), initdb in a temporary directory. As root it
+    runs as the postgres user, since PostgreSQL refuses to run as root."""
+    import tempfile
+
+    bindir = _postgres_bin()
+    if bindir is None:
+        message = "PostgreSQL's server is not installed (make test installs Debian's postgresql)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    data = Path(tempfile.mkdtemp(prefix="scepd-pg-"))
+    if as_user:
+        shutil.chown(data, "postgres", "postgres")
+    port = free_port()
+    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data / "db"), "-U", "scepd", "--auth=trust", "-E", "UTF8"],
+                   check=True, capture_output=True)
+    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data / "db"), "-l", str(data / "log"), "-w", "start",
+                    "-o", f"-p {port} -h 127.0.0.1 -k {data}"], check=True, capture_output=True)
+    try:
+        subprocess.run([*as_user, str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "scepd", "scepd"],
+                       check=True, capture_output=True)
+        yield f"postgresql+psycopg://scepd@127.0.0.1:{port}/scepd"
+    finally:
+        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data / "db"), "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.fixture
+def fresh_postgres(postgres_url) -> str:
+    """An empty database of its own on the session's PostgreSQL server."""
+    import uuid
+
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    plain = postgres_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(plain, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    return postgres_url.rsplit("/", 1)[0] + f"/{name}"

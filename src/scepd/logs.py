@@ -19,6 +19,7 @@ class JsonLineFormatter(logging.Formatter):
             "ts": dt.datetime.fromtimestamp(record.created, dt.timezone.utc).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
+            "pid": record.process,  # which worker, with serve --workers
             "msg": record.getMessage(),
         }
         fields = getattr(record, "fields", None)

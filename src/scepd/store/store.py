@@ -186,12 +186,13 @@ class UnitOfWork:
         """Spend an MDM challenge; False if it was spent before (by any server process).
         INSERT ... ON CONFLICT DO NOTHING is atomic and leaves the caller's transaction usable."""
         insert = _INSERTS[self.session.get_bind().dialect.name]
-        result = self.session.execute(
+        inserted = self.session.execute(
             insert(UsedChallenge)
             .values(jti=jti, transaction_id=transaction_id, used_at=_now(), expires_at=expires_at)
             .on_conflict_do_nothing()
-        )
-        return result.rowcount == 1
+            .returning(UsedChallenge.jti)  # rowcount is not reliable here across drivers
+        ).first()
+        return inserted is not None
 
     def add_notification(self, kind: str, transaction_id: str, payload: dict, targets: tuple[str, ...]) -> None:
         """Queue a notification for each target, in the caller's transaction: a success is
