@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8080
 SCEPD  := $(VENV)/bin/scepd
 
-.PHONY: bootstrap run test test-clients clean
+.PHONY: bootstrap run test test-clients bench bench-report clean
 
 bootstrap: $(VENV)/.installed
 
@@ -24,6 +24,15 @@ test-clients:
 
 test: bootstrap test-clients
 	$(VENV)/bin/python -m pytest
+
+# Throughput against the crypto bound (see bench/scepbench.py --help for options).
+bench: bootstrap
+	$(VENV)/bin/python bench/scepbench.py --workers 1 --concurrency 8 --duration 10
+
+# The workers x concurrency sweep, written to docs/performance.md with a plot.
+bench-report: bootstrap
+	$(VENV)/bin/python -m pip install -q --disable-pip-version-check -e '.[bench]'
+	$(VENV)/bin/python bench/report.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -11,7 +11,7 @@ from asn1crypto import csr as asn1_csr
 from asn1crypto import x509 as asn1_x509
 from conftest import VECTORS
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from scepd.protocol import FailInfo, MessageType, PkiStatus, ProtocolError, cms
@@ -43,8 +43,6 @@ def apple_ca(tmp_path_factory):
 def _self_signed(key, cn="test signer"):
     name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, cn)])
     now = dt.datetime.now(dt.timezone.utc)
-    from cryptography.hazmat.primitives import hashes
-
     return (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -282,3 +280,37 @@ def test_every_protocol_error_code_has_an_entry_in_the_error_table():
     assert codes, "no codes found: the pattern is out of date"
     known = {c.value for c in ErrorCode}
     assert codes <= known, codes - known
+
+
+def test_mutated_messages_give_protocol_errors_never_crashes(pair):
+    """Truncations and bit flips all over a real request: parsing and opening it either work
+    or raise ProtocolError (which becomes a FAILURE or a 400), never anything else."""
+    import random
+
+    cert, key = pair
+    ra_key = rsa.generate_private_key(65537, 2048)
+    ra = _self_signed(ra_key, "ra")
+    csr = x509.CertificateSigningRequestBuilder().subject_name(
+        x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "fuzz")])
+    ).sign(key, hashes.SHA256())
+    good = build_pki_message(
+        message_type=MessageType.PKCS_REQ, transaction_id="FUZZ", signer_certificate=cert, signer_key=key,
+        digest_algorithm="sha256",
+        envelope=cms.build_enveloped(csr.public_bytes(serialization.Encoding.DER), ra, cms.ContentCipher.AES_128_CBC),
+    )
+    rng = random.Random(8894)
+    mutants = [good[: rng.randrange(len(good))] for _ in range(150)]
+    for _ in range(350):
+        data = bytearray(good)
+        data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+        mutants.append(bytes(data))
+    outcomes = {"ok": 0, "refused": 0}
+    for data in mutants:
+        try:
+            message = parse_pki_message(data)
+            opened = cms.decrypt_enveloped(message.envelope, [(ra, ra_key)])
+            parse_csr(opened.content)
+            outcomes["ok"] += 1
+        except ProtocolError:
+            outcomes["refused"] += 1
+    assert outcomes["refused"] > 100  # the mutations did reach the parsers

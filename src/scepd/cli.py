@@ -116,12 +116,11 @@ def cmd_info(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    import uvicorn
-
     from scepd.logs import configure
     from scepd.registry.checks import FAIL
     from scepd.registry.doctor import startup_checks
     from scepd.registry.instance import load_key_material
+    from scepd.server.run import serve
 
     instance = _open(args)
     material = load_key_material(instance)
@@ -146,17 +145,7 @@ def cmd_serve(args) -> int:
     os.environ["SCEPD_SERVER_HOST"], os.environ["SCEPD_SERVER_PORT"] = host, str(port)
     log_file = instance.path(instance.config.logging.file) if instance.config.logging.file else None
     configure(log_file)
-    uvicorn.run(
-        "scepd.server.app:create_app_from_environment",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_level="warning",
-        access_log=False,
-        # Our own limits answer 413/414 with a reason; h11's must not cut in first.
-        h11_max_incomplete_event_size=max(1 << 20, 4 * instance.config.server.max_request_bytes),
-    )
+    serve(host, port, workers, instance.config.server.max_request_bytes)
     return EXIT_OK
 
 

@@ -6,6 +6,7 @@ cryptography does every cryptographic operation.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import enum
 import os
@@ -120,16 +121,26 @@ def _to_cryptography(cert: asn1_x509.Certificate) -> x509.Certificate:
 def load_content(der: bytes, *expected: str) -> tuple[str, core.Asn1Value]:
     """Parse a ContentInfo whose type is one of `expected`; return (type, content).
     Any decoding problem is a ProtocolError."""
-    try:
+    with _decoding(f"not a CMS {' or '.join(expected)}"):
         info = cms.ContentInfo.load(der)
         content_type = info["content_type"].native
         content = info["content"]
-        _ = content.native  # parse everything now, so that later access cannot raise
-    except Exception as exc:  # asn1crypto raises ValueError, TypeError and others
-        raise _undecodable(f"not a CMS {' or '.join(expected)}", exc) from None
     if content_type not in expected:
         raise _undecodable(f"expected CMS {' or '.join(expected)}, got {content_type}")
     return content_type, content
+
+
+@contextlib.contextmanager
+def _decoding(what: str):
+    """asn1crypto parses lazily, so a malformed part raises (ValueError, TypeError and
+    others) only when it is reached: every read of a peer's structure happens in here and
+    ends as a ProtocolError, never as a crash."""
+    try:
+        yield
+    except ProtocolError:
+        raise
+    except Exception as exc:
+        raise _undecodable(what, exc) from None
 
 
 # --- SignedData -------------------------------------------------------------------------
@@ -171,40 +182,36 @@ def parse_signed_data(der: bytes, known_certificates: tuple[x509.Certificate, ..
     among `known_certificates` (NDES, for one, sends a CertRep without certificates).
     """
     _, signed_data = load_content(der, "signed_data")
-    infos = signed_data["signer_infos"]
-    if len(infos) != 1:
-        raise _undecodable(f"expected one SignerInfo, found {len(infos)}")
-    signer = infos[0]
+    with _decoding("the SignedData cannot be read"):
+        infos = signed_data["signer_infos"]
+        if len(infos) != 1:
+            raise _undecodable(f"expected one SignerInfo, found {len(infos)}")
+        signer = infos[0]
 
-    carried = [c.chosen for c in (signed_data["certificates"] or []) if c.name == "certificate"]
-    candidates = carried + [_to_asn1(c) for c in known_certificates]
-    signer_asn1 = next((c for c in candidates if _signer_matches(c, signer["sid"])), None)
+        carried = [c.chosen for c in (signed_data["certificates"] or []) if c.name == "certificate"]
+        candidates = carried + [_to_asn1(c) for c in known_certificates]
+        signer_asn1 = next((c for c in candidates if _signer_matches(c, signer["sid"])), None)
 
-    encap = signed_data["encap_content_info"]
-    content = encap["content"].native if encap["content"] else b""
-    if isinstance(content, core.Asn1Value):  # a parsable content type other than data
-        content = content.dump()
-    content = content or b""
+        encap = signed_data["encap_content_info"]
+        content = encap["content"].native if encap["content"] else b""
+        if isinstance(content, core.Asn1Value):  # a parsable content type other than data
+            content = content.dump()
+        content = content or b""
 
-    attributes: dict[str, list] = {}
-    signed_attrs = signer["signed_attrs"]
-    for attr in signed_attrs or []:
-        name = attr["type"].native
-        attributes[name] = [v.native if isinstance(v, core.Asn1Value) else v for v in attr["values"]]
+        attributes: dict[str, list] = {}
+        signed_attrs = signer["signed_attrs"]
+        for attr in signed_attrs or []:
+            name = attr["type"].native
+            attributes[name] = [v.native if isinstance(v, core.Asn1Value) else v for v in attr["values"]]
+        digest_name = signer["digest_algorithm"]["algorithm"].native
+        certificates = tuple(_to_cryptography(c) for c in carried)
 
-    digest_name = signer["digest_algorithm"]["algorithm"].native
-    error = None
-    signer_cert = None
-    try:
+    with _decoding("the SignerInfo cannot be checked"):
         if signer_asn1 is None:
-            error = "the signer's certificate is neither in the message nor known to us"
+            signer_cert, error = None, "the signer's certificate is neither in the message nor known to us"
         else:
             signer_cert = _to_cryptography(signer_asn1)
             error = _check_signer_info(signer, signed_attrs, content, encap, signer_cert, digest_name)
-    except ProtocolError:
-        raise
-    except Exception as exc:
-        raise _undecodable("the SignerInfo cannot be checked", exc) from None
 
     return SignedMessage(
         content=content,
@@ -212,7 +219,7 @@ def parse_signed_data(der: bytes, known_certificates: tuple[x509.Certificate, ..
         digest_algorithm=digest_name,
         signer_certificate=signer_cert,
         signed_attributes=attributes,
-        certificates=tuple(_to_cryptography(c) for c in carried),
+        certificates=certificates,
         signature_error=error,
     )
 
@@ -350,6 +357,11 @@ def decrypt_enveloped(der: bytes, recipients: list[tuple[x509.Certificate, objec
     used. A message addressed to none of them is refused with badMessageCheck.
     """
     content_type, envelope = load_content(der, "enveloped_data", "authenticated_enveloped_data")
+    with _decoding("the encrypted part cannot be read"):
+        return _decrypt(content_type, envelope, recipients)
+
+
+def _decrypt(content_type: str, envelope, recipients) -> Decrypted:
     if content_type == "enveloped_data":
         eci = envelope["encrypted_content_info"]
     else:
