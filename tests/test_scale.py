@@ -11,6 +11,7 @@ import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import pytest
 from conftest import CHALLENGE, RunningServer, run_scepd
 from cryptography import x509
@@ -97,14 +98,17 @@ def test_workers_share_the_socket(tmp_path):
     update_config_file(d / "scepd.toml", {"server": {"workers": 2}})
     server = RunningServer(d)
     try:
-        client = ScepClient(server.url)
+        # A new connection per request: the kernel hands each to whichever worker accepts
+        # first, and a worker busy signing leaves the next one to the other.
+        client = ScepClient(server.url, http=httpx.Client(limits=httpx.Limits(max_keepalive_connections=0), timeout=30))
         cas = client.get_ca_certs()
+        keys = [rsa.generate_private_key(65537, 2048) for _ in range(4)]
 
         def one(i):
-            return client.enroll(rsa.generate_private_key(65537, 2048), name(f"w{i}"), challenge=CHALLENGE, ca=cas)
+            return client.enroll(keys[i % 4], name(f"w{i}"), challenge=CHALLENGE, ca=cas)
 
         with ThreadPoolExecutor(8) as pool:
-            results = list(pool.map(one, range(24)))
+            results = list(pool.map(one, range(40)))
         assert all(r.status is PkiStatus.SUCCESS for r in results)
         pids = {json.loads(line)["pid"] for line in server.log_lines() if '"PKIOperation"' in line}
         assert len(pids) == 2, f"requests were served by {pids}"

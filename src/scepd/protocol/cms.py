@@ -168,11 +168,14 @@ class SignedMessage:
         return values[0] if values else None
 
 
-def _signer_matches(cert: asn1_x509.Certificate, sid: cms.SignerIdentifier) -> bool:
-    if sid.name == "issuer_and_serial_number":
-        ias = sid.chosen
-        return cert.issuer == ias["issuer"] and cert.serial_number == ias["serial_number"].native
-    return cert.key_identifier == sid.chosen.native
+def _names_certificate(cert: asn1_x509.Certificate, identifier) -> bool:
+    """Does a SignerIdentifier or RecipientIdentifier name this certificate?"""
+    if identifier.name == "issuer_and_serial_number":
+        ias = identifier.chosen
+        # The serial first: an integer comparison rules out almost every other certificate
+        # before asn1crypto's (normalising, slow) comparison of names.
+        return cert.serial_number == ias["serial_number"].native and cert.issuer == ias["issuer"]
+    return cert.key_identifier == identifier.chosen.native
 
 
 def parse_signed_data(der: bytes, known_certificates: tuple[x509.Certificate, ...] = ()) -> SignedMessage:
@@ -190,7 +193,7 @@ def parse_signed_data(der: bytes, known_certificates: tuple[x509.Certificate, ..
 
         carried = [c.chosen for c in (signed_data["certificates"] or []) if c.name == "certificate"]
         candidates = carried + [_to_asn1(c) for c in known_certificates]
-        signer_asn1 = next((c for c in candidates if _signer_matches(c, signer["sid"])), None)
+        signer_asn1 = next((c for c in candidates if _names_certificate(c, signer["sid"])), None)
 
         encap = signed_data["encap_content_info"]
         content = encap["content"].native if encap["content"] else b""
@@ -332,13 +335,6 @@ class Decrypted:
     recipient: x509.Certificate
 
 
-def _recipient_matches(cert: asn1_x509.Certificate, rid: cms.RecipientIdentifier) -> bool:
-    if rid.name == "issuer_and_serial_number":
-        ias = rid.chosen
-        return cert.issuer == ias["issuer"] and cert.serial_number == ias["serial_number"].native
-    return cert.key_identifier == rid.chosen.native
-
-
 def _key_transport_of(algorithm: cms.KeyEncryptionAlgorithm) -> KeyTransport:
     name = algorithm["algorithm"].native
     if name == "rsaes_pkcs1v15":
@@ -373,7 +369,7 @@ def _decrypt(content_type: str, envelope, recipients) -> Decrypted:
         if ri.name != "ktri":
             continue
         for asn1_cert, cert, key in ours:
-            if _recipient_matches(asn1_cert, ri.chosen["rid"]):
+            if _names_certificate(asn1_cert, ri.chosen["rid"]):
                 chosen = (ri.chosen, cert, key)
                 break
         if chosen:

@@ -200,7 +200,8 @@ class UnitOfWork:
         now = _now()
         note = Notification(kind=kind, transaction_id=transaction_id, payload=json.dumps(payload), created_at=now)
         self.session.add(note)
-        self.session.flush()
+        if targets:
+            self.session.flush()  # the deliveries need the notification's id
         for target in targets:
             self.session.add(Delivery(notification_id=note.id, target=target, attempts=0, next_attempt_at=now))
 
@@ -221,12 +222,11 @@ class UnitOfWork:
                 created_at=_now(),
             )
         )
-        # The row must exist before a transaction refers to it.
-        self.session.flush()
 
     def add_transaction(self, record: TransactionRecord) -> None:
         """Insert a new transaction; a concurrent insert of the same ID raises IntegrityError
-        at flush, so that exactly one of two racing requests wins."""
+        when the unit of work commits, so that exactly one of two racing requests wins.
+        (SQLAlchemy inserts the certificate first: the foreign key orders the flush.)"""
         now = _now()
         self.session.add(
             ScepTransaction(
@@ -246,7 +246,6 @@ class UnitOfWork:
                 updated_at=now,
             )
         )
-        self.session.flush()
 
     def decide_pending(self, transaction_id: str, status: str, *, serial: str | None = None, reason: str | None = None) -> bool:
         """Move a pending transaction to issued or denied. False when it is no longer pending
