@@ -118,8 +118,36 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def prefill(database_url: str, count: int) -> None:
+    """`count` issued certificates already in the store (random bytes stand in for DER):
+    the cost of an enrollment must not grow with the store."""
+    import datetime as dt
+
+    from sqlalchemy import insert
+
+    from scepd.store import Store
+    from scepd.store.models import IssuedCertificate, ScepTransaction
+
+    store = Store(database_url)
+    now = dt.datetime.now(dt.timezone.utc)
+    for start in range(0, count, 5000):
+        rows = []
+        for i in range(start, min(count, start + 5000)):
+            serial = secrets.token_hex(19)
+            rows.append({"serial": serial, "issuer_key_id": "00", "subject": f"CN=prefill-{i}", "template": "prefill",
+                         "not_before": now, "not_after": now + dt.timedelta(days=365), "sha256": secrets.token_hex(32),
+                         "der": secrets.token_bytes(900), "transaction_id": f"PREFILL-{i}", "status": "valid", "created_at": now})
+        with store.engine.begin() as connection:
+            connection.execute(insert(IssuedCertificate), rows)
+            connection.execute(insert(ScepTransaction), [
+                {"transaction_id": r["transaction_id"], "message_type": "PKCS_REQ", "status": "issued", "subject": r["subject"],
+                 "template": "prefill", "public_key_sha256": secrets.token_hex(32), "signer_key_sha256": secrets.token_hex(32),
+                 "csr_der": b"", "certificate_serial": r["serial"], "created_at": now, "updated_at": now} for r in rows])
+    store.dispose()
+
+
 class LocalServer:
-    def __init__(self, workers: int, key_type: str, db: str | None) -> None:
+    def __init__(self, workers: int, key_type: str, db: str | None, prefilled: int = 0) -> None:
         self.directory = Path(tempfile.mkdtemp(prefix="scepbench-"))
         scepd = [sys.executable, "-m", "scepd.cli"]
         key = "rsa:2048" if key_type == "rsa" else "ec:p256"
@@ -129,6 +157,8 @@ class LocalServer:
         if db:
             env["SCEPD_DATABASE_URL"] = db
             subprocess.run([*scepd, "db", "upgrade", "--dir", str(self.directory)], check=True, capture_output=True, env=env)
+        if prefilled:
+            prefill(db or f"sqlite:///{self.directory / 'scepd.db'}", prefilled)
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}/scep"
         self.process = subprocess.Popen(
@@ -254,7 +284,7 @@ def verify(results, requests, keys, signers_by_key, ca_certs) -> int:
 
 
 def measure(args) -> dict:
-    server = None if args.url else LocalServer(args.workers, args.key_type, args.db)
+    server = None if args.url else LocalServer(args.workers, args.key_type, args.db, args.prefill)
     url = args.url or server.url
     try:
         with httpx.Client() as http:
@@ -297,6 +327,7 @@ def measure(args) -> dict:
         "duration_s": round(elapsed, 2),
         "key_type": args.key_type,
         "db": "postgresql" if (args.db or "").startswith("postgresql") else "sqlite",
+        "prefilled_certificates": args.prefill,
         "enrollments": ok,
         "errors": errors,
         "requests_exhausted": exhausted,
@@ -333,6 +364,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=10.0, help="seconds of load")
     p.add_argument("--key-type", choices=["rsa", "ec"], default="rsa", help="the local CA's key (the RA is RSA)")
     p.add_argument("--db", help="database URL for the local scepd (default: SQLite)")
+    p.add_argument("--prefill", type=int, default=0, help="certificates already in the local store (e.g. 100000)")
     p.add_argument("--expect-rate", type=float, default=400.0, help="requests prepared per second of duration")
     p.add_argument("--json-only", action="store_true")
     return p
