@@ -267,8 +267,7 @@ class EnrollmentService:
             message = parse_pki_message(der, self._known)
         except ProtocolError as exc:
             refusal = refusal_from_protocol(exc)
-            body = f"{refusal.fail_info_text}\nRemedy: {refusal.remedy}\n".encode()
-            return OperationResult(400, "text/plain; charset=utf-8", body, refusal=refusal)
+            return OperationResult(400, "text/plain; charset=utf-8", refusal.http_text.encode(), refusal=refusal)
         details: dict = {}
         decrypted = None
         try:

@@ -175,6 +175,11 @@ class Refusal:
         # One line: the code first so that admins can grep for it, then what to do.
         return f"{self.code.value}: {self.reason}"
 
+    @property
+    def http_text(self) -> str:
+        """The body of an HTTP 4xx: the failInfoText and the remedy."""
+        return f"{self.fail_info_text}\nRemedy: {self.remedy}\n"
+
 
 def refusal_from_protocol(exc) -> Refusal:
     """Map a scepd.protocol.ProtocolError to its Refusal."""

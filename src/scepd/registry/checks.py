@@ -13,7 +13,7 @@ from scepd.ca.templates import DEFAULT_TEMPLATE
 from scepd.registry.instance import Instance, KeyMaterial
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
-RA_WARNING_WINDOW = dt.timedelta(days=30)
+EXPIRY_WARNING = dt.timedelta(days=30)
 
 
 @dataclass(frozen=True)
@@ -24,22 +24,23 @@ class CheckResult:
     fix: str = ""
 
 
-def _validity(name: str, cert: x509.Certificate, now: dt.datetime, fix: str) -> CheckResult:
+def certificate_validity(name: str, cert: x509.Certificate, fix: str) -> CheckResult:
+    """FAIL when expired or not yet valid, WARN within 30 days of expiry, else PASS."""
+    now = dt.datetime.now(dt.timezone.utc)
     if cert.not_valid_after_utc <= now:
         return CheckResult(name, FAIL, f"expired on {cert.not_valid_after_utc:%Y-%m-%d}", fix)
     if cert.not_valid_before_utc > now:
         return CheckResult(name, FAIL, f"not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M}Z", "check the system clock")
-    if cert.not_valid_after_utc - now < RA_WARNING_WINDOW:
+    if cert.not_valid_after_utc - now < EXPIRY_WARNING:
         return CheckResult(name, WARN, f"expires on {cert.not_valid_after_utc:%Y-%m-%d}", fix)
     return CheckResult(name, PASS, f"valid until {cert.not_valid_after_utc:%Y-%m-%d}")
 
 
 def check_material(instance: Instance, material: KeyMaterial) -> list[CheckResult]:
-    now = dt.datetime.now(dt.timezone.utc)
     ca_cert, ra_cert = material.ca.certificate, material.ra.certificate
     results = [
-        _validity("ca.validity", ca_cert, now, "scepd ca rollover, then scepd ca activate-next"),
-        _validity("ra.validity", ra_cert, now, "scepd ra renew"),
+        certificate_validity("ca.validity", ca_cert, "scepd ca rollover, then scepd ca activate-next"),
+        certificate_validity("ra.validity", ra_cert, "scepd ra renew"),
     ]
     try:
         ku = ra_cert.extensions.get_extension_for_class(x509.KeyUsage).value

@@ -122,7 +122,9 @@ class KeyMaterial:
         return list(dict.fromkeys(certs))
 
 
-def _load_pair(instance: Instance, role: str, cert_name: str, key_name: str) -> KeyPair:
+def load_pair(instance: Instance, role: str, cert_name: str, key_name: str) -> KeyPair:
+    """A certificate and its key from the instance, checked to belong together; an
+    InstanceError names the entry, the reason and the fix."""
     cert_path, key_path = instance.path(cert_name), instance.path(key_name)
     for p in (cert_path, key_path):
         if not p.exists():
@@ -160,19 +162,19 @@ def load_key_material(instance: Instance) -> KeyMaterial:
     crl_base = f"{config.server.base_url}/crl"
 
     def authority(cert_name: str, key_name: str) -> CertificateAuthority:
-        return CertificateAuthority(_load_pair(instance, "ca", cert_name, key_name), crl_base)
+        return CertificateAuthority(load_pair(instance, "ca", cert_name, key_name), crl_base)
 
     ca = authority(config.ca.certificate, config.ca.key)
-    ra = _load_pair(instance, "ra", config.ra.certificate, config.ra.key) if config.ra.certificate else ca.pair
+    ra = load_pair(instance, "ra", config.ra.certificate, config.ra.key) if config.ra.certificate else ca.pair
     return KeyMaterial(
         ca=ca,
         ra=ra,
         previous_cas=tuple(authority(c, k) for c, k in zip(config.ca.previous_certificates, config.ca.previous_keys, strict=True)),
         previous_ras=tuple(
-            _load_pair(instance, "ra", c, k) for c, k in zip(config.ra.previous_certificates, config.ra.previous_keys, strict=True)
+            load_pair(instance, "ra", c, k) for c, k in zip(config.ra.previous_certificates, config.ra.previous_keys, strict=True)
         ),
         next_ca=authority(config.ca.next_certificate, config.ca.next_key) if config.ca.next_certificate else None,
-        next_ra=_load_pair(instance, "ra", config.ra.next_certificate, config.ra.next_key) if config.ra.next_certificate else None,
+        next_ra=load_pair(instance, "ra", config.ra.next_certificate, config.ra.next_key) if config.ra.next_certificate else None,
     )
 
 

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from scepd.ca.authority import CertificateAuthority, create_root_ca
 from scepd.ca.keys import KeyPair, generate_key, save_certificate, save_key
 from scepd.ca.templates import DEFAULT_TEMPLATE
-from scepd.registry.config import CONFIG_FILE, update_config_file
+from scepd.registry.config import CONFIG_FILE, KeyFiles, update_config_file
 from scepd.registry.instance import Instance, InstanceError, KeyMaterial
 
 
@@ -63,30 +63,25 @@ def rollover(instance: Instance, material: KeyMaterial, key_spec: str | None = N
     return instance.path(ca_cert)
 
 
+def _supersede(files: KeyFiles, certificate: str, key: str) -> dict:
+    """The [ca] or [ra] values that make `certificate`/`key` the active pair and keep the
+    current one as the newest previous pair (still trusted, still decrypting)."""
+    return {
+        "certificate": certificate,
+        "key": key,
+        "previous_certificates": (files.certificate, *files.previous_certificates),
+        "previous_keys": (files.key, *files.previous_keys),
+    }
+
+
 def activate_next(instance: Instance) -> None:
     """Issue from the next CA from now on; the old one stays trusted (overlap)."""
     ca, ra = instance.config.ca, instance.config.ra
     if not ca.next_certificate:
         raise InstanceError("[ca] next_certificate", "there is no next CA to activate", "scepd ca rollover")
-    changes = {
-        "ca": {
-            "certificate": ca.next_certificate,
-            "key": ca.next_key,
-            "next_certificate": "",
-            "next_key": "",
-            "previous_certificates": (ca.certificate, *ca.previous_certificates),
-            "previous_keys": (ca.key, *ca.previous_keys),
-        }
-    }
+    changes = {"ca": {**_supersede(ca, ca.next_certificate, ca.next_key), "next_certificate": "", "next_key": ""}}
     if ra.next_certificate:
-        changes["ra"] = {
-            "certificate": ra.next_certificate,
-            "key": ra.next_key,
-            "next_certificate": "",
-            "next_key": "",
-            "previous_certificates": (ra.certificate, *ra.previous_certificates),
-            "previous_keys": (ra.key, *ra.previous_keys),
-        }
+        changes["ra"] = {**_supersede(ra, ra.next_certificate, ra.next_key), "next_certificate": "", "next_key": ""}
     update_config_file(instance.path(CONFIG_FILE), changes)
 
 
@@ -99,17 +94,7 @@ def renew_ra(instance: Instance, material: KeyMaterial, validity_days: int = 730
     key = generate_key(_key_spec_like(material.ra.key))
     certificate = material.ca.issue_ra_certificate(material.ra.certificate.subject, key, validity_days)
     cert_name, key_name = _write_pair(instance, f"ra-{_stamp()}", key, certificate)
-    update_config_file(
-        instance.path(CONFIG_FILE),
-        {
-            "ra": {
-                "certificate": cert_name,
-                "key": key_name,
-                "previous_certificates": (ra.certificate, *ra.previous_certificates),
-                "previous_keys": (ra.key, *ra.previous_keys),
-            }
-        },
-    )
+    update_config_file(instance.path(CONFIG_FILE), {"ra": _supersede(ra, cert_name, key_name)})
     return instance.path(cert_name)
 
 

@@ -25,15 +25,13 @@ from scepd.ca.authority import CertificateAuthority
 from scepd.ca.keys import (
     KeyPair,
     load_certificate,
-    load_key,
     save_certificate,
     save_key,
 )
-from scepd.registry.checks import FAIL, PASS, WARN, CheckResult
+from scepd.registry.checks import FAIL, PASS, WARN, CheckResult, certificate_validity
 from scepd.registry.config import CONFIG_FILE, update_config_file
-from scepd.registry.instance import Instance
+from scepd.registry.instance import Instance, InstanceError, load_pair
 
-EXPIRY_WARNING = dt.timedelta(days=30)
 SERVICE_VALIDITY_DAYS = 730
 
 
@@ -45,13 +43,13 @@ class RegistrationPointMaterial:
 
 
 def _try_pair(instance: Instance, cert_name: str, key_name: str) -> KeyPair | None:
+    """The pair, or None when it is missing, unreadable or mismatched (the checks say which)."""
     if not cert_name or not key_name:
         return None
     try:
-        pair = KeyPair(load_certificate(instance.path(cert_name)), load_key(instance.path(key_name), instance.passphrase))
-    except (OSError, ValueError, TypeError):
+        return load_pair(instance, "registration_point", cert_name, key_name)
+    except InstanceError:
         return None
-    return pair if pair.key_matches_certificate() else None
 
 
 def _try_certificate(instance: Instance, name: str) -> x509.Certificate | None:
@@ -98,35 +96,25 @@ def create_signing_pair(instance: Instance, ca: CertificateAuthority) -> KeyPair
                         "scepd MDM challenge signing", {"digitalSignature"})
 
 
-def _expiry(name: str, cert: x509.Certificate, fix: str) -> CheckResult:
-    now = dt.datetime.now(dt.timezone.utc)
-    if cert.not_valid_after_utc <= now:
-        return CheckResult(name, FAIL, f"expired on {cert.not_valid_after_utc:%Y-%m-%d}", fix)
-    if cert.not_valid_after_utc - now < EXPIRY_WARNING:
-        return CheckResult(name, WARN, f"expires on {cert.not_valid_after_utc:%Y-%m-%d}", fix)
-    return CheckResult(name, PASS, f"present, valid until {cert.not_valid_after_utc:%Y-%m-%d}")
-
-
 def check_registration_point(instance: Instance, ca: CertificateAuthority, repair: bool) -> list[CheckResult]:
     """Check every entry the registration point needs; with `repair`, re-create the safe ones."""
     rp = instance.config.registration_point
     material = load_rp_material(instance)
     results: list[CheckResult] = []
 
-    def pair_check(name, pair, create, what, expired_fix):
-        nonlocal material
+    def pair_check(name, pair, create, what):
         fix = "scepd doctor --fix (or restart scepd serve) re-creates it; challenges issued before must be re-issued"
         if pair is None or pair.certificate.not_valid_after_utc <= dt.datetime.now(dt.timezone.utc):
             if repair:
                 create(instance, ca)
                 return CheckResult(name, WARN, f"{what} was missing or expired and has been re-created")
-            return CheckResult(name, FAIL, f"{what} is missing, unreadable or does not match its certificate", fix)
-        return _expiry(name, pair.certificate, expired_fix)
+            return CheckResult(name, FAIL, f"{what} is missing, expired, unreadable or does not match its certificate", fix)
+        return certificate_validity(name, pair.certificate, fix)
 
     results.append(pair_check("registration_point.encryption", material.encryption, create_encryption_pair,
-                              f"the encryption pair ({rp.encryption_certificate}, {rp.encryption_key})", "scepd doctor --fix"))
+                              f"the encryption pair ({rp.encryption_certificate}, {rp.encryption_key})"))
     results.append(pair_check("registration_point.signing", material.signing, create_signing_pair,
-                              f"the local MDM signing pair ({rp.signing_certificate}, {rp.signing_key})", "scepd doctor --fix"))
+                              f"the local MDM signing pair ({rp.signing_certificate}, {rp.signing_key})"))
     material = load_rp_material(instance) if repair else material
 
     # The local issuer's trust can always be restored: its certificate is ours.
@@ -160,7 +148,7 @@ def check_registration_point(instance: Instance, ca: CertificateAuthority, repai
                 f"restore {instance.path(name)} from the MDM, or scepd registry trust remove {name}",
             ))
         else:
-            results.append(_expiry(f"registration_point.trust.{Path(name).name}", cert,
+            results.append(certificate_validity(f"registration_point.trust.{Path(name).name}", cert,
                                    "get the MDM's new signing certificate and 'scepd registry trust add' it"))
     return results
 

@@ -70,8 +70,7 @@ def decode_base64_message(text: str) -> bytes:
 
 
 def _text(status: int, refusal: Refusal) -> Response:
-    body = f"{refusal.fail_info_text}\nRemedy: {refusal.remedy}\n"
-    return Response(body, status_code=status, media_type="text/plain; charset=utf-8")
+    return Response(refusal.http_text, status_code=status, media_type="text/plain; charset=utf-8")
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -243,23 +242,24 @@ def create_app(service, max_request_bytes: int = 65536, background=None) -> Star
                                 headers={"WWW-Authenticate": "Bearer"})
         return None
 
-    async def _json_body(request: Request):
-        try:
-            return json.loads(await _read_body(request, max_request_bytes)), None
-        except _TooLarge:
-            return None, JSONResponse({"code": "RequestTooLarge", "errorDescription": f"over {max_request_bytes} bytes"}, 413)
-        except (ValueError, UnicodeDecodeError):
-            return None, JSONResponse({"code": "BadRequest", "errorDescription": "the body is not JSON"}, 400)
-
-    async def api_challenges(request: Request) -> Response:
-        """POST /api/v1/challenges: the MDM side issues a challenge for one enrollment."""
+    async def _api_request(request: Request):
+        """(service, JSON body, None) for an authorised API call, else (None, None, the answer)."""
         service = current()
         denied = _authorized(request, service)
         if denied:
-            return denied
-        body, error = await _json_body(request)
-        if error:
-            return error
+            return None, None, denied
+        try:
+            return service, json.loads(await _read_body(request, max_request_bytes)), None
+        except _TooLarge:
+            return None, None, JSONResponse({"code": "RequestTooLarge", "errorDescription": f"over {max_request_bytes} bytes"}, 413)
+        except (ValueError, UnicodeDecodeError):
+            return None, None, JSONResponse({"code": "BadRequest", "errorDescription": "the body is not JSON"}, 400)
+
+    async def api_challenges(request: Request) -> Response:
+        """POST /api/v1/challenges: the MDM side issues a challenge for one enrollment."""
+        service, body, answer = await _api_request(request)
+        if answer:
+            return answer
         try:
             if not isinstance(body, dict):
                 raise ValueError("the body must be a JSON object")
@@ -279,13 +279,9 @@ def create_app(service, max_request_bytes: int = 65536, background=None) -> Star
 
     async def scep_actions(request: Request) -> Response:
         """Intune's SCEP validation API: validateRequest, successNotification, failureNotification."""
-        service = current()
-        denied = _authorized(request, service)
-        if denied:
-            return denied
-        body, error = await _json_body(request)
-        if error:
-            return error
+        service, body, answer = await _api_request(request)
+        if answer:
+            return answer
         action = request.path_params["action"]
         try:
             if action == "validateRequest":

@@ -8,10 +8,11 @@ conditional UPDATEs, atomic across server processes.
 May import: SQLAlchemy and the standard library only (it stores DER bytes, not key objects).
 """
 
+from sqlalchemy.exc import IntegrityError  # raised by a unit of work that lost a race
+
 from scepd.store.store import (
     CertificateRecord,
     CrlRecord,
-    IntegrityError,
     OtpOutcome,
     Store,
     TransactionRecord,

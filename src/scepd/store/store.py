@@ -22,7 +22,6 @@ from sqlalchemy import create_engine, event, func, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from scepd.store.models import (
@@ -453,14 +452,3 @@ class Store:
     def add_otp(self, digest: str, expires_at: dt.datetime) -> None:
         with self._sessions() as session, session.begin():
             session.add(OneTimePassword(digest=digest, created_at=_now(), expires_at=expires_at))
-
-
-__all__ = [
-    "CertificateRecord",
-    "CrlRecord",
-    "IntegrityError",
-    "OtpOutcome",
-    "Store",
-    "TransactionRecord",
-    "UnitOfWork",
-]
