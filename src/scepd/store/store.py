@@ -7,6 +7,7 @@ no caller holds an ORM object beyond its session.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import enum
 import json
@@ -105,42 +106,17 @@ class CrlRecord:
     der: bytes
 
 
+def _record(cls, row, **given):
+    """A frozen record from an ORM row: the fields of the same names, and `given`."""
+    return cls(**{f.name: getattr(row, f.name) for f in dataclasses.fields(cls) if f.name not in given}, **given)
+
+
 def _certificate(row: IssuedCertificate) -> CertificateRecord:
-    return CertificateRecord(
-        serial=row.serial,
-        issuer_key_id=row.issuer_key_id,
-        subject=row.subject,
-        template=row.template,
-        not_before=row.not_before,
-        not_after=row.not_after,
-        sha256=row.sha256,
-        der=row.der,
-        transaction_id=row.transaction_id,
-        renewal_of=row.renewal_of,
-        status=row.status,
-        revoked_at=row.revoked_at,
-        revocation_reason=row.revocation_reason,
-    )
+    return _record(CertificateRecord, row)
 
 
 def _transaction(row: ScepTransaction, certificate_der: bytes | None) -> TransactionRecord:
-    return TransactionRecord(
-        transaction_id=row.transaction_id,
-        message_type=row.message_type,
-        status=row.status,
-        subject=row.subject,
-        template=row.template,
-        public_key_sha256=row.public_key_sha256,
-        signer_key_sha256=row.signer_key_sha256,
-        csr_der=row.csr_der,
-        renewal_of=row.renewal_of,
-        client=row.client,
-        reason=row.reason,
-        certificate_serial=row.certificate_serial,
-        certificate_der=certificate_der,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-    )
+    return _record(TransactionRecord, row, certificate_der=certificate_der)
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
@@ -205,46 +181,17 @@ class UnitOfWork:
             self.session.add(Delivery(notification_id=note.id, target=target, attempts=0, next_attempt_at=now))
 
     def add_certificate(self, record: CertificateRecord) -> None:
-        self.session.add(
-            IssuedCertificate(
-                serial=record.serial,
-                issuer_key_id=record.issuer_key_id,
-                subject=record.subject,
-                template=record.template,
-                not_before=record.not_before,
-                not_after=record.not_after,
-                sha256=record.sha256,
-                der=record.der,
-                transaction_id=record.transaction_id,
-                renewal_of=record.renewal_of,
-                status="valid",
-                created_at=_now(),
-            )
-        )
+        self.session.add(IssuedCertificate(**dataclasses.asdict(record), created_at=_now()))
 
     def add_transaction(self, record: TransactionRecord) -> None:
         """Insert a new transaction; a concurrent insert of the same ID raises IntegrityError
         when the unit of work commits, so that exactly one of two racing requests wins.
         (SQLAlchemy inserts the certificate first: the foreign key orders the flush.)"""
         now = _now()
-        self.session.add(
-            ScepTransaction(
-                transaction_id=record.transaction_id,
-                message_type=record.message_type,
-                status=record.status,
-                subject=record.subject,
-                template=record.template,
-                public_key_sha256=record.public_key_sha256,
-                signer_key_sha256=record.signer_key_sha256,
-                csr_der=record.csr_der,
-                renewal_of=record.renewal_of,
-                client=record.client,
-                certificate_serial=record.certificate_serial,
-                reason=record.reason,
-                created_at=now,
-                updated_at=now,
-            )
-        )
+        columns = dataclasses.asdict(record)
+        for derived in ("certificate_der", "created_at", "updated_at"):
+            del columns[derived]
+        self.session.add(ScepTransaction(**columns, created_at=now, updated_at=now))
 
     def decide_pending(self, transaction_id: str, status: str, *, serial: str | None = None, reason: str | None = None) -> bool:
         """Move a pending transaction to issued or denied. False when it is no longer pending
