@@ -339,3 +339,12 @@ def test_every_issued_certificate_is_stored_and_failures_are_logged(server, clie
 def test_server_is_still_serving_after_all_of_the_above(server):
     assert server.alive()
     assert "Traceback" not in server.stderr_path.read_text()
+
+
+def test_post_of_base64_is_accepted(server, client):
+    """Some clients POST the pkiMessage base64-encoded rather than as DER."""
+    ca = client.get_ca_certs()
+    body = _pkcsreq(ca, rsa.generate_private_key(65537, 2048), "base64-post", CHALLENGE)
+    response = _post(server, base64.b64encode(body), {"Content-Type": "application/x-pki-message"})
+    assert response.status_code == 200
+    assert parse_pki_message(response.content, ca.all).pki_status is PkiStatus.SUCCESS

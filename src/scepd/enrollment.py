@@ -285,15 +285,14 @@ class EnrollmentService:
             outcome = Outcome.refuse(ErrorCode.INTERNAL_ERROR, "the server failed to process the request")
         if outcome.refusal and message.message_type in (MessageType.PKCS_REQ, MessageType.RENEWAL_REQ):
             self._notify_failure(message, outcome.refusal, details)
-        body = build_cert_rep(
-            message,
-            outcome.reply,
-            signer_certificate=self.material.ra.certificate,
-            signer_key=self.material.ra.key,
-            # The reply is sealed the way the client sealed its request (never downgraded).
-            cipher=decrypted.cipher if decrypted else cms.ContentCipher.AES_128_CBC,
-            key_transport=decrypted.key_transport if decrypted else cms.PKCS1V15,
-        )
+        try:
+            body = self._cert_rep(message, outcome, decrypted)
+        except Exception:
+            # Cannot happen for a message that passed _check_signed; if it does, the client
+            # still gets a signed FAILURE (it carries no envelope to go wrong).
+            log.exception("bug while writing the CertRep of %s", message.transaction_id)
+            outcome = Outcome.refuse(ErrorCode.INTERNAL_ERROR, "the server failed to write its reply")
+            body = self._cert_rep(message, outcome, None)
         return OperationResult(
             200,
             PKI_MESSAGE,
@@ -304,6 +303,17 @@ class EnrollmentService:
             refusal=outcome.refusal,
             serial=outcome.serial,
             details=details,
+        )
+
+    def _cert_rep(self, message: PkiMessage, outcome: Outcome, decrypted: cms.Decrypted | None) -> bytes:
+        return build_cert_rep(
+            message,
+            outcome.reply,
+            signer_certificate=self.material.ra.certificate,
+            signer_key=self.material.ra.key,
+            # The reply is sealed the way the client sealed its request (never downgraded).
+            cipher=decrypted.cipher if decrypted else cms.ContentCipher.AES_128_CBC,
+            key_transport=decrypted.key_transport if decrypted else cms.PKCS1V15,
         )
 
     def _notify_failure(self, message: PkiMessage, refusal: Refusal, details: dict) -> None:

@@ -143,7 +143,14 @@ def create_app(service, max_request_bytes: int = 65536, background=None) -> Star
             "method": request.method,
             "path": request.url.path,
         }
-        response, result = await _dispatch(request, fields)
+        try:
+            response, result = await _dispatch(request, fields)
+        except Exception:
+            # A bug, not the client's fault; still an answer with a reason, never a traceback.
+            logging.getLogger("scepd.server").exception("bug while answering %s %s", request.method, request.url.path)
+            refusal = Refusal(ErrorCode.INTERNAL_ERROR, "the server failed to process the request")
+            fields["code"] = refusal.code.value
+            response, result = _text(400, refusal), None
         fields["http_status"] = response.status_code
         if result is not None:
             fields.update(
@@ -195,7 +202,7 @@ def create_app(service, max_request_bytes: int = 65536, background=None) -> Star
         try:
             if request.method == "POST":
                 message = await _read_body(request, max_request_bytes)
-                if message[:1] not in (b"0", b"\x30") and message:
+                if message and message[:1] != b"\x30":
                     # Not DER (which starts with a SEQUENCE): some clients POST base64.
                     message = decode_base64_message(message.decode("ascii"))
             else:
