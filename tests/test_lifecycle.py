@@ -13,6 +13,7 @@ import httpx
 import pytest
 from conftest import (
     CHALLENGE,
+    SCEPD,
     RunningServer,
     free_port,
     openssl_verify,
@@ -158,7 +159,7 @@ def _wait_for_pending(directory, subject: str, timeout: float = 30) -> str:
 def test_manual_approval_collected_by_polling_with_the_project_client(srv, lifecycle_dir, tmp_path):
     out = tmp_path / "manual.pem"
     polling = subprocess.Popen(
-        [*__import__("conftest").SCEPD, "client", "enroll", srv.url, "--subject", "CN=manual-device",
+        [*SCEPD, "client", "enroll", srv.url, "--subject", "CN=manual-device",
          "--challenge", CHALLENGE, "--key-usage", "keyEncipherment", "--poll-interval", "0.5",
          "--max-poll-time", "60", "--cert-out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
