@@ -348,3 +348,16 @@ def test_post_of_base64_is_accepted(server, client):
     response = _post(server, base64.b64encode(body), {"Content-Type": "application/x-pki-message"})
     assert response.status_code == 200
     assert parse_pki_message(response.content, ca.all).pki_status is PkiStatus.SUCCESS
+
+
+def test_unusable_algorithms_get_badalg(client):
+    # A pkiMessage signed with an EC key: the reply cannot be encrypted back to it.
+    ec_key = ec.generate_private_key(ec.SECP256R1())
+    result = client.enroll(ec_key, name("ec-signer"), challenge=CHALLENGE, signer=(self_signed(ec_key, name("ec-signer")), ec_key))
+    assert result.status is PkiStatus.FAILURE and result.fail_info is FailInfo.BAD_ALG
+    assert result.fail_info_text.startswith("RecipientKeyNotRsa")
+    # A curve the template does not accept.
+    p521 = ec.generate_private_key(ec.SECP521R1())
+    result = client.enroll(p521, name("p521"), challenge=CHALLENGE)
+    assert result.status is PkiStatus.FAILURE and result.fail_info is FailInfo.BAD_ALG
+    assert result.fail_info_text.startswith("KeyTypeNotAllowed") and "secp521r1" in result.fail_info_text
