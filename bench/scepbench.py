@@ -78,12 +78,12 @@ def crypto_bound(ca_key_type: str) -> dict:
 
 def _make_requests(args) -> list[tuple[str, bytes]]:
     """(transaction ID, pkiMessage) for each request of one chunk (runs in a worker process)."""
-    key_pem_list, ra_der, start, count, digest = args
+    key_ders, signer_ders, ra_der, start, count, digest = args
     from cryptography.hazmat.primitives.serialization import load_der_private_key
 
-    keys = [load_der_private_key(k, None) for k in key_pem_list]
+    keys = [load_der_private_key(k, None) for k in key_ders]
+    signers = [x509.load_der_x509_certificate(d) for d in signer_ders]
     ra = x509.load_der_x509_certificate(ra_der)
-    signers = [self_signed(k, x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench signer")])) for k in keys]
     out = []
     for i in range(start, start + count):
         key, signer = keys[i % len(keys)], signers[i % len(keys)]
@@ -98,13 +98,18 @@ def _make_requests(args) -> list[tuple[str, bytes]]:
     return out
 
 
-def make_requests(keys, ra: x509.Certificate, count: int, digest: str = "sha256"):
+def make_requests(keys, signers, ra: x509.Certificate, count: int, digest: str = "sha256"):
+    """(transaction ID, pkiMessage, key index) for `count` requests, made on every core.
+    `signers[i]` is the certificate that signs the requests of `keys[i]` (the replies are
+    encrypted to it, so the same one must open them afterwards)."""
     from cryptography.hazmat.primitives.serialization import NoEncryption, PrivateFormat
 
-    ders = [k.private_bytes(Encoding.DER, PrivateFormat.PKCS8, NoEncryption()) for k in keys]
+    key_ders = [k.private_bytes(Encoding.DER, PrivateFormat.PKCS8, NoEncryption()) for k in keys]
+    signer_ders = [c.public_bytes(Encoding.DER) for c in signers]
     chunks = max(1, os.cpu_count() or 1)
     size = -(-count // chunks)
-    jobs = [(ders, ra.public_bytes(Encoding.DER), i * size, min(size, count - i * size), digest) for i in range(chunks) if i * size < count]
+    jobs = [(key_ders, signer_ders, ra.public_bytes(Encoding.DER), i * size, min(size, count - i * size), digest)
+            for i in range(chunks) if i * size < count]
     with ProcessPoolExecutor(chunks) as pool:
         return [item for part in pool.map(_make_requests, jobs) for item in part]
 
@@ -294,15 +299,11 @@ def measure(args) -> dict:
                                   if "ra-cert" in response.headers.get("content-type", "")
                                   else [x509.load_der_x509_certificate(response.content)])
         keys = [rsa.generate_private_key(65537, 2048) for _ in range(16)]  # the device-key pool
+        signer_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench signer")])
+        signers = [self_signed(k, signer_name) for k in keys]
         expected = int(args.duration * args.expect_rate) + 200
-        requests = make_requests(keys, ca_certs.ra, expected)
-        # make_requests built its signers in worker processes; the same certificates are in
-        # the requests, so take them from there for opening the answers.
-        signers_by_key = {}
-        for _, body, key_index in requests:
-            if key_index not in signers_by_key:
-                signer = parse_pki_message(body).signer_certificate
-                signers_by_key[key_index] = (signer, keys[key_index])
+        requests = make_requests(keys, signers, ca_certs.ra, expected)
+        signers_by_key = dict(enumerate(zip(signers, keys, strict=True)))
         bound = crypto_bound(args.key_type)
         cpu_before = server.cpu_seconds() if server else None
         results, elapsed, exhausted = run(url, requests, keys, args.concurrency, args.duration)
