@@ -105,13 +105,13 @@ def build_local_validator(instance: Instance) -> ChallengeValidator:
     return FirstAccepting(tuple(validators))
 
 
-def build_validator(instance: Instance, token: BearerToken | None = None) -> ChallengeValidator:
-    """What the SCEP server asks: the local registration point, or a remote one (with
+def build_validator(instance: Instance, local: ChallengeValidator, token: BearerToken | None = None) -> ChallengeValidator:
+    """What the SCEP server asks: the `local` registration point, or a remote one (with
     `token`, shared by the caller so that an OAuth2 token is fetched once per process)."""
     challenge = instance.config.challenge
     if challenge.mode == "remote":
         return RemoteRegistrationPoint(challenge.remote_url, token or remote_token(instance), challenge.remote_timeout)
-    return build_local_validator(instance)
+    return local
 
 
 def notification_targets(instance: Instance) -> dict[str, tuple[str, ...]]:
@@ -222,15 +222,16 @@ class EnrollmentService:
         cls, instance: Instance, material: KeyMaterial, store: Store, token: BearerToken | None = None
     ) -> "EnrollmentService":
         config = instance.config
+        local = build_local_validator(instance)  # reads the registration point's files once
         service = cls(
             material=material,
             store=store,
-            validator=build_validator(instance, token),
+            validator=build_validator(instance, local, token),
             templates=config.templates,
             mapping=config.template_mapping,
             max_clock_skew=parse_duration(config.scep.max_clock_skew),
             crls=CrlPublisher(store, parse_duration(config.crl.validity)),
-            local_validator=build_local_validator(instance),
+            local_validator=local,
             notify=notification_targets(instance),
         )
         service.instance = instance
