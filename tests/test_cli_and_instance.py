@@ -100,6 +100,19 @@ def test_config_env_overrides_and_unknown_keys(tmp_path):
         load_config(path, environ={})
 
 
+def test_enrollment_threads_follow_what_an_enrollment_waits_on(tmp_path):
+    path = tmp_path / "scepd.toml"
+    path.write_text("")
+    assert load_config(path, environ={}).enrollment_threads == 2  # local verification, SQLite
+    for environ in ({"SCEPD_CHALLENGE_MODE": "remote"}, {"SCEPD_CHALLENGE_WEBHOOK_URL": "https://mdm.example/allow"},
+                    {"SCEPD_DATABASE_URL": "postgresql://scepd@db/scepd"}):
+        assert load_config(path, environ=environ).enrollment_threads == 16, environ
+    assert load_config(path, environ={"SCEPD_SERVER_THREADS": "5", "SCEPD_CHALLENGE_MODE": "remote"}).enrollment_threads == 5
+    path.write_text("[server]\nthreads = -1\n")
+    with pytest.raises(ConfigError, match="threads"):
+        load_config(path, environ={})
+
+
 def test_client_enroll_command_writes_a_verifiable_certificate(server, ca_pem, tmp_path):
     from conftest import CHALLENGE
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import enum
+import functools
 import os
 from dataclasses import dataclass, field
 
 from asn1crypto import algos, cms, core
 from asn1crypto import crl as asn1_crl
+from asn1crypto import parser as asn1_parser
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
@@ -118,6 +120,22 @@ def _to_cryptography(cert: asn1_x509.Certificate) -> x509.Certificate:
     return x509.load_der_x509_certificate(cert.dump())
 
 
+@functools.lru_cache(maxsize=64)
+def _known_asn1(cert: x509.Certificate) -> asn1_x509.Certificate:
+    """asn1crypto's view of one of our own certificates (the CA and RA), parsed once: they
+    are looked up in every message. Only read, never changed."""
+    return _to_asn1(cert)
+
+
+def _frozen(value: core.Asn1Value, **tagging) -> core.Asn1Value:
+    """`value` as parsed from its own encoding. asn1crypto encodes a value built from Python
+    values again (with everything built inside it) whenever its contents are read, and the
+    parent it is put into reads them at once, then again at every level up; a parsed value
+    hands out the bytes it holds. Building a structure bottom-up from frozen parts makes it
+    cost one encoding instead of one per level."""
+    return type(value).load(value.dump(), **tagging)
+
+
 def load_content(der: bytes, *expected: str) -> tuple[str, core.Asn1Value]:
     """Parse a ContentInfo whose type is one of `expected`; return (type, content).
     Any decoding problem is a ProtocolError."""
@@ -172,9 +190,13 @@ def _names_certificate(cert: asn1_x509.Certificate, identifier) -> bool:
     """Does a SignerIdentifier or RecipientIdentifier name this certificate?"""
     if identifier.name == "issuer_and_serial_number":
         ias = identifier.chosen
-        # The serial first: an integer comparison rules out almost every other certificate
-        # before asn1crypto's (normalising, slow) comparison of names.
-        return cert.serial_number == ias["serial_number"].native and cert.issuer == ias["issuer"]
+        # The serial first: an integer comparison rules out almost every other certificate.
+        # Then the issuer's encoding, which is almost always copied from the certificate;
+        # only when the bytes differ, asn1crypto's (normalising, slow) comparison of names.
+        if cert.serial_number != ias["serial_number"].native:
+            return False
+        issuer = ias["issuer"]
+        return cert.issuer.dump() == issuer.dump() or cert.issuer == issuer
     return cert.key_identifier == identifier.chosen.native
 
 
@@ -192,8 +214,10 @@ def parse_signed_data(der: bytes, known_certificates: tuple[x509.Certificate, ..
         signer = infos[0]
 
         carried = [c.chosen for c in (signed_data["certificates"] or []) if c.name == "certificate"]
-        candidates = carried + [_to_asn1(c) for c in known_certificates]
-        signer_asn1 = next((c for c in candidates if _names_certificate(c, signer["sid"])), None)
+        certificates = tuple(_to_cryptography(c) for c in carried)
+        candidates = list(zip(carried, certificates, strict=True)) + [(_known_asn1(c), c) for c in known_certificates]
+        sid = signer["sid"]
+        signer_cert = next((cert for asn1, cert in candidates if _names_certificate(asn1, sid)), None)
 
         encap = signed_data["encap_content_info"]
         content = encap["content"].native if encap["content"] else b""
@@ -207,13 +231,11 @@ def parse_signed_data(der: bytes, known_certificates: tuple[x509.Certificate, ..
             name = attr["type"].native
             attributes[name] = [v.native if isinstance(v, core.Asn1Value) else v for v in attr["values"]]
         digest_name = signer["digest_algorithm"]["algorithm"].native
-        certificates = tuple(_to_cryptography(c) for c in carried)
 
     with _decoding("the SignerInfo cannot be checked"):
-        if signer_asn1 is None:
-            signer_cert, error = None, "the signer's certificate is neither in the message nor known to us"
+        if signer_cert is None:
+            error = "the signer's certificate is neither in the message nor known to us"
         else:
-            signer_cert = _to_cryptography(signer_asn1)
             error = _check_signer_info(signer, signed_attrs, content, encap, signer_cert, digest_name)
 
     return SignedMessage(
@@ -245,6 +267,47 @@ def _check_signer_info(signer, signed_attrs, content, encap, signer_cert, digest
     return None
 
 
+@functools.lru_cache(maxsize=64)
+def _signer_identity(certificate: x509.Certificate) -> tuple[cms.SignerIdentifier, cms.CertificateSet]:
+    """The SignerIdentifier and certificate set of a signer, built once per certificate.
+    asn1crypto is slow at building a structure from Python values and costs nothing when it
+    embeds one already built; these never change for the server's RA."""
+    asn1 = _to_asn1(certificate)
+    sid = cms.SignerIdentifier(
+        name="issuer_and_serial_number", value={"issuer": asn1.issuer, "serial_number": asn1.serial_number}
+    )
+    # Kept as parsed, not as built: a built value counts as changed and is encoded again
+    # every time; a parsed one hands out its bytes. The set carries SignedData's [0] tag,
+    # so that embedding it does not copy it.
+    certificate_set = cms.CertificateSet([_to_asn1(certificate)], implicit=0)
+    return _frozen(sid), _frozen(certificate_set, implicit=0)
+
+
+@functools.lru_cache(maxsize=256)
+def _fixed_attribute(name: str, value: str) -> cms.CMSAttribute:
+    """An attribute whose value comes from a short list (contentType, messageType, pkiStatus,
+    failInfo), built once."""
+    return _frozen(cms.CMSAttribute({"type": name, "values": [value]}))
+
+
+@functools.lru_cache(maxsize=64)
+def _digest_algorithms(digest_algorithm: str) -> tuple[cms.DigestAlgorithm, cms.DigestAlgorithms]:
+    """The SignerInfo's digestAlgorithm and the SignedData's set of them, built once."""
+    return (
+        _frozen(cms.DigestAlgorithm({"algorithm": digest_algorithm})),
+        _frozen(cms.DigestAlgorithms([{"algorithm": digest_algorithm}])),
+    )
+
+
+_FIXED_ATTRIBUTES = {"content_type", "scep_message_type", "scep_pki_status", "scep_fail_info"}
+
+
+def _attribute(name: str, value) -> cms.CMSAttribute:
+    if name in _FIXED_ATTRIBUTES:
+        return _fixed_attribute(name, value)
+    return _frozen(cms.CMSAttribute({"type": name, "values": [value]}))
+
+
 def build_signed_data(
     content: bytes,
     signer_certificate: x509.Certificate,
@@ -258,38 +321,39 @@ def build_signed_data(
     `attributes` are (asn1crypto attribute name, value) pairs added after contentType,
     signingTime and messageDigest.
     """
-    signer_asn1 = _to_asn1(signer_certificate)
+    sid, signer_set = _signer_identity(signer_certificate)
+    digest_id, digest_ids = _digest_algorithms(digest_algorithm)
     attrs = [
-        {"type": "content_type", "values": ["data"]},
-        {"type": "signing_time", "values": [cms.Time({"utc_time": dt.datetime.now(dt.timezone.utc)})]},
-        {"type": "message_digest", "values": [signatures.digest(digest_algorithm, content)]},
+        _attribute("content_type", "data"),
+        _attribute("signing_time", cms.Time({"utc_time": dt.datetime.now(dt.timezone.utc)})),
+        _attribute("message_digest", signatures.digest(digest_algorithm, content)),
     ]
-    attrs += [{"type": name, "values": [value]} for name, value in attributes]
-    signed_attrs = cms.CMSAttributes(attrs)
-    signature = signatures.sign(signer_key, digest_algorithm, signed_attrs.dump())
-    signer_info = cms.SignerInfo(
+    attrs += [_attribute(name, value) for name, value in attributes]
+    # Built with SignerInfo's [0] tag; the signature covers the same contents under the
+    # SET OF tag (RFC 5652 5.4), which asn1crypto's encoder writes around them.
+    signed_attrs = _frozen(cms.CMSAttributes(attrs, implicit=0), implicit=0)
+    set_of = asn1_parser.emit(0, 1, 17, signed_attrs.contents)  # universal, constructed, SET
+    signature = signatures.sign(signer_key, digest_algorithm, set_of)
+    signer_info = _frozen(cms.SignerInfo(
         {
             "version": "v1",
-            "sid": cms.SignerIdentifier(
-                name="issuer_and_serial_number",
-                value={"issuer": signer_asn1.issuer, "serial_number": signer_asn1.serial_number},
-            ),
-            "digest_algorithm": {"algorithm": digest_algorithm},
+            "sid": sid,
+            "digest_algorithm": digest_id,
             "signed_attrs": signed_attrs,
             "signature_algorithm": signatures.signature_algorithm_id(signer_key, digest_algorithm),
             "signature": signature,
         }
-    )
-    certs = [signer_asn1] + [_to_asn1(c) for c in certificates]
-    signed_data = cms.SignedData(
-        {
-            "version": "v1",
-            "digest_algorithms": [{"algorithm": digest_algorithm}],
-            "encap_content_info": {"content_type": "data", "content": content},
-            "certificates": certs,
-            "signer_infos": [signer_info],
-        }
-    )
+    ))
+    certs = signer_set
+    if certificates:
+        certs = cms.CertificateSet([_to_asn1(signer_certificate)] + [_to_asn1(c) for c in certificates], implicit=0)
+    signed_data = {
+        "version": "v1",
+        "digest_algorithms": digest_ids,
+        "encap_content_info": {"content_type": "data", "content": content},
+        "certificates": certs,
+        "signer_infos": [signer_info],
+    }
     return cms.ContentInfo({"content_type": "signed_data", "content": signed_data}).dump()
 
 
@@ -363,7 +427,7 @@ def _decrypt(content_type: str, envelope, recipients) -> Decrypted:
     else:
         eci = envelope["auth_encrypted_content_info"]
 
-    ours = [(_to_asn1(c), c, k) for c, k in recipients]
+    ours = [(_known_asn1(c), c, k) for c, k in recipients]
     chosen = None
     for ri in envelope["recipient_infos"]:
         if ri.name != "ktri":
@@ -447,37 +511,37 @@ def build_enveloped(
         )
     recipient_asn1 = _to_asn1(recipient)
     cek = os.urandom(cipher.key_size)
-    ktri = cms.KeyTransRecipientInfo(
+    # Built bottom-up from frozen parts (see _frozen).
+    rid = _frozen(cms.RecipientIdentifier(
+        name="issuer_and_serial_number",
+        value={"issuer": recipient_asn1.issuer, "serial_number": recipient_asn1.serial_number},
+    ))
+    ktri = _frozen(cms.KeyTransRecipientInfo(
         {
             "version": "v0",
-            "rid": cms.RecipientIdentifier(
-                name="issuer_and_serial_number",
-                value={"issuer": recipient_asn1.issuer, "serial_number": recipient_asn1.serial_number},
-            ),
-            "key_encryption_algorithm": key_transport._algorithm_id(),
+            "rid": rid,
+            "key_encryption_algorithm": _key_transport_id(key_transport),
             "encrypted_key": public_key.encrypt(cek, key_transport._padding()),
         }
-    )
-    recipient_infos = [cms.RecipientInfo(name="ktri", value=ktri)]
+    ))
+    recipient_infos = _frozen(cms.RecipientInfos([cms.RecipientInfo(name="ktri", value=ktri)]))
     if cipher.is_gcm:
         nonce = os.urandom(12)
         encryptor = Cipher(algorithms.AES(cek), modes.GCM(nonce)).encryptor()
         ciphertext = encryptor.update(content) + encryptor.finalize()
-        envelope = cms.AuthEnvelopedData(
-            {
-                "version": "v0",
-                "recipient_infos": recipient_infos,
-                "auth_encrypted_content_info": {
-                    "content_type": "data",
-                    "content_encryption_algorithm": {
-                        "algorithm": cipher.value,
-                        "parameters": {"aes_nonce": nonce, "aes_icvlen": 16},
-                    },
-                    "encrypted_content": ciphertext,
+        envelope = {
+            "version": "v0",
+            "recipient_infos": recipient_infos,
+            "auth_encrypted_content_info": _frozen(cms.EncryptedContentInfo({
+                "content_type": "data",
+                "content_encryption_algorithm": {
+                    "algorithm": cipher.value,
+                    "parameters": {"aes_nonce": nonce, "aes_icvlen": 16},
                 },
-                "mac": encryptor.tag,
-            }
-        )
+                "encrypted_content": ciphertext,
+            })),
+            "mac": encryptor.tag,
+        }
         return cms.ContentInfo({"content_type": "authenticated_enveloped_data", "content": envelope}).dump()
 
     block = 8 if cipher in (ContentCipher.DES_CBC, ContentCipher.DES_EDE3_CBC) else 16
@@ -485,18 +549,21 @@ def build_enveloped(
     padder = padding.PKCS7(block * 8).padder()
     padded = padder.update(content) + padder.finalize()
     encryptor = Cipher(cipher._block_cipher(cek), modes.CBC(iv)).encryptor()
-    envelope = cms.EnvelopedData(
-        {
-            "version": "v0",
-            "recipient_infos": recipient_infos,
-            "encrypted_content_info": {
-                "content_type": "data",
-                "content_encryption_algorithm": {"algorithm": cipher.value, "parameters": iv},
-                "encrypted_content": encryptor.update(padded) + encryptor.finalize(),
-            },
-        }
-    )
+    envelope = {
+        "version": "v0",
+        "recipient_infos": recipient_infos,
+        "encrypted_content_info": _frozen(cms.EncryptedContentInfo({
+            "content_type": "data",
+            "content_encryption_algorithm": {"algorithm": cipher.value, "parameters": iv},
+            "encrypted_content": encryptor.update(padded) + encryptor.finalize(),
+        })),
+    }
     return cms.ContentInfo({"content_type": "enveloped_data", "content": envelope}).dump()
+
+
+@functools.lru_cache(maxsize=16)
+def _key_transport_id(key_transport: KeyTransport) -> cms.KeyEncryptionAlgorithm:
+    return _frozen(cms.KeyEncryptionAlgorithm(key_transport._algorithm_id()))
 
 
 def certificate_sha256(cert: x509.Certificate) -> str:

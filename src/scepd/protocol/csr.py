@@ -72,6 +72,11 @@ def _normalised(request: asn1_csr.CertificationRequest, version: int) -> bytes:
     return copy.dump(force=True)
 
 
+def _typed_view(der: bytes):
+    loaded = x509.load_der_x509_csr(der)
+    return loaded.public_key(), loaded.subject, loaded.extensions
+
+
 def parse_csr(der: bytes) -> CertificationRequest:
     """Parse a PKCS#10 request and check its proof-of-possession signature."""
     try:
@@ -90,14 +95,14 @@ def parse_csr(der: bytes) -> CertificationRequest:
         signature = request["signature"].native
     except Exception as exc:
         raise _bad("CsrMalformed", f"the PKCS#10 request cannot be parsed: {exc}") from None
-    loaded_der = _normalised(request, version)
     try:
-        loaded = x509.load_der_x509_csr(loaded_der)
-        public_key = loaded.public_key()
-        subject = loaded.subject
-        extensions = loaded.extensions
-    except Exception as exc:
-        raise _bad("CsrMalformed", f"the PKCS#10 request cannot be parsed: {exc}") from None
+        public_key, subject, extensions = _typed_view(der)
+    except Exception:
+        # Version 2 (Apple) or unsorted attributes (strongSwan): cryptography wants DER.
+        try:
+            public_key, subject, extensions = _typed_view(_normalised(request, version))
+        except Exception as exc:
+            raise _bad("CsrMalformed", f"the PKCS#10 request cannot be parsed: {exc}") from None
     if not isinstance(public_key, (rsa.RSAPublicKey, ec.EllipticCurvePublicKey)):
         raise _bad("KeyTypeNotAllowed", f"{type(public_key).__name__} keys are not supported", FailInfo.BAD_ALG)
 

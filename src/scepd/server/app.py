@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from urllib.parse import unquote, unquote_plus
 
+import anyio.to_thread
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from starlette.applications import Starlette
@@ -131,9 +132,10 @@ class ReloadingService:
         return self._service
 
 
-def create_app(service, max_request_bytes: int = 65536, background=None) -> Starlette:
+def create_app(service, max_request_bytes: int = 65536, background=None, threads: int | None = None) -> Starlette:
     """`service` is an EnrollmentService, or a callable returning the current one;
-    `background` (the notification dispatcher) runs while the app does."""
+    `background` (the notification dispatcher) runs while the app does; `threads` limits
+    the worker threads that run enrollments (None: anyio's default, 40)."""
     current = service if callable(service) else (lambda: service)
 
     async def scep(request: Request) -> Response:
@@ -313,6 +315,8 @@ def create_app(service, max_request_bytes: int = 65536, background=None) -> Star
     routes.append(Route("/crl/{key_id}.crl", crl, methods=["GET"]))
     @contextlib.asynccontextmanager
     async def lifespan(_app):
+        if threads:
+            anyio.to_thread.current_default_thread_limiter().total_tokens = threads
         if background is not None:
             background.start()
         try:
@@ -364,7 +368,8 @@ def create_app_from_environment() -> Starlette:
         max_attempts=instance.config.notifications.max_attempts,
         tokens={instance.config.challenge.remote_url: token_for(instance)} if instance.config.challenge.remote_url else {},
     )
-    return create_app(service, instance.config.server.max_request_bytes, background=dispatcher)
+    return create_app(service, instance.config.server.max_request_bytes, background=dispatcher,
+                      threads=instance.config.enrollment_threads)
 
 
 __all__ = ["create_app", "create_app_from_environment"]
