@@ -39,6 +39,7 @@ def main() -> int:
     p.add_argument("--profile", action="store_true", help="also run under cProfile and print the top functions")
     p.add_argument("--top", type=int, default=30)
     p.add_argument("--sort", default="tottime", help="cProfile sort key: tottime or cumulative")
+    p.add_argument("--dump", help="write the cProfile data to this file (for pstats or snakeviz)")
     args = p.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="scepd-profile-") as tmp:
@@ -84,6 +85,8 @@ def main() -> int:
             for _, body, _ in requests[20 + args.count:]:
                 service.pki_operation(body)
             profiler.disable()
+            if args.dump:
+                profiler.dump_stats(args.dump)
             stats = pstats.Stats(profiler).strip_dirs().sort_stats(args.sort)
             stats.print_stats(args.top)
         store.dispose()

@@ -306,7 +306,9 @@ def measure(args) -> dict:
         signers_by_key = dict(enumerate(zip(signers, keys, strict=True)))
         bound = crypto_bound(args.key_type)
         cpu_before = server.cpu_seconds() if server else None
+        client_cpu_before = time.process_time()
         results, elapsed, exhausted = run(url, requests, keys, args.concurrency, args.duration)
+        client_cpu = time.process_time() - client_cpu_before
         cpu_after = server.cpu_seconds() if server else None
         rss = server.rss_mb() if server else None
     finally:
@@ -336,6 +338,8 @@ def measure(args) -> dict:
         "latency_ms": {"p50": pct(50), "p95": pct(95), "p99": pct(99), "mean": round(statistics.mean(latencies) * 1000, 2) if latencies else None},
         "server_cpu_s_per_enrollment": round((cpu_after - cpu_before) / ok, 5) if server and ok else None,
         "server_rss_mb": round(rss, 1) if rss else None,
+        # The load generator shares the machine: what it takes is not the server's.
+        "client_cpu_s_per_request": round(client_cpu / len(results), 5) if results else None,
         "crypto_bound": bound,
         "ratio_to_bound": round(throughput / (bound["enrollments_per_s_per_core"] * cores), 3),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",

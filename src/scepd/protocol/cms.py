@@ -236,7 +236,7 @@ def parse_signed_data(der: bytes, known_certificates: tuple[x509.Certificate, ..
         if signer_cert is None:
             error = "the signer's certificate is neither in the message nor known to us"
         else:
-            error = _check_signer_info(signer, signed_attrs, content, encap, signer_cert, digest_name)
+            error = _check_signer_info(signer, signed_attrs, attributes, content, encap, signer_cert, digest_name)
 
     return SignedMessage(
         content=content,
@@ -249,19 +249,19 @@ def parse_signed_data(der: bytes, known_certificates: tuple[x509.Certificate, ..
     )
 
 
-def _check_signer_info(signer, signed_attrs, content, encap, signer_cert, digest_name) -> str | None:
+def _check_signer_info(signer, signed_attrs, attributes, content, encap, signer_cert, digest_name) -> str | None:
     signature = signer["signature"].native
     scheme = signer["signature_algorithm"].signature_algo
     if not signed_attrs:
         data = content
     else:
-        found = {a["type"].native: a["values"][0].native for a in signed_attrs}
-        if found.get("content_type") != encap["content_type"].native:
+        if (attributes.get("content_type") or [None])[0] != encap["content_type"].native:
             return "the contentType signed attribute does not match the content"
-        if found.get("message_digest") != signatures.digest(digest_name, content):
+        if (attributes.get("message_digest") or [None])[0] != signatures.digest(digest_name, content):
             return "the messageDigest signed attribute does not match the content"
-        # The signature covers the attributes as a SET OF (tag 0x31), as they were sent.
-        data = signed_attrs.untag().dump()
+        # The signature covers the attributes as a SET OF (tag 0x31), as they were sent: their
+        # contents under a universal SET header (what untag().dump() gives, without copying).
+        data = asn1_parser.emit(0, 1, 17, signed_attrs.contents)
     if not signatures.verify_signature(signer_cert.public_key(), scheme, digest_name, data, signature):
         return "the signature does not verify with the signer's certificate"
     return None

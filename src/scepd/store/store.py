@@ -185,14 +185,14 @@ class UnitOfWork:
         )
 
     def add_certificate(self, record: CertificateRecord) -> None:
-        self.connection.execute(insert(CERTIFICATES), {**dataclasses.asdict(record), "created_at": _now()})
+        self.connection.execute(insert(CERTIFICATES), {**vars(record), "created_at": _now()})
 
     def add_transaction(self, record: TransactionRecord) -> None:
         """Insert a new transaction; a concurrent insert of the same ID raises IntegrityError,
         so that exactly one of two racing requests wins. (Its certificate, if any, must be
         added first: the transaction refers to it.)"""
         now = _now()
-        columns = dataclasses.asdict(record)
+        columns = dict(vars(record))  # shallow: asdict() would deep-copy the DER
         for derived in ("certificate_der", "created_at", "updated_at"):
             del columns[derived]
         self.connection.execute(insert(TRANSACTIONS), {**columns, "created_at": now, "updated_at": now})
@@ -221,7 +221,7 @@ class UnitOfWork:
         return (current or 0) + 1
 
     def add_crl(self, record: CrlRecord) -> None:
-        self.connection.execute(insert(CRLS), dataclasses.asdict(record))
+        self.connection.execute(insert(CRLS), vars(record))
 
 
 class Store:
