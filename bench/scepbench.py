@@ -152,13 +152,15 @@ def prefill(database_url: str, count: int) -> None:
 
 
 class LocalServer:
-    def __init__(self, workers: int, key_type: str, db: str | None, prefilled: int = 0) -> None:
+    def __init__(self, workers: int, key_type: str, db: str | None, prefilled: int = 0, threads: int = 0) -> None:
         self.directory = Path(tempfile.mkdtemp(prefix="scepbench-"))
         scepd = [sys.executable, "-m", "scepd.cli"]
         key = "rsa:2048" if key_type == "rsa" else "ec:p256"
         subprocess.run([*scepd, "init", "--dir", str(self.directory), "--key", key, "--challenge", CHALLENGE],
                        check=True, capture_output=True)
         env = {**os.environ, "SCEPD_LOGGING_FILE": ""}  # measure SCEP, not log writing to disk
+        if threads:
+            env["SCEPD_SERVER_THREADS"] = str(threads)
         if db:
             env["SCEPD_DATABASE_URL"] = db
             subprocess.run([*scepd, "db", "upgrade", "--dir", str(self.directory)], check=True, capture_output=True, env=env)
@@ -289,7 +291,7 @@ def verify(results, requests, keys, signers_by_key, ca_certs) -> int:
 
 
 def measure(args) -> dict:
-    server = None if args.url else LocalServer(args.workers, args.key_type, args.db, args.prefill)
+    server = None if args.url else LocalServer(args.workers, args.key_type, args.db, args.prefill, args.threads)
     url = args.url or server.url
     try:
         with httpx.Client() as http:
@@ -326,6 +328,7 @@ def measure(args) -> dict:
     return {
         "url": args.url or "local scepd",
         "workers": args.workers,
+        "threads": args.threads or "auto",
         "concurrency": args.concurrency,
         "duration_s": round(elapsed, 2),
         "key_type": args.key_type,
@@ -365,6 +368,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--url", help="a SCEP server to measure (default: a local scepd)")
     p.add_argument("--challenge", default=CHALLENGE, help="its static challenge")
     p.add_argument("--workers", type=int, default=1, help="worker processes of the local scepd")
+    p.add_argument("--threads", type=int, default=0,
+                   help="enrollment threads per worker of the local scepd (default: its own choice, [server] threads)")
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--duration", type=float, default=10.0, help="seconds of load")
     p.add_argument("--key-type", choices=["rsa", "ec"], default="rsa", help="the local CA's key (the RA is RSA)")
