@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -221,6 +223,41 @@ def test_openssl_verifies_our_pki_message(pair, pem_files):
     )
     out = _openssl("cms", "-verify", "-inform", "DER", "-noverify", input=der)
     assert out == b"payload"
+
+
+def test_threads_sharing_our_parsed_certificates_all_succeed(pair):
+    """The server's threads share asn1crypto's parsed views of its own certificates and the
+    parts of its replies built once per signer. asn1crypto parses lazily; parsed on first
+    use by several threads at once, a half-built view failed requests with "No field
+    numbered 1 is present" (10 to 19 of 480 here before the fix). Python is made to switch
+    threads as often as it can, and each round's certificate is new to the caches."""
+    key = pair[1]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    errors: list[str] = []
+
+    def work(cert, envelope, barrier):
+        barrier.wait()
+        try:
+            assert cms.decrypt_enveloped(envelope, [(cert, key)]).content == b"hello"
+            signed = cms.build_signed_data(b"reply", cert, key, "sha256", [("scep_message_type", "3")])
+            assert cms.parse_signed_data(signed, (cert,)).signature_error is None
+        except Exception as exc:  # collected: an exception in a thread would be lost
+            errors.append(repr(exc))
+
+    try:
+        for i in range(60):
+            cert = _self_signed(key, f"shared {i}")
+            envelope = cms.build_enveloped(b"hello", cert, cms.ContentCipher.AES_128_CBC)
+            barrier = threading.Barrier(8)
+            threads = [threading.Thread(target=work, args=(cert, envelope, barrier)) for _ in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert errors == []
 
 
 def test_tampered_content_is_reported_not_raised(pair):

@@ -123,8 +123,21 @@ def _to_cryptography(cert: asn1_x509.Certificate) -> x509.Certificate:
 @functools.lru_cache(maxsize=64)
 def _known_asn1(cert: x509.Certificate) -> asn1_x509.Certificate:
     """asn1crypto's view of one of our own certificates (the CA and RA), parsed once: they
-    are looked up in every message. Only read, never changed."""
-    return _to_asn1(cert)
+    are looked up in every message.
+
+    The value is shared by the server's threads, and asn1crypto parses lazily, filling a
+    list of children as it goes: a second thread reading the same part meanwhile can find
+    the list half built. So what `_names_certificate` reads is parsed here, before the value
+    is shared; afterwards it is only read."""
+    asn1 = _to_asn1(cert)
+    _ = asn1.serial_number, asn1.issuer.dump()
+    # A part that cannot be read (an odd name string, a malformed extension) still fails
+    # where it is read, inside the caller's _decoding, as it did before this warm-up.
+    with contextlib.suppress(Exception):
+        _ = asn1.issuer == asn1.issuer  # parses what the normalising comparison reads
+    with contextlib.suppress(Exception):
+        _ = asn1.key_identifier
+    return asn1
 
 
 def _frozen(value: core.Asn1Value, **tagging) -> core.Asn1Value:
@@ -132,8 +145,14 @@ def _frozen(value: core.Asn1Value, **tagging) -> core.Asn1Value:
     values again (with everything built inside it) whenever its contents are read, and the
     parent it is put into reads them at once, then again at every level up; a parsed value
     hands out the bytes it holds. Building a structure bottom-up from frozen parts makes it
-    cost one encoding instead of one per level."""
-    return type(value).load(value.dump(), **tagging)
+    cost one encoding instead of one per level.
+
+    Frozen values are also what the cached parts below are, shared by threads: embedding one
+    reads its bytes and never its children (its first dump parses a CHOICE's alternative,
+    done here), so threads never parse the same part at once."""
+    frozen = type(value).load(value.dump(), **tagging)
+    frozen.dump()
+    return frozen
 
 
 def load_content(der: bytes, *expected: str) -> tuple[str, core.Asn1Value]:
