@@ -116,8 +116,9 @@ enrollments on its default number of threads (`[server] threads`: two for this c
 |---|---|---|---|---|---|---|---|---|
 {rows}
 
-Crypto bound, measured again in each run: {statistics.median(ops):.0f} RSA-2048 private operations/s (median; {ops[0]} to
-{ops[-1]}), so {bound:.0f} enrollments/s per core (three private operations each); each row's ratio is to its own run's bound.
+Crypto bound, measured before and after each run's load: {statistics.median(ops):.0f} RSA-2048 private operations/s (median; {ops[0]:.0f} to
+{ops[-1]:.0f}), so {bound:.0f} enrollments/s per core (three private operations each); each row's ratio is to its own run's
+bound (the mean of its two measurements).
 Best single worker: {one['enrollments_per_s']}/s ({one['ratio_to_bound']} of its run's one-core bound).
 """ + (f"Best with two workers: {two['enrollments_per_s']}/s ({two['enrollments_per_s'] / one['enrollments_per_s']:.2f} x one worker).\n" if two else "")
         + f"Process scaling, one enrollment thread per worker, 8 clients: {scaling[0]['enrollments_per_s']}/s with one worker, "

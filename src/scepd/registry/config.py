@@ -171,8 +171,8 @@ class Config:
         """Threads per worker process that run enrollments ([server] threads, when set).
 
         Python runs one thread at a time, so threads beyond what keeps the core busy only
-        add switching (measured: a quarter more CPU per enrollment with four threads than
-        with one). Two suffice when nothing in an enrollment waits on another host (local
+        add switching (measured over HTTP: about 30% more CPU per enrollment with four threads
+        than with one). Two suffice when nothing in an enrollment waits on another host (local
         verification, no webhook, SQLite): one computes while the other commits. A remote
         registration point (Intune answers in hundreds of milliseconds), a webhook or a
         database server are waited on, and then more threads keep the core busy."""
