@@ -298,7 +298,7 @@ def _signer_identity(certificate: x509.Certificate) -> tuple[cms.SignerIdentifie
     # Kept as parsed, not as built: a built value counts as changed and is encoded again
     # every time; a parsed one hands out its bytes. The set carries SignedData's [0] tag,
     # so that embedding it does not copy it.
-    certificate_set = cms.CertificateSet([_to_asn1(certificate)], implicit=0)
+    certificate_set = cms.CertificateSet([asn1], implicit=0)
     return _frozen(sid), _frozen(certificate_set, implicit=0)
 
 

@@ -178,7 +178,7 @@ class Config:
         database server are waited on, and then more threads keep the core busy."""
         if self.server.threads:
             return self.server.threads
-        waits = self.challenge.mode == "remote" or self.challenge.webhook_url or not self.database.url.startswith("sqlite")
+        waits = self.challenge.mode == "remote" or bool(self.challenge.webhook_url) or not self.database.url.startswith("sqlite")
         return 16 if waits else 2
 
 
