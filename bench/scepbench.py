@@ -13,8 +13,8 @@ SUCCESS that does not hold a valid certificate for the request's key counts as a
 The crypto bound: an enrollment needs three private-key operations (RA decrypts the request's
 key, CA signs the certificate, RA signs the CertRep); their rate with `cryptography` in this
 process, on this machine, just before and just after the load (the mean of the two), gives
-the enrollments per second one core could reach if everything else were free. The ratio throughput / (bound x cores used) is what the server's
-overhead leaves of it.
+the enrollments per second one core could reach if everything else were free. The ratio
+throughput / (bound x cores used) is what the server's overhead leaves of it.
 """
 
 from __future__ import annotations
