@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
@@ -10,14 +11,13 @@ import json
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import unquote, unquote_plus
 
-import anyio.to_thread
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -134,9 +134,17 @@ class ReloadingService:
 
 def create_app(service, max_request_bytes: int = 65536, background=None, threads: int | None = None) -> Starlette:
     """`service` is an EnrollmentService, or a callable returning the current one;
-    `background` (the notification dispatcher) runs while the app does; `threads` limits
-    the worker threads that run enrollments (None: anyio's default, 40)."""
+    `background` (the notification dispatcher) runs while the app does; `threads` is the
+    number of threads that run enrollments (None: 16)."""
     current = service if callable(service) else (lambda: service)
+    # Enrollments run on threads of their own, so that a remote registration point's answer
+    # or a database server's commit never stalls the event loop. A plain executor, not
+    # anyio's to_thread: each hand-over costs about a third of the CPU (measured 48 against
+    # 123 us with 8 callers), and this pool is the app's own.
+    executor = ThreadPoolExecutor(max_workers=threads or 16, thread_name_prefix="scepd-enroll")
+
+    async def in_thread(function, *args):
+        return await asyncio.get_running_loop().run_in_executor(executor, function, *args)
 
     async def scep(request: Request) -> Response:
         started = time.perf_counter()
@@ -226,8 +234,7 @@ def create_app(service, max_request_bytes: int = 65536, background=None, threads
             refusal = Refusal(ErrorCode.MESSAGE_MISSING, "the request has no message")
             fields["code"] = refusal.code.value
             return _text(400, refusal), None
-        # In a worker thread: a remote registration point's answer must not stall the loop.
-        result = await run_in_threadpool(service.pki_operation, message, fields["client"])
+        result = await in_thread(service.pki_operation, message, fields["client"])
         return Response(result.body, status_code=result.http_status, media_type=result.content_type), result
 
     async def health(_request: Request) -> Response:
@@ -296,13 +303,13 @@ def create_app(service, max_request_bytes: int = 65536, background=None, threads
             if action == "validateRequest":
                 item = body["request"]
                 csr_der = base64.b64decode(item["certificateRequest"], validate=True)
-                code, description = await run_in_threadpool(service.validate_request, str(item["transactionId"]), csr_der)
+                code, description = await in_thread(service.validate_request, str(item["transactionId"]), csr_der)
                 return JSONResponse({"code": code, "errorDescription": description})
             if action in ("successNotification", "failureNotification"):
                 item = body["notification"]
                 if not isinstance(item, dict):
                     raise TypeError("notification must be an object")
-                await run_in_threadpool(service.record_received, action.removesuffix("Notification"), item)
+                await in_thread(service.record_received, action.removesuffix("Notification"), item)
                 return JSONResponse({"code": "Success", "errorDescription": ""})
         except (KeyError, TypeError, ValueError, binascii.Error) as exc:
             return JSONResponse({"code": "BadRequest", "errorDescription": f"malformed {action} body: {exc}"}, 400)
@@ -315,8 +322,6 @@ def create_app(service, max_request_bytes: int = 65536, background=None, threads
     routes.append(Route("/crl/{key_id}.crl", crl, methods=["GET"]))
     @contextlib.asynccontextmanager
     async def lifespan(_app):
-        if threads:
-            anyio.to_thread.current_default_thread_limiter().total_tokens = threads
         if background is not None:
             background.start()
         try:
@@ -324,6 +329,7 @@ def create_app(service, max_request_bytes: int = 65536, background=None, threads
         finally:
             if background is not None:
                 background.stop()
+            executor.shutdown(wait=True)
 
     return Starlette(routes=routes, lifespan=lifespan)
 
