@@ -1,18 +1,21 @@
 """Where one enrollment's time goes, without HTTP: PKCSReqs through EnrollmentService.
 
-    python bench/profile_enrollment.py [--count 400] [--key-type rsa|ec] [--profile] [--top 30]
+    python bench/profile_enrollment.py [--count 400] [--key-type rsa|ec] [--stages] [--profile] [--top 30]
 
 A throwaway instance (RSA-2048 RA, CA of --key-type, SQLite) answers --count PKCSReqs made
 beforehand, in this process. Printed: CPU milliseconds per enrollment, the three private-key
-operations' share of it (timed here, now, in alternation with the enrollments), and with --profile cProfile's functions by their
-own time. cProfile slows Python code more than C code, so the plain timing is the figure;
-the profile says which parts to look at.
+operations' share of it (timed here, now, in alternation with the enrollments); with
+--stages the CPU time of each stage of an enrollment (timed around the functions that do
+them, without a profiler's distortion); with --profile cProfile's functions by their own
+time. cProfile slows Python code more than C code, so the plain timing is the figure; the
+profile says which parts to look at.
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import functools
 import os
 import pstats
 import sys
@@ -27,8 +30,11 @@ from cryptography.x509.oid import NameOID
 sys.path.insert(0, str(Path(__file__).parent))
 from scepbench import CHALLENGE, crypto_bound, make_requests  # noqa: E402
 
+import scepd.enrollment  # noqa: E402
+from scepd.ca.authority import CertificateAuthority  # noqa: E402
 from scepd.client.client import self_signed  # noqa: E402
 from scepd.enrollment import EnrollmentService  # noqa: E402
+from scepd.protocol import cms  # noqa: E402
 from scepd.registry.instance import Instance, create_instance, load_key_material  # noqa: E402
 
 
@@ -36,6 +42,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--count", type=int, default=400)
     p.add_argument("--key-type", choices=["rsa", "ec"], default="rsa")
+    p.add_argument("--stages", action="store_true", help="also time each stage of an enrollment")
     p.add_argument("--profile", action="store_true", help="also run under cProfile and print the top functions")
     p.add_argument("--top", type=int, default=30)
     p.add_argument("--sort", default="tottime", help="cProfile sort key: tottime or cumulative")
@@ -53,7 +60,7 @@ def main() -> int:
         keys = [rsa.generate_private_key(65537, 2048) for _ in range(8)]
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "profile signer")])
         signers = [self_signed(k, name) for k in keys]
-        runs = 2 if args.profile else 1
+        runs = 1 + args.profile + args.stages
         requests = make_requests(keys, signers, material.ra.certificate, args.count * runs + 20)
         for _, body, _ in requests[:20]:  # warm caches and the database file
             service.pki_operation(body)
@@ -80,20 +87,72 @@ def main() -> int:
               f"({1 / per_enrollment:.0f}/s); the private-key operations: {crypto_ms:.2f} ms "
               f"({crypto_ms / (per_enrollment * 1000):.0%})")
 
+        extra = requests[20 + args.count:]
+        if args.stages:
+            stage_batch, extra = extra[:args.count], extra[args.count:]
+            print_stages(service, stage_batch, crypto_ms / 3)
         if args.profile:
             profiler = cProfile.Profile()
             profiler.enable()
-            for _, body, _ in requests[20 + args.count:]:
+            for _, body, _ in extra:
                 service.pki_operation(body)
             profiler.disable()
             if args.dump:
                 profiler.dump_stats(args.dump)
             stats = pstats.Stats(profiler).strip_dirs().sort_stats(args.sort)
             # Unlike times, the count of Python calls is the same on a busy and an idle machine.
-            print(f"{stats.total_calls / (len(requests) - 20 - args.count):.0f} Python function calls per enrollment")
+            print(f"{stats.total_calls / len(extra):.0f} Python function calls per enrollment")
             stats.print_stats(args.top)
         store.dispose()
     return 0
+
+
+# (label, object, attribute, private-key operations inside): where each stage is done. The
+# signed CertRep is built inside build_cert_rep, so its time is subtracted from that one's.
+STAGES = [
+    ("parse the pkiMessage, verify its signature", scepd.enrollment, "parse_pki_message", 0),
+    ("decrypt the envelope", cms, "decrypt_enveloped", 1),
+    ("parse and check the CSR", scepd.enrollment, "parse_csr", 0),
+    ("sign the certificate", CertificateAuthority, "issue", 1),
+    ("CertRep: certs-only and envelope", scepd.enrollment, "build_cert_rep", 0),
+    ("CertRep: signed attributes, SignedData, signature", cms, "build_signed_data", 1),
+]
+
+
+def print_stages(service: EnrollmentService, batch, private_op_ms: float) -> None:
+    spent = {label: 0.0 for label, *_ in STAGES}
+    originals = []
+
+    def timed(label, function):
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            started = time.thread_time()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                spent[label] += time.thread_time() - started
+        return wrapper
+
+    for label, owner, name, _ in STAGES:
+        originals.append((owner, name, getattr(owner, name)))
+        setattr(owner, name, timed(label, getattr(owner, name)))
+    try:
+        started = time.thread_time()
+        for _, body, _ in batch:
+            service.pki_operation(body)
+        total = time.thread_time() - started
+    finally:
+        for owner, name, original in originals:
+            setattr(owner, name, original)
+    spent["CertRep: certs-only and envelope"] -= spent["CertRep: signed attributes, SignedData, signature"]
+    n = len(batch)
+    rows = [(label, spent[label] / n * 1000, ops) for label, _, _, ops in STAGES]
+    rows.append(("the rest: challenge, template, store and commit", (total - sum(spent.values())) / n * 1000, 0))
+    print(f"\nstages, CPU ms per enrollment (one private-key operation: {private_op_ms:.2f} ms):")
+    for label, ms, ops in rows:
+        beyond = f"   {ms - ops * private_op_ms:5.2f} beyond its private-key operation" if ops else ""
+        print(f"  {label:<52} {ms:5.2f}{beyond}")
+    print(f"  {'in all':<52} {total / n * 1000:5.2f}")
 
 
 if __name__ == "__main__":
