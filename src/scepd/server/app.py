@@ -132,16 +132,17 @@ class ReloadingService:
         return self._service
 
 
-def create_app(service, max_request_bytes: int = 65536, background=None, threads: int | None = None) -> Starlette:
+def create_app(service, max_request_bytes: int, *, threads: int, background=None) -> Starlette:
     """`service` is an EnrollmentService, or a callable returning the current one;
-    `background` (the notification dispatcher) runs while the app does; `threads` is the
-    number of threads that run enrollments (None: 16)."""
+    `threads` is the number of threads that run enrollments (the configuration decides it:
+    `Config.enrollment_threads`); `background` (the notification dispatcher) runs while the
+    app does."""
     current = service if callable(service) else (lambda: service)
     # Enrollments run on threads of their own, so that a remote registration point's answer
     # or a database server's commit never stalls the event loop. A plain executor, not
     # anyio's to_thread: each hand-over costs less than half the CPU (measured 48 against
     # 123 us with 8 callers), and this pool is the app's own.
-    executor = ThreadPoolExecutor(max_workers=threads or 16, thread_name_prefix="scepd-enroll")
+    executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="scepd-enroll")
 
     async def in_thread(function, *args):
         return await asyncio.get_running_loop().run_in_executor(executor, function, *args)
