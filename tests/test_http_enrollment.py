@@ -128,8 +128,10 @@ def test_san_only_request_gets_a_critical_san(client):
 def test_resent_pkcsreq_returns_the_same_certificate(client, instance_dir):
     key = rsa.generate_private_key(65537, 2048)
     ca = client.get_ca_certs()
-    first = client.enroll(key, name("resend"), challenge=CHALLENGE, ca=ca, transaction_id="RESEND-1")
-    second = client.enroll(key, name("resend"), challenge=CHALLENGE, ca=ca, transaction_id="RESEND-1")
+    # A resend is the same request again: same transactionID, request and signer certificate.
+    signer = (self_signed(key, name("resend")), key)
+    first = client.enroll(key, name("resend"), challenge=CHALLENGE, ca=ca, transaction_id="RESEND-1", signer=signer)
+    second = client.enroll(key, name("resend"), challenge=CHALLENGE, ca=ca, transaction_id="RESEND-1", signer=signer)
     assert first.status is second.status is PkiStatus.SUCCESS
     assert first.certificate == second.certificate
     with sqlite3.connect(instance_dir / "scepd.db") as db:
@@ -137,13 +139,20 @@ def test_resent_pkcsreq_returns_the_same_certificate(client, instance_dir):
     assert rows == 1
 
 
-def test_same_transaction_id_with_another_key_is_refused(client):
+def test_same_transaction_id_with_another_key_is_a_new_request(client):
+    """Not a resend (another request, another signer): judged on its own, challenge and all,
+    and never answered with the certificate of the first."""
     ca = client.get_ca_certs()
-    client.enroll(rsa.generate_private_key(65537, 2048), name("tid-a"), challenge=CHALLENGE, ca=ca, transaction_id="TID-X")
-    result = client.enroll(rsa.generate_private_key(65537, 2048), name("tid-b"), challenge=CHALLENGE, ca=ca, transaction_id="TID-X")
-    assert result.status is PkiStatus.FAILURE
-    assert result.fail_info is FailInfo.BAD_REQUEST
-    assert result.fail_info_text.startswith("TransactionIdReused")
+    first = client.enroll(rsa.generate_private_key(65537, 2048), name("tid-a"), challenge=CHALLENGE, ca=ca, transaction_id="TID-X")
+    refused = client.enroll(rsa.generate_private_key(65537, 2048), name("tid-b"), challenge="wrong", ca=ca, transaction_id="TID-X")
+    assert refused.status is PkiStatus.FAILURE
+    assert refused.fail_info_text.startswith("ChallengePasswordIncorrect")
+    key_b = rsa.generate_private_key(65537, 2048)
+    second = client.enroll(key_b, name("tid-b"), challenge=CHALLENGE, ca=ca, transaction_id="TID-X")
+    assert first.status is second.status is PkiStatus.SUCCESS
+    assert second.certificate.serial_number != first.certificate.serial_number
+    assert second.certificate.subject == name("tid-b")
+    assert second.certificate.public_key() == key_b.public_key()
 
 
 # --- challenges -----------------------------------------------------------------------------
@@ -350,12 +359,19 @@ def test_post_of_base64_is_accepted(server, client):
     assert parse_pki_message(response.content, ca.all).pki_status is PkiStatus.SUCCESS
 
 
-def test_unusable_algorithms_get_badalg(client):
-    # A pkiMessage signed with an EC key: the reply cannot be encrypted back to it.
+def test_pkcsreq_signed_with_an_ec_key_gets_its_certificate_by_key_agreement(client, ca_pem, tmp_path):
+    # Signed by the EC device key itself: the reply is encrypted back to it by ECDH (it was
+    # refused as RecipientKeyNotRsa before the envelope could carry a KeyAgreeRecipientInfo).
     ec_key = ec.generate_private_key(ec.SECP256R1())
     result = client.enroll(ec_key, name("ec-signer"), challenge=CHALLENGE, signer=(self_signed(ec_key, name("ec-signer")), ec_key))
-    assert result.status is PkiStatus.FAILURE and result.fail_info is FailInfo.BAD_ALG
-    assert result.fail_info_text.startswith("RecipientKeyNotRsa")
+    assert result.status is PkiStatus.SUCCESS, result.fail_info_text
+    assert result.certificate.public_key().public_numbers() == ec_key.public_key().public_numbers()
+    assert result.certificate.subject == name("ec-signer")
+    verify = openssl_verify(ca_pem, pem(result.certificate), tmp_path)
+    assert verify.returncode == 0, verify.stderr
+
+
+def test_unusable_algorithms_get_badalg(client):
     # A curve the template does not accept.
     p521 = ec.generate_private_key(ec.SECP521R1())
     result = client.enroll(p521, name("p521"), challenge=CHALLENGE)

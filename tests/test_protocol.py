@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import subprocess
 import sys
 import threading
@@ -154,6 +155,26 @@ def test_envelope_to_someone_else_is_badmessagecheck(pair):
     with pytest.raises(ProtocolError) as info:
         cms.decrypt_enveloped(sealed, [(_self_signed(other_key), other_key)])
     assert info.value.code == "RecipientUnknown"
+
+
+def test_rsa_key_that_does_not_decrypt_is_replaced_by_a_random_one(pair, monkeypatch):
+    """Implicit rejection (Bleichenbacher): a content key that fails RSA decryption is not
+    refused there; decryption goes on with os.urandom(key size). Shown by making that random
+    key the one the content was sealed with: the content then opens."""
+    from asn1crypto import cms as asn1_cms
+
+    cert, key = pair
+    known = b"K" * 16
+    real_urandom = os.urandom
+    monkeypatch.setattr(os, "urandom", lambda n: known if n == 16 else real_urandom(n))
+    value = asn1_cms.ContentInfo.load(cms.build_enveloped(b"sealed with K", cert, cms.ContentCipher.AES_128_GCM))
+    value["content"]["recipient_infos"][0].chosen["encrypted_key"] = b"\x00" + real_urandom(255)  # bad padding
+    broken = value.dump(force=True)
+    assert cms.decrypt_enveloped(broken, [(cert, key)]).content == b"sealed with K"
+    monkeypatch.setattr(os, "urandom", real_urandom)
+    with pytest.raises(ProtocolError) as info:
+        cms.decrypt_enveloped(broken, [(cert, key)])
+    assert (info.value.code, info.value.reason) == ("DecryptionFailed", cms.DECRYPTION_FAILED)
 
 
 def _openssl(*args, input=None) -> bytes:

@@ -163,6 +163,13 @@ def test_remote_mode_asks_the_registration_point_and_tells_it_the_outcome(rp, tm
                 break
             time.sleep(0.3)
         assert {"received-success", "received-failure"} <= kinds
+        # Neither the webhooks nor the registration point's store ever see a challenge.
+        told = [json.loads(b)["notification"] for _, b in hook.wait_for(lambda b: b["event"] == "success")]
+        kept = [n["payload"] for n in rp_store.notifications() if n["kind"] == "received-success"]
+        for payload in told + kept:
+            request = base64.b64decode(payload["certificateRequest"])
+            assert challenge.encode() not in request and CHALLENGE.encode() not in request
+            assert x509.load_der_x509_csr(request).subject.rfc4514_string().startswith("CN=remote-")
     finally:
         scep.stop()
         hook.close()

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 from scepd.client import ScepClient
+from scepd.client.client import self_signed
 from scepd.protocol import PkiStatus
 from scepd.registry.config import update_config_file
 from scepd.registry.instance import create_instance
@@ -64,8 +65,9 @@ def test_servers_on_one_postgresql_behave_as_one(tmp_path, fresh_postgres):
 
         # A resent PKCSReq gets the same certificate whichever server it reaches.
         cas = ca.get_ca_certs()
-        first = ca.enroll(KEYS[2], name("resent"), challenge=CHALLENGE, ca=cas, transaction_id="PG-RESEND")
-        again = cb.enroll(KEYS[2], name("resent"), challenge=CHALLENGE, ca=cas, transaction_id="PG-RESEND")
+        signer = (self_signed(KEYS[2], name("resent")), KEYS[2])  # a resend: same request, same signer
+        first = ca.enroll(KEYS[2], name("resent"), challenge=CHALLENGE, ca=cas, transaction_id="PG-RESEND", signer=signer)
+        again = cb.enroll(KEYS[2], name("resent"), challenge=CHALLENGE, ca=cas, transaction_id="PG-RESEND", signer=signer)
         assert first.status is again.status is PkiStatus.SUCCESS and first.certificate == again.certificate
 
         # An MDM challenge spent on one server is refused by the other.
@@ -76,11 +78,12 @@ def test_servers_on_one_postgresql_behave_as_one(tmp_path, fresh_postgres):
 
         # A request made pending on one server, approved, is collected from the other.
         key = rsa.generate_private_key(65537, 2048)
-        pending = ca.enroll(key, name("approve-me"), challenge=CHALLENGE, ca=cas, key_usage=ENCRYPT_ONLY)
+        signer = (self_signed(key, name("approve-me")), key)  # the resend that collects it: same signer
+        pending = ca.enroll(key, name("approve-me"), challenge=CHALLENGE, ca=cas, key_usage=ENCRYPT_ONLY, signer=signer)
         assert pending.status is PkiStatus.PENDING
         assert run_scepd("requests", "approve", pending.transaction_id, "--dir", str(d)).returncode == 0
         collected = cb.enroll(key, name("approve-me"), challenge=CHALLENGE, ca=cas, key_usage=ENCRYPT_ONLY,
-                              transaction_id=pending.transaction_id)
+                              transaction_id=pending.transaction_id, signer=signer)
         assert collected.status is PkiStatus.SUCCESS
 
         store = Store(fresh_postgres)

@@ -1,7 +1,8 @@
 """The command line: parses arguments, calls the layers, prints.
 
 Values meant for scripts go to stdout alone (an OTP, a fingerprint, --json output);
-everything addressed to a person goes to stderr.
+everything addressed to a person goes to stderr. Text for a person passes through `shown`,
+since much of it comes from peers (transaction IDs, subjects, failInfoText, log entries).
 
 Exit codes: 0 success; 1 the server refused (FAILURE) or a check warned; 2 bad usage,
 configuration or instance (the message names the fix); 3 the request is pending;
@@ -14,6 +15,7 @@ import argparse
 import json
 import os
 import sys
+import unicodedata
 from pathlib import Path
 
 from cryptography import x509
@@ -22,8 +24,38 @@ from cryptography.hazmat.primitives import hashes, serialization
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_PENDING, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
 
 
+# What a terminal acts on instead of showing: C0 and C1 controls and DEL (Cc); format characters
+# (Cf) such as the bidi overrides U+202A-U+202E and U+2066-U+2069, which reorder the rest of the
+# line, and zero-width ones, which make two names look alike; the line and paragraph separators
+# (Zl, Zp); lone surrogates (Cs), which cannot even be encoded. An ESC in a transactionID
+# otherwise retitles the terminal, and a CR or LF forges a log line.
+_UNSHOWN = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+_SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    if char in _SHORT_ESCAPES:
+        return _SHORT_ESCAPES[char]
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def shown(value) -> str:
+    """`value` as text for a person's terminal: every character it would act on written as a
+    visible escape (ESC as \\x1b, U+202E as \\u202e), everything else as it is."""
+    text = str(value)
+    if text.isprintable():  # the common case, decided in C
+        return text
+    return "".join(_escape(c) if unicodedata.category(c) in _UNSHOWN else c for c in text)
+
+
 def _err(*parts) -> None:
-    print(*parts, file=sys.stderr)
+    print(*(shown(p) for p in parts), file=sys.stderr)
+
+
+def _say(*parts) -> None:
+    """A line for a person on stdout (tables, logs): shown, like _err."""
+    print(*(shown(p) for p in parts))
 
 
 def _dir_arg(parser: argparse.ArgumentParser) -> None:
@@ -189,7 +221,7 @@ def _client(args):
 def cmd_client_getcacaps(args) -> int:
     with _client(args) as client:
         for cap in sorted(client.get_ca_caps()):
-            print(cap)
+            _say(cap)  # the server's words
     return EXIT_OK
 
 
@@ -287,12 +319,14 @@ def _service(args):
 
 def _emit(rows: list[dict], as_json: bool, columns: list[str]) -> None:
     if as_json:
+        # json.dumps escapes every non-ASCII character (ensure_ascii), C1 and bidi included.
         print(json.dumps(rows, indent=2, default=str))
         return
-    widths = {c: max([len(c)] + [len(str(r.get(c) or "")) for r in rows]) for c in columns}
+    cells = [{c: shown(row.get(c) or "") for c in columns} for row in rows]  # widths of what is printed
+    widths = {c: max([len(c)] + [len(r[c]) for r in cells]) for c in columns}
     print("  ".join(c.upper().ljust(widths[c]) for c in columns))
-    for row in rows:
-        print("  ".join(str(row.get(c) or "").ljust(widths[c]) for c in columns))
+    for row in cells:
+        print("  ".join(row[c].ljust(widths[c]) for c in columns))
 
 
 def cmd_templates_list(args) -> int:
@@ -320,7 +354,7 @@ def cmd_templates_show(args) -> int:
         print(json.dumps(data, indent=2))
     else:
         for key, value in data.items():
-            print(f"{key:22} {', '.join(value) if isinstance(value, (tuple, list)) else value}")
+            _say(f"{key:22} {', '.join(value) if isinstance(value, (tuple, list)) else value}")
     return EXIT_OK
 
 
@@ -400,11 +434,18 @@ def cmd_certs_show(args) -> int:
 def cmd_certs_revoke(args) -> int:
     _, service = _service(args)
     try:
-        record = service.revoke(args.serial, args.reason)
+        revoked = service.revoke(args.serial, args.reason, with_renewals=args.with_renewals)
     except (KeyError, ValueError) as exc:
         _err(f"error: {exc.args[0]}")
         return EXIT_USAGE
-    _err(f"revoked {record.serial} ({record.revocation_reason}); CRL re-signed")
+    if args.json:
+        print(json.dumps([_certificate_row(r) for r in revoked], indent=2, default=str))
+    else:
+        for r in revoked:
+            what = "" if r.serial == args.serial.lower() else f", renewal of {r.renewal_of}"
+            _err(f"revoked {r.serial} ({r.revocation_reason}{what}) {r.subject}")
+    crls = len({r.issuer_key_id for r in revoked})
+    _err(f"{len(revoked)} certificate(s) revoked; {'CRL' if crls == 1 else f'{crls} CRLs'} re-signed")
     return EXIT_OK
 
 
@@ -594,10 +635,39 @@ def cmd_registry_trust(args) -> int:
 
 
 def cmd_registry_token_new(args) -> int:
-    from scepd.registry.rp import new_api_token
+    from scepd.registry.rp import TOKEN_ID_DIGITS, TOKENS_ENV, new_api_token, token_digest
 
-    print(new_api_token(_open(args)))
+    token = new_api_token(_open(args))
+    print(token)
     _err("keep it secret: only its SHA-256 is stored; use it as 'Authorization: Bearer <token>'")
+    _err(f"its ID is {token_digest(token)[:TOKEN_ID_DIGITS]} (scepd registry token list, scepd registry token revoke ID)")
+    if TOKENS_ENV in os.environ:
+        _err(f"warning: {TOKENS_ENV} replaces the tokens of scepd.toml: add {token_digest(token)} to it too")
+    return EXIT_OK
+
+
+def cmd_registry_token_list(args) -> int:
+    from scepd.registry.rp import list_api_tokens
+
+    tokens = list_api_tokens(_open(args))
+    if args.json:
+        print(json.dumps([{"id": t.id, "sha256": t.digest, "source": t.source} for t in tokens], indent=2))
+    elif not tokens:
+        _err("no API tokens: scepd registry token new makes one")
+    else:
+        _emit([{"id": t.id, "sha256": t.digest, "source": t.source} for t in tokens], False, ["id", "sha256", "source"])
+    return EXIT_OK
+
+
+def cmd_registry_token_revoke(args) -> int:
+    from scepd.registry.rp import TokenError, revoke_api_token
+
+    try:
+        token = revoke_api_token(_open(args), args.id)
+    except TokenError as exc:
+        _err(f"error: {exc}")
+        return EXIT_USAGE
+    _err(f"revoked API token {token.id}; running servers refuse it within seconds (they reload scepd.toml)")
     return EXIT_OK
 
 
@@ -609,7 +679,9 @@ def cmd_doctor(args) -> int:
         print(json.dumps([r.__dict__ for r in results], indent=2))
     else:
         for r in results:
-            print(f"{r.status:4}  {r.name}: {r.reason}" + (f"\n      fix: {r.fix}" if r.fix and r.status != "PASS" else ""))
+            _say(f"{r.status:4}  {r.name}: {r.reason}")
+            if r.fix and r.status != "PASS":
+                _say(f"      fix: {r.fix}")
     return exit_code(results)
 
 
@@ -630,26 +702,33 @@ def cmd_logs(args) -> int:
         return EXIT_USAGE
     if not path.exists():
         return EXIT_OK
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+    # JSON lines end at LF only: splitlines() would also cut at U+2028, U+0085 and the like.
+    for line in path.read_text(encoding="utf-8", errors="replace").split("\n"):
         try:
             entry = json.loads(line)
         except ValueError:
             continue
+        if not isinstance(entry, dict):
+            continue
+        ts = str(entry.get("ts", ""))
         if args.transaction and entry.get("transaction_id") != args.transaction:
             continue
         if args.errors and not (entry.get("code") or entry.get("level") in ("warning", "error")):
             continue
-        if since and dt.datetime.fromisoformat(entry["ts"]) < since:
+        try:
+            if since and dt.datetime.fromisoformat(ts) < since:
+                continue
+        except (TypeError, ValueError):  # no time, or a naive one: not within --since
             continue
         if args.json:
             print(json.dumps(entry))
             continue
         what = entry.get("operation") or entry.get("phase") or entry.get("msg")
-        parts = [entry["ts"][:19].replace("T", " "), f"{entry.get('level', ''):7}", str(what)]
+        parts = [ts[:19].replace("T", " "), f"{str(entry.get('level', '')):7}", str(what)]
         for key in ("transaction_id", "status", "result", "code", "reason", "serial", "remedy"):
             if entry.get(key):
                 parts.append(f"{key}={entry[key]}")
-        print("  ".join(parts))
+        _say("  ".join(parts))
     return EXIT_OK
 
 
@@ -793,6 +872,9 @@ def build_parser() -> argparse.ArgumentParser:
     _dir_arg(p)
     p.add_argument("serial", help="serial number in hex")
     p.add_argument("--reason", default="unspecified", choices=sorted(REVOCATION_REASONS))
+    p.add_argument("--with-renewals", action="store_true",
+                   help="also revoke every certificate renewed from it, and their renewals")
+    p.add_argument("--json", action="store_true", help="what was revoked, as JSON on stdout")
     p.set_defaults(func=cmd_certs_revoke)
 
     group = sub.add_parser("ca", help="CA rollover").add_subparsers(dest="ca_command", required=True, metavar="ACTION")
@@ -882,6 +964,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = token.add_parser("new", help="print a new token (only its hash is kept)")
     _dir_arg(p)
     p.set_defaults(func=cmd_registry_token_new)
+    p = token.add_parser("list", help="the tokens by ID (the first 12 hex digits of their SHA-256)")
+    _dir_arg(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_registry_token_list)
+    p = token.add_parser("revoke", help="stop accepting a token, by its ID or a prefix of it (4 digits at least)")
+    _dir_arg(p)
+    p.add_argument("id", help="token ID, as token list shows it")
+    p.set_defaults(func=cmd_registry_token_revoke)
 
     client = sub.add_parser("client", help="the SCEP client").add_subparsers(dest="client_command", required=True, metavar="ACTION")
     for name, func, text in (

@@ -16,6 +16,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import logging
+import unicodedata
 from dataclasses import dataclass, field
 
 from cryptography import x509
@@ -24,8 +25,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from scepd.ca.authority import CertificateAuthority
+from scepd.ca.crl import REASONS as REVOCATION_REASONS
 from scepd.ca.crl import CrlPublisher
-from scepd.ca.templates import Template, TemplateMapping
+from scepd.ca.templates import Template, TemplateMapping, widened_identity
 from scepd.challenge import (
     ChallengeRequest,
     ChallengeValidator,
@@ -42,7 +44,7 @@ from scepd.challenge.remote import (
 from scepd.errors import ErrorCode, Refusal, refusal_from_protocol
 from scepd.protocol import MessageType, PkiStatus, ProtocolError, cms
 from scepd.protocol.caps import SERVER_CAPABILITIES, format_caps
-from scepd.protocol.csr import CertificationRequest, parse_csr
+from scepd.protocol.csr import CertificationRequest, parse_csr, without_challenge_password
 from scepd.protocol.message import (
     CertRepReply,
     PkiMessage,
@@ -58,6 +60,7 @@ from scepd.store import (
     CertificateRecord,
     IntegrityError,
     Store,
+    StoreUnavailable,
     TransactionRecord,
     UnitOfWork,
 )
@@ -73,6 +76,23 @@ PKI_MESSAGE = "application/x-pki-message"
 def public_key_sha256(public_key) -> str:
     der = public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
     return hashlib.sha256(der).hexdigest()
+
+
+def request_fingerprint(message: PkiMessage, stored_csr: bytes) -> str:
+    """What makes a request the same request: its message type, its PKCS#10 request (as
+    stored, without the challenge) and the certificate that signed it. Only a request with
+    the same fingerprint under the same transactionID is a resend."""
+    h = hashlib.sha256()
+    for part in (message.message_type.value.encode(), stored_csr, message.signer_certificate.public_bytes(Encoding.DER)):
+        h.update(len(part).to_bytes(8, "big"))
+        h.update(part)
+    return h.hexdigest()
+
+
+def _is_control(ch: str) -> bool:
+    """A character that can make a name display as something else: C0/C1 controls and DEL,
+    line and paragraph separators, and bidirectional overrides and isolates."""
+    return unicodedata.category(ch) in ("Cc", "Zl", "Zp") or "\u202a" <= ch <= "\u202e" or "\u2066" <= ch <= "\u2069"
 
 
 def remote_token(instance: Instance) -> BearerToken:
@@ -190,8 +210,12 @@ class EnrollmentService:
         crls: CrlPublisher | None = None,
         local_validator: ChallengeValidator | None = None,
         notify: dict[str, tuple[str, ...]] | None = None,
+        allow_md5: bool = False,
+        allow_des: bool = True,
     ) -> None:
         self.material = material
+        self.allow_md5 = allow_md5
+        self.allow_des = allow_des
         self.store = store
         self.validator = validator
         self.templates = templates
@@ -214,6 +238,8 @@ class EnrollmentService:
             if isinstance(ca.pair.key, rsa.RSAPrivateKey):
                 # Some clients encrypt to the CA certificate when they see one; accept that too.
                 self._recipients.append((ca.certificate, ca.pair.key))
+        # Names no device may take: a certificate with our CA's name could pass for it.
+        self._own_names = {c.certificate.subject for c in material.all_cas} | {r.certificate.subject for r in material.all_ras}
 
     instance: Instance | None = None  # set when built from an instance (the HTTP APIs use it)
 
@@ -233,6 +259,8 @@ class EnrollmentService:
             crls=CrlPublisher(store, parse_duration(config.crl.validity)),
             local_validator=local,
             notify=notification_targets(instance),
+            allow_md5=config.scep.allow_md5,
+            allow_des=config.scep.allow_des,
         )
         service.instance = instance
         return service
@@ -278,9 +306,13 @@ class EnrollmentService:
             else:
                 decrypted = cms.decrypt_enveloped(message.envelope, self._recipients)
                 details["cipher"] = decrypted.cipher.value
-                outcome = self._handle(message, decrypted.content, client, details)
+                outcome = self._handle(message, decrypted, client, details)
         except ProtocolError as exc:
             outcome = Outcome.failure(refusal_from_protocol(exc))
+        except StoreUnavailable as exc:
+            # Expected and transient (locked past busy_timeout, disk full): a named refusal,
+            # logged once by the request's own line, with no traceback.
+            outcome = Outcome.refuse(ErrorCode.STORE_UNAVAILABLE, exc.reason)
         except Exception:
             log.exception("bug while answering transaction %s", message.transaction_id)
             outcome = Outcome.refuse(ErrorCode.INTERNAL_ERROR, "the server failed to process the request")
@@ -326,9 +358,16 @@ class EnrollmentService:
             "subject": details.get("subject"),
             "callerInfo": "scepd",
         }
+        if refusal.code is ErrorCode.STORE_UNAVAILABLE:
+            # Queuing it would wait for the same store a second time, before the reply; the
+            # request's log line says it was not queued.
+            details["notification"] = "not queued: the store is unavailable"
+            return
         try:
             with self.store.unit_of_work() as uow:
                 uow.add_notification("failure", message.transaction_id, payload, self.notify.get("failure", ()))
+        except StoreUnavailable as exc:
+            details["notification"] = f"not queued: {exc.reason}"
         except Exception:  # never let telling about a failure turn into another one
             log.exception("could not queue the failure notification of %s", message.transaction_id)
 
@@ -352,10 +391,26 @@ class EnrollmentService:
     def record_received(self, kind: str, payload: dict) -> None:
         """A success or failure notification sent to this registration point."""
         transaction_id = str(payload.get("transactionId") or "")
+        request = payload.get("certificateRequest")
+        if isinstance(request, str):
+            # A SCEP server may tell the request with its challenge in it: not kept in clear.
+            try:
+                stripped = without_challenge_password(base64.b64decode(request, validate=True))
+                payload = {**payload, "certificateRequest": base64.b64encode(stripped).decode("ascii")}
+            except (ValueError, ProtocolError):
+                payload = {**payload, "certificateRequest": None}
         with self.store.unit_of_work() as uow:
             uow.add_notification(f"received-{kind}", transaction_id, payload, ())
 
-    def _handle(self, message: PkiMessage, content: bytes, client: str | None, details: dict) -> Outcome:
+    def _handle(self, message: PkiMessage, decrypted: cms.Decrypted, client: str | None, details: dict) -> Outcome:
+        if decrypted.cipher is cms.ContentCipher.DES_CBC:
+            if not self.allow_des:
+                return Outcome.refuse(ErrorCode.ALGORITHM_REFUSED, "the request is encrypted with single DES ([scep] allow_des = false)")
+            # Accepted (Go clients and older network gear offer nothing else), but an
+            # administrator should know which clients still use it.
+            log.warning("weak cipher: single DES from client %s (transaction %r); [scep] allow_des = false refuses it",
+                        client, message.transaction_id)
+        content = decrypted.content
         kind = message.message_type
         if kind in (MessageType.PKCS_REQ, MessageType.RENEWAL_REQ):
             return self._enroll(message, parse_csr(content), client, details)
@@ -381,11 +436,6 @@ class EnrollmentService:
                     f"the message was signed at {signing_time:%Y-%m-%d %H:%M:%S}Z, "
                     f"{int(drift.total_seconds())} s from the server's clock",
                 )
-        if not isinstance(message.signer_certificate.public_key(), rsa.RSAPublicKey):
-            return Refusal(
-                ErrorCode.RECIPIENT_KEY_NOT_RSA,
-                "the signer certificate is not RSA, so the reply cannot be encrypted back to it",
-            )
         return None
 
     # --- who signed ---------------------------------------------------------------------
@@ -425,10 +475,16 @@ class EnrollmentService:
 
     def _enroll(self, message: PkiMessage, csr: CertificationRequest, client: str | None, details: dict) -> Outcome:
         details["subject"] = csr.subject.rfc4514_string()
-        key_digest = public_key_sha256(csr.public_key)
-        existing = self.store.find_transaction(message.transaction_id)
-        if existing is not None:
-            return self._answer_existing(existing, key_digest)
+        refusal = self._policy_refusal(message, csr)
+        if refusal:
+            return Outcome.failure(refusal)
+        stored_csr = without_challenge_password(csr.der)  # no challenge is kept in clear
+        fingerprint = request_fingerprint(message, stored_csr)
+        resent = self._stored_request(message.transaction_id, fingerprint)
+        if resent is not None:
+            return self._status_of(resent)
+        # Anything but a resend is a new request, even under a transactionID seen before: a
+        # same-key renewal repeats the enrollment's ID (clients derive it from the key).
 
         renewed, refusal = self._requester_certificate(message)
         if refusal:
@@ -446,11 +502,11 @@ class EnrollmentService:
                 verdict = None
                 if renewed is None:
                     # The challenge first: it may name the template (an MDM challenge can).
-                    verdict = self.validator.verify(ChallengeRequest(message.transaction_id, csr.challenge_password, csr), uow)
-                    details["validator"] = verdict.validator
-                    if not verdict.accepted:
-                        raise _Stop(Outcome.failure(verdict.refusal))
-                template = self._qualifying_template(csr, verdict, renewed, details)
+                    verdict = self._verdict(message, csr, uow, details)
+                template = self._qualifying_template(csr, verdict, details)
+                if renewed is not None:
+                    template = self._renewal_template(message, csr, renewed, template, uow, details)
+                key_digest = public_key_sha256(csr.public_key)
                 record = TransactionRecord(
                     transaction_id=message.transaction_id,
                     message_type=message.message_type.name,
@@ -459,9 +515,10 @@ class EnrollmentService:
                     template=template.name,
                     public_key_sha256=key_digest,
                     signer_key_sha256=public_key_sha256(message.signer_certificate.public_key()),
-                    csr_der=csr.der,
+                    csr_der=stored_csr,
                     renewal_of=renewed.serial if renewed else None,
                     client=client,
+                    request_sha256=fingerprint,
                 )
                 if template.approval == "manual":
                     uow.add_transaction(record)
@@ -472,17 +529,49 @@ class EnrollmentService:
             # no one-time password and no challenge.
             return stop.outcome
         except IntegrityError:
-            # The same transaction was committed meanwhile (a resend racing the original,
+            # The same request was committed meanwhile (a resend racing the original,
             # perhaps on another server): answer with what was stored.
-            existing = self.store.find_transaction(message.transaction_id)
-            if existing is None:
+            resent = self._stored_request(message.transaction_id, fingerprint)
+            if resent is None:
                 raise
-            return self._answer_existing(existing, key_digest)
+            return self._status_of(resent)
         if renewed and template.revoke_on_renewal:
             self.publish_crl(renewed.issuer_key_id)
         return Outcome.success(cert)
 
-    def _qualifying_template(self, csr, verdict, renewed, details) -> Template:
+    def _stored_request(self, transaction_id: str, fingerprint: str) -> TransactionRecord | None:
+        """The stored request this one resends, if it is one."""
+        return next((r for r in self.store.find_requests(transaction_id) if r.request_sha256 == fingerprint), None)
+
+    def _verdict(self, message: PkiMessage, csr: CertificationRequest, uow: UnitOfWork, details: dict):
+        """The registration point's verdict; _Stop with its refusal when it does not accept."""
+        verdict = self.validator.verify(ChallengeRequest(message.transaction_id, csr.challenge_password, csr), uow)
+        details["validator"] = verdict.validator
+        if not verdict.accepted:
+            raise _Stop(Outcome.failure(verdict.refusal))
+        return verdict
+
+    def _policy_refusal(self, message: PkiMessage, csr: CertificationRequest) -> Refusal | None:
+        """What no template may allow: MD5 signatures (unless the policy allows them), and
+        subjects that could pass for something else (control characters; our own names)."""
+        if not self.allow_md5:
+            if message.digest_algorithm == "md5":
+                return Refusal(ErrorCode.ALGORITHM_REFUSED, "the pkiMessage is signed with MD5 ([scep] allow_md5 = false)")
+            if csr.signature_hash == "md5":
+                return Refusal(ErrorCode.ALGORITHM_REFUSED, "the PKCS#10 request is signed with MD5 ([scep] allow_md5 = false)")
+        values = [attribute.value for attribute in csr.subject]
+        values += [n.value for n in csr.subject_alternative_names if isinstance(n.value, str)]
+        for value in values:
+            if isinstance(value, str) and any(_is_control(ch) for ch in value):
+                return Refusal(ErrorCode.SUBJECT_INVALID, f"the request names {value!r}, which holds control characters")
+        if len(csr.subject) and csr.subject in self._own_names:
+            return Refusal(
+                ErrorCode.SUBJECT_INVALID,
+                f"the request asks for '{csr.subject.rfc4514_string()}', the name of this server's own CA or RA",
+            )
+        return None
+
+    def _qualifying_template(self, csr, verdict, details) -> Template:
         """The template for this request (the challenge's, else NDES's mapping), once the
         request qualifies for it; otherwise _Stop with the refusal."""
         if verdict is not None and verdict.template:
@@ -494,10 +583,37 @@ class EnrollmentService:
             raise _Stop(Outcome.refuse(ErrorCode.TEMPLATE_MISSING, f"{selection} names no template"))
         if self.issuer_for(template) is None:
             raise _Stop(Outcome.refuse(ErrorCode.TEMPLATE_MISSING, f"template {template.name} names CA {template.ca}, which is not configured"))
-        refusal = template.check(csr) or (self._renewal_refusal(renewed, csr, template) if renewed else None)
+        refusal = template.check(csr)
         if refusal:
             raise _Stop(Outcome.failure(refusal))
         return template
+
+    def _renewal_template(self, message, csr, old: CertificateRecord, template: Template, uow, details) -> Template:
+        """A renewal, authenticated by the certificate it renews, gets no more than that
+        certificate holds; whatever it asks for beyond that is the registration point's to
+        allow, as for a first enrollment. Returns the template to issue from; _Stop when the
+        renewal is refused."""
+        refusal = self._renewal_refusal(old, template)
+        if refusal:
+            raise _Stop(Outcome.failure(refusal))
+        old_cert = x509.load_der_x509_certificate(old.der)
+        wider = widened_identity(old_cert, old.template, csr, template)
+        if not wider:
+            return template
+        details["renewal_widens"] = "; ".join(wider)
+        if csr.challenge_password is None:
+            if wider == ["subject"]:
+                raise _Stop(Outcome.refuse(
+                    ErrorCode.RENEWAL_SUBJECT_MISMATCH,
+                    f"the request asks for '{csr.subject.rfc4514_string()}' but renews "
+                    f"'{old_cert.subject.rfc4514_string()}'",
+                ))
+            raise _Stop(Outcome.refuse(
+                ErrorCode.RENEWAL_WIDENS_IDENTITY,
+                f"the renewal of {old.serial} asks for more than it holds ({'; '.join(wider)}) and carries no challenge",
+            ))
+        verdict = self._verdict(message, csr, uow, details)
+        return self._qualifying_template(csr, verdict, details) if verdict.template else template
 
     def issue_in(self, uow: UnitOfWork, record: TransactionRecord, csr: CertificationRequest, template: Template) -> x509.Certificate:
         """Sign and record a certificate for `record` inside the caller's unit of work: the
@@ -530,7 +646,8 @@ class EnrollmentService:
             uow.revoke(record.renewal_of, "superseded")
         uow.add_notification("success", record.transaction_id, {
             "transactionId": record.transaction_id,
-            "certificateRequest": base64.b64encode(csr.der).decode("ascii"),
+            # As stored: without the challengePassword, which webhooks have no use for.
+            "certificateRequest": base64.b64encode(record.csr_der).decode("ascii"),
             "certificateThumbprint": cert.fingerprint(hashes.SHA1()).hex().upper(),
             "certificateSerialNumber": serial,
             "certificateExpirationDateUtc": cert.not_valid_after_utc.isoformat(),
@@ -546,7 +663,7 @@ class EnrollmentService:
         if ca is not None:
             self.crls.issue(ca)
 
-    def _renewal_refusal(self, old: CertificateRecord, csr: CertificationRequest, template: Template) -> Refusal | None:
+    def _renewal_refusal(self, old: CertificateRecord, template: Template) -> Refusal | None:
         if not template.renewal:
             return Refusal(ErrorCode.RENEWAL_NOT_ALLOWED, f"template {template.name} does not allow renewal")
         if template.renewal_window_days:
@@ -557,25 +674,24 @@ class EnrollmentService:
                     f"certificate {old.serial} can be renewed from {opens:%Y-%m-%d} "
                     f"({template.renewal_window_days} days before it expires)",
                 )
-        old_subject = x509.load_der_x509_certificate(old.der).subject
-        if csr.subject != old_subject:
-            return Refusal(
-                ErrorCode.RENEWAL_SUBJECT_MISMATCH,
-                f"the request asks for '{csr.subject.rfc4514_string()}' but renews '{old_subject.rfc4514_string()}'",
-            )
         return None
-
-    def _answer_existing(self, existing: TransactionRecord, key_digest: str) -> Outcome:
-        """A request whose transactionID we have seen: a resend or a poll."""
-        if existing.public_key_sha256 != key_digest:
-            return Outcome.refuse(
-                ErrorCode.TRANSACTION_ID_REUSED, "this transactionID was already used for a different key"
-            )
-        return self._status_of(existing)
 
     @staticmethod
     def _status_of(record: TransactionRecord) -> Outcome:
+        """The answer a stored request gives to its resend or poll. A certificate that has
+        been revoked or has expired since is never handed out as a SUCCESS."""
         if record.status == "issued":
+            if record.certificate_status == "revoked":
+                return Outcome.refuse(
+                    ErrorCode.ISSUED_CERTIFICATE_REVOKED,
+                    f"the certificate {record.certificate_serial} issued for this request was revoked",
+                )
+            if record.certificate_not_after is not None and record.certificate_not_after <= _now():
+                return Outcome.refuse(
+                    ErrorCode.ISSUED_CERTIFICATE_EXPIRED,
+                    f"the certificate {record.certificate_serial} issued for this request expired on "
+                    f"{record.certificate_not_after:%Y-%m-%d}",
+                )
             return Outcome.success(x509.load_der_x509_certificate(record.certificate_der))
         if record.status == "denied":
             return Outcome.refuse(ErrorCode.REQUEST_DENIED, record.reason or "denied by an administrator")
@@ -584,14 +700,18 @@ class EnrollmentService:
     # --- CertPoll, GetCert, GetCRL ---------------------------------------------------------
 
     def _poll(self, message: PkiMessage) -> Outcome:
-        existing = self.store.find_transaction(message.transaction_id)
-        if existing is None:
+        requests = self.store.find_requests(message.transaction_id)
+        if not requests:
             return Outcome.refuse(ErrorCode.TRANSACTION_UNKNOWN, f"no request has transactionID {message.transaction_id}")
-        if existing.signer_key_sha256 != public_key_sha256(message.signer_certificate.public_key()):
+        # Several requests may share the ID (a same-key renewal); a poll asks about the newest
+        # one its signer made, and about nobody else's.
+        signer = public_key_sha256(message.signer_certificate.public_key())
+        mine = next((r for r in requests if r.signer_key_sha256 == signer), None)
+        if mine is None:
             return Outcome.refuse(
                 ErrorCode.POLL_SIGNER_MISMATCH, "the CertPoll is signed by another key than the request it asks about"
             )
-        return self._status_of(existing)
+        return self._status_of(mine)
 
     def _retrieve(self, message: PkiMessage, issuer_der: bytes, serial: int) -> Outcome:
         requester, refusal = self._requester_certificate(message)
@@ -608,6 +728,10 @@ class EnrollmentService:
             return Outcome.refuse(ErrorCode.CERTIFICATE_UNKNOWN, f"this CA issued no certificate with serial {serial:x}")
         if message.message_type is MessageType.GET_CRL:
             return Outcome(CertRepReply(PkiStatus.SUCCESS, crls=(self.crls.current(ca),)))
+        if record.status == "revoked":
+            return Outcome.refuse(ErrorCode.ISSUED_CERTIFICATE_REVOKED, f"certificate {record.serial} was revoked")
+        if record.not_after <= _now():
+            return Outcome.refuse(ErrorCode.ISSUED_CERTIFICATE_EXPIRED, f"certificate {record.serial} expired on {record.not_after:%Y-%m-%d}")
         return Outcome.success(x509.load_der_x509_certificate(record.der))
 
     # --- administrator decisions ---------------------------------------------------------
@@ -618,7 +742,7 @@ class EnrollmentService:
         template = self.templates.get(record.template)
         if template is None:
             raise ValueError(f"the request's template {record.template!r} no longer exists")
-        csr = parse_csr(record.csr_der)
+        csr = parse_csr(record.csr_der, verified=True)  # checked on arrival, stored without its challenge
         with self.store.unit_of_work() as uow:
             cert = self.issue_in(uow, record, csr, template)
         if record.renewal_of and template.revoke_on_renewal:
@@ -641,14 +765,34 @@ class EnrollmentService:
             raise ValueError(f"request {transaction_id} is {record.status}, not pending")
         return record
 
-    def revoke(self, serial: str, reason: str) -> CertificateRecord:
-        """Revoke a certificate and publish its CA's new CRL (`scepd certs revoke`)."""
+    def revoke(self, serial: str, reason: str, with_renewals: bool = False) -> tuple[CertificateRecord, ...]:
+        """Revoke a certificate and, `with_renewals`, every certificate renewed from it and from
+        those (`scepd certs revoke`), in one database transaction; then sign the CRL of each CA
+        concerned once. Returns what was revoked, as now recorded: the certificate, then its
+        renewals oldest first, leaving out those revoked before (a certificate superseded by its
+        renewal is revoked already, its renewals are not). KeyError for an unknown serial,
+        ValueError for an unknown reason or when nothing is left to revoke."""
+        if reason not in REVOCATION_REASONS:
+            raise ValueError(f"unknown reason {reason!r}; one of {', '.join(REVOCATION_REASONS)}")
         record = self.store.find_certificate(serial)
         if record is None:
             raise KeyError(f"no certificate with serial {serial}")
-        ca = self.ca_for_key_id(record.issuer_key_id)
-        if ca is None:
-            raise ValueError(f"the issuer of {serial} is no longer configured; its CRL cannot be signed")
-        if not self.crls.revoke(ca, record.serial, reason):
-            raise ValueError(f"certificate {serial} is already revoked")
-        return self.store.find_certificate(serial)
+        chain = [record, *(self.store.renewals_of(record.serial) if with_renewals else ())]
+        valid = [r for r in chain if r.status == "valid"]
+        issuers = {}
+        for r in valid:
+            # Checked before anything is revoked: a revocation no CRL can list must not happen.
+            ca = self.ca_for_key_id(r.issuer_key_id)
+            if ca is None:
+                raise ValueError(f"the issuer of {r.serial} is no longer configured; its CRL cannot be signed")
+            issuers[r.issuer_key_id] = ca
+        at = _now()
+        with self.store.unit_of_work() as uow:
+            # uow.revoke is conditional: one revoked meanwhile (another administrator) is skipped.
+            revoked = tuple(dataclasses.replace(r, status="revoked", revoked_at=at, revocation_reason=reason)
+                            for r in valid if uow.revoke(r.serial, reason, at))
+        if not revoked:
+            raise ValueError(f"certificate {serial} is already revoked" + (", and so are its renewals" if len(chain) > 1 else ""))
+        for key_id in dict.fromkeys(r.issuer_key_id for r in revoked):
+            self.crls.issue(issuers[key_id])
+        return revoked

@@ -18,6 +18,7 @@ class ErrorCode(enum.Enum):
     # transport (answered with HTTP 4xx, no CertRep possible)
     MESSAGE_UNDECODABLE = "MessageUndecodable"
     REQUEST_TOO_LARGE = "RequestTooLarge"
+    REQUEST_MALFORMED = "RequestMalformed"
     OPERATION_UNKNOWN = "OperationUnknown"
     MESSAGE_MISSING = "MessageMissing"
     NO_NEXT_CA = "NoNextCa"
@@ -27,15 +28,17 @@ class ErrorCode(enum.Enum):
     MESSAGE_TYPE_UNSUPPORTED = "MessageTypeUnsupported"
     MESSAGE_TIME_INVALID = "MessageTimeInvalid"
     RECIPIENT_UNKNOWN = "RecipientUnknown"
-    RECIPIENT_KEY_NOT_RSA = "RecipientKeyNotRsa"
     DECRYPTION_FAILED = "DecryptionFailed"
     UNSUPPORTED_ALGORITHM = "UnsupportedAlgorithm"
-    TRANSACTION_ID_REUSED = "TransactionIdReused"
+    ALGORITHM_REFUSED = "AlgorithmRefused"
     # renewal, polling and retrieval
     RENEWAL_SIGNER_UNKNOWN = "RenewalSignerUnknown"
     RENEWAL_NOT_ALLOWED = "RenewalNotAllowed"
     RENEWAL_TOO_EARLY = "RenewalTooEarly"
     RENEWAL_SUBJECT_MISMATCH = "RenewalSubjectMismatch"
+    RENEWAL_WIDENS_IDENTITY = "RenewalWidensIdentity"
+    ISSUED_CERTIFICATE_REVOKED = "IssuedCertificateRevoked"
+    ISSUED_CERTIFICATE_EXPIRED = "IssuedCertificateExpired"
     SIGNER_CERTIFICATE_UNKNOWN = "SignerCertificateUnknown"
     SIGNER_CERTIFICATE_REVOKED = "SignerCertificateRevoked"
     SIGNER_CERTIFICATE_EXPIRED = "SignerCertificateExpired"
@@ -77,6 +80,7 @@ class ErrorCode(enum.Enum):
     ONE_TIME_PASSWORD_EXPIRED = "OneTimePasswordExpired"
     ONE_TIME_PASSWORD_USED = "OneTimePasswordUsed"
     # the server itself
+    STORE_UNAVAILABLE = "StoreUnavailable"
     INTERNAL_ERROR = "InternalError"
 
 
@@ -97,6 +101,7 @@ _BR, _BMC, _BA, _BT, _BCI = (
 ERRORS: dict[ErrorCode, ErrorInfo] = {
     ErrorCode.MESSAGE_UNDECODABLE: ErrorInfo(_BR, "Send a DER or BER pkiMessage (RFC 8894); check the client's base64 encoding for GET."),
     ErrorCode.REQUEST_TOO_LARGE: ErrorInfo(_BR, "Shrink the request, or raise [server] max_request_bytes in scepd.toml."),
+    ErrorCode.REQUEST_MALFORMED: ErrorInfo(_BR, "Send one well-formed request: Content-Length or Transfer-Encoding but never both (RFC 9112 6.3), and for the HTTP APIs a JSON body of the documented shape, nested at most 32 levels."),
     ErrorCode.OPERATION_UNKNOWN: ErrorInfo(_BR, "Use GetCACaps, GetCACert or PKIOperation as the operation parameter."),
     ErrorCode.MESSAGE_MISSING: ErrorInfo(_BR, "PKIOperation by GET needs a base64 message parameter; by POST a body."),
     ErrorCode.NO_NEXT_CA: ErrorInfo(_BR, "GetNextCACert answers only between 'scepd ca rollover' and 'scepd ca activate-next'."),
@@ -105,14 +110,16 @@ ERRORS: dict[ErrorCode, ErrorInfo] = {
     ErrorCode.MESSAGE_TYPE_UNSUPPORTED: ErrorInfo(_BR, "Send PKCSReq, RenewalReq, CertPoll, GetCert or GetCRL."),
     ErrorCode.MESSAGE_TIME_INVALID: ErrorInfo(_BT, "Set the device clock correctly (the signingTime is outside [scep] max_clock_skew)."),
     ErrorCode.RECIPIENT_UNKNOWN: ErrorInfo(_BMC, "Fetch the current RA certificate with GetCACert and encrypt to it."),
-    ErrorCode.RECIPIENT_KEY_NOT_RSA: ErrorInfo(_BA, "Sign the pkiMessage with an RSA key (an EC device key can still be certified: sign with a transient RSA key)."),
     ErrorCode.DECRYPTION_FAILED: ErrorInfo(_BMC, "Encrypt the request to the RA certificate from GetCACert; the content may be corrupt."),
     ErrorCode.UNSUPPORTED_ALGORITHM: ErrorInfo(_BA, "Use an algorithm listed by GetCACaps (AES or DES3; SHA-1, SHA-256 or SHA-512)."),
-    ErrorCode.TRANSACTION_ID_REUSED: ErrorInfo(_BR, "Use a new transactionID for a new key; a resend must carry the same key."),
+    ErrorCode.ALGORITHM_REFUSED: ErrorInfo(_BA, "The server's algorithm policy refuses it ([scep] allow_md5, allow_des): use AES and SHA-256 if the client can, else relax the policy."),
     ErrorCode.RENEWAL_SIGNER_UNKNOWN: ErrorInfo(_BCI, "Sign a RenewalReq with the current certificate this CA issued (and its key), or enroll anew with PKCSReq and a challenge."),
     ErrorCode.RENEWAL_NOT_ALLOWED: ErrorInfo(_BR, "The template does not allow renewal: enroll anew with a challenge, or set renewal = true in the template."),
     ErrorCode.RENEWAL_TOO_EARLY: ErrorInfo(_BR, "Renew within the template's renewal_window_days before expiry."),
     ErrorCode.RENEWAL_SUBJECT_MISMATCH: ErrorInfo(_BR, "A renewal must request the same subject as the certificate being renewed."),
+    ErrorCode.RENEWAL_WIDENS_IDENTITY: ErrorInfo(_BR, "A renewal signed by the old certificate may ask only for its subject, SANs, template, key usage and EKUs; to get more, put a challenge in the request so that the registration point decides."),
+    ErrorCode.ISSUED_CERTIFICATE_REVOKED: ErrorInfo(_BCI, "The certificate issued for this request was revoked: enroll anew (a new key, or a request the server has not seen)."),
+    ErrorCode.ISSUED_CERTIFICATE_EXPIRED: ErrorInfo(_BCI, "The certificate issued for this request has expired: renew it or enroll anew."),
     ErrorCode.SIGNER_CERTIFICATE_UNKNOWN: ErrorInfo(_BCI, "The signing certificate claims this CA but is not in its records; enroll anew."),
     ErrorCode.SIGNER_CERTIFICATE_REVOKED: ErrorInfo(_BCI, "The signing certificate is revoked; enroll anew with a challenge."),
     ErrorCode.SIGNER_CERTIFICATE_EXPIRED: ErrorInfo(_BCI, "The signing certificate has expired; enroll anew with a challenge."),
@@ -151,6 +158,9 @@ ERRORS: dict[ErrorCode, ErrorInfo] = {
     ErrorCode.CHALLENGE_PASSWORD_INCORRECT: ErrorInfo(_BR, "Use the static challenge from scepd.toml or a fresh one from 'scepd otp new'."),
     ErrorCode.ONE_TIME_PASSWORD_EXPIRED: ErrorInfo(_BR, "Get a fresh password with 'scepd otp new'."),
     ErrorCode.ONE_TIME_PASSWORD_USED: ErrorInfo(_BR, "One-time passwords work once; get a fresh one with 'scepd otp new'."),
+    # A signed FAILURE, not HTTP 503: every SCEP client reads a CertRep and shows its text,
+    # while a 503 reaches most as a bare transport error; devices and MDMs retry on their own.
+    ErrorCode.STORE_UNAVAILABLE: ErrorInfo(_BR, "Transient: send the request again later. The database was locked past [database] busy_timeout, full or unreachable; if it persists, check free disk space, processes holding the database (backups, sqlite3 sessions) or the database server."),
     ErrorCode.INTERNAL_ERROR: ErrorInfo(_BR, "A bug in scepd: the log line with this transaction ID has the traceback; please report it."),
 }
 

@@ -131,9 +131,7 @@ class CertificateAuthority:
 
     def issue(self, request: CertificationRequest, template: Template) -> x509.Certificate:
         """Sign a certificate for a request that passed `template.check`."""
-        usages = set(template.key_usage)
-        if not isinstance(request.public_key, rsa.RSAPublicKey):
-            usages -= {"keyEncipherment", "dataEncipherment"}  # meaningless for EC keys
+        usages = template.key_usages_for(request.public_key)
         builder = (
             self._builder(request.subject, request.public_key, dt.timedelta(days=template.validity_days))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)

@@ -3,6 +3,10 @@
 A CRL is signed by the CA that issued the certificates it lists, numbered in sequence and
 stored; it is re-signed on every revocation and, lazily, once half of its lifetime has passed
 (so a relying party fetching at nextUpdate always finds a newer one).
+
+Issuance is serialised per CA across server processes (a locked unit of work): of many
+fetches that find the CRL due at once, one signs and the others serve what it stored, and
+two signers never pick the same number.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from scepd.ca.authority import CertificateAuthority
 from scepd.protocol import signatures
-from scepd.store import CrlRecord, Store
+from scepd.store import CrlRecord, IntegrityError, Store
 
 REASONS = {
     "unspecified": x509.ReasonFlags.unspecified,
@@ -39,10 +43,29 @@ class CrlPublisher:
     validity: dt.timedelta = dt.timedelta(days=7)
     hash_name: str = "sha256"
 
-    def issue(self, ca: CertificateAuthority) -> x509.CertificateRevocationList:
-        """Sign and store a new CRL for `ca` listing its revoked, unexpired certificates."""
-        now = _now()
-        with self.store.unit_of_work() as uow:
+    def issue(self, ca: CertificateAuthority, *, unless_fresh: bool = False) -> x509.CertificateRevocationList:
+        """Sign and store a new CRL for `ca` listing its revoked, unexpired certificates; with
+        `unless_fresh`, the stored one instead if another process signed it meanwhile."""
+        try:
+            return self._issue(ca, unless_fresh)
+        except IntegrityError:
+            # The number was taken by a writer that does not take the lock (a scepd from
+            # before it, during a rolling upgrade): sign again with the next number.
+            return self._issue(ca, unless_fresh)
+
+    def _fresh(self, record: CrlRecord | None) -> bool:
+        if record is None:
+            return False
+        half_life = (record.next_update - record.this_update) / 2
+        return _now() < record.this_update + half_life
+
+    def _issue(self, ca: CertificateAuthority, unless_fresh: bool) -> x509.CertificateRevocationList:
+        with self.store.unit_of_work(lock=f"crl:{ca.key_id}") as uow:
+            if unless_fresh:
+                latest = uow.latest_crl(ca.key_id)
+                if self._fresh(latest):
+                    return x509.load_der_x509_crl(latest.der)
+            now = _now()  # after the lock: thisUpdate grows with the number
             number = uow.next_crl_number(ca.key_id)
             builder = (
                 x509.CertificateRevocationListBuilder()
@@ -52,7 +75,7 @@ class CrlPublisher:
                 .add_extension(x509.CRLNumber(number), critical=False)
                 .add_extension(ca.authority_key_identifier, critical=False)
             )
-            for record in self.store.revoked_certificates(ca.key_id):
+            for record in uow.revoked_certificates(ca.key_id):
                 entry = (
                     x509.RevokedCertificateBuilder()
                     .serial_number(int(record.serial, 16))
@@ -69,11 +92,9 @@ class CrlPublisher:
     def current(self, ca: CertificateAuthority) -> x509.CertificateRevocationList:
         """The CRL to serve: the stored one while less than half its lifetime has passed."""
         latest = self.store.latest_crl(ca.key_id)
-        if latest is not None:
-            half_life = (latest.next_update - latest.this_update) / 2
-            if _now() < latest.this_update + half_life:
-                return x509.load_der_x509_crl(latest.der)
-        return self.issue(ca)
+        if self._fresh(latest):
+            return x509.load_der_x509_crl(latest.der)
+        return self.issue(ca, unless_fresh=True)
 
     def revoke(self, ca: CertificateAuthority, serial: str, reason: str) -> bool:
         """Revoke one certificate of `ca` and publish a new CRL. False if it was not valid."""

@@ -62,6 +62,20 @@ def key_usage_extension(names: set[str]) -> x509.KeyUsage:
     )
 
 
+def key_usage_names(ku: x509.KeyUsage) -> set[str]:
+    """The names (as templates spell them) of the usages `ku` grants."""
+    flags = (
+        ku.digital_signature,
+        ku.content_commitment,
+        ku.key_encipherment,
+        ku.data_encipherment,
+        ku.key_agreement,
+        ku.key_cert_sign,
+        ku.crl_sign,
+    )
+    return {name for name, granted in zip(KEY_USAGE_NAMES, flags, strict=True) if granted}
+
+
 def eku_oid(name: str) -> ObjectIdentifier:
     if name in EKU_NAMES:
         return EKU_NAMES[name]
@@ -112,6 +126,14 @@ class Template:
         if self.renewal_window_days < 0:
             raise ValueError("renewal_window_days must not be negative")
 
+    def key_usages_for(self, public_key) -> set[str]:
+        """The key usages a certificate for `public_key` gets: encipherment is meaningless
+        for an EC key and left out."""
+        usages = set(self.key_usage)
+        if not isinstance(public_key, rsa.RSAPublicKey):
+            usages -= {"keyEncipherment", "dataEncipherment"}
+        return usages
+
     def check(self, request: CertificationRequest) -> Refusal | None:
         """Does this request qualify for this template?"""
         key = request.public_key
@@ -136,6 +158,38 @@ class Template:
         if self.san == "forbid" and sans:
             return Refusal(ErrorCode.SUBJECT_INVALID, f"template {self.name} does not allow subjectAltNames")
         return None
+
+
+def _extension(cert: x509.Certificate, kind):
+    try:
+        return cert.extensions.get_extension_for_class(kind).value
+    except x509.ExtensionNotFound:
+        return None
+
+
+def widened_identity(old: x509.Certificate, old_template: str, request: CertificationRequest, template: Template) -> list[str]:
+    """What a renewal of `old` (issued from `old_template`) would get beyond what `old`
+    holds, if `template` issued it for `request`; empty when nothing. A new key is not a
+    widening, nor is asking for less (fewer SANs, usages or EKUs)."""
+    wider = []
+    if request.subject != old.subject:
+        wider.append("subject")
+    if template.name != old_template:
+        wider.append(f"template {template.name} instead of {old_template}")
+    san = _extension(old, x509.SubjectAlternativeName)
+    held = list(san) if san is not None else []
+    extra = [name for name in request.subject_alternative_names if name not in held]
+    if extra:
+        wider.append("subjectAltName " + ", ".join(f"{type(n).__name__}:{n.value}" for n in extra))
+    ku = _extension(old, x509.KeyUsage)
+    more_usages = template.key_usages_for(request.public_key) - (key_usage_names(ku) if ku is not None else set())
+    if more_usages:
+        wider.append("key usage " + ", ".join(sorted(more_usages)))
+    eku = _extension(old, x509.ExtendedKeyUsage)
+    more_ekus = {eku_oid(n) for n in template.extended_key_usage} - (set(eku) if eku is not None else set())
+    if more_ekus:
+        wider.append("extended key usage " + ", ".join(sorted(o.dotted_string for o in more_ekus)))
+    return wider
 
 
 BUILTIN_TEMPLATES: dict[str, Template] = {

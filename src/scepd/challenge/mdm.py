@@ -26,6 +26,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, RSAKey
 from joserfc.util import urlsafe_b64encode
 
+from scepd import peerjson
 from scepd.ca.templates import eku_oid
 from scepd.challenge.base import ChallengeRequest, ChallengeVerdict
 from scepd.errors import ErrorCode
@@ -41,6 +42,12 @@ DEVICE_ID_URI_PREFIX = "IntuneDeviceId://"
 UPN_OID = x509.ObjectIdentifier("1.3.6.1.4.1.311.20.2.3")
 # The JWS header names its signer by the SHA-256 thumbprint of the signing certificate.
 THUMBPRINT = "x5t#S256"
+# The largest JOSE header or claims set read. A challenge arrives without credentials, as a
+# CSR's challengePassword; a real header is a few hundred bytes, real claims a few KiB.
+MAX_JOSE_JSON_BYTES = 65536
+# What joserfc lets escape, besides its JoseError, for header values of the wrong type (a
+# "crit" that is a number, an "epk" member that is a list): a malformed challenge, not a bug.
+_JOSE_FAULTS = (JoseError, ValueError, TypeError, KeyError, AttributeError)
 
 
 def thumbprint(cert: x509.Certificate) -> str:
@@ -177,7 +184,7 @@ class MdmChallengeValidator:
     def _verify(self, password: str, request: ChallengeRequest, uow: UnitOfWork, phases: "_Phases") -> ChallengeVerdict:
         with phases("decode"):
             try:
-                header = json.loads(_b64decode(password.split(".", 1)[0]))
+                header = _jose_json(_b64decode(password.split(".", 1)[0]))
                 if not isinstance(header, dict) or "alg" not in header or "enc" not in header:
                     raise ValueError("the JWE header lacks alg or enc")
             except ValueError as exc:
@@ -199,12 +206,12 @@ class MdmChallengeValidator:
                 )
             try:
                 inner = jwe.decrypt_compact(password, _jwk(key)).plaintext.decode("ascii")
-            except (JoseError, ValueError, UnicodeDecodeError) as exc:
+            except _JOSE_FAULTS as exc:
                 phases.refuse(ErrorCode.CHALLENGE_DECRYPTION_ERROR, f"the challenge does not decrypt: {exc.__class__.__name__}")
 
         with phases("signature"):
             try:
-                signed_header = json.loads(_b64decode(inner.split(".", 1)[0]))
+                signed_header = _jose_json(_b64decode(inner.split(".", 1)[0]))
                 if inner.count(".") != 2 or not isinstance(signed_header, dict):
                     raise ValueError("not a compact JWS")
             except ValueError as exc:
@@ -220,10 +227,10 @@ class MdmChallengeValidator:
                 )
             try:
                 payload = jws.deserialize_compact(inner, _jwk(signer.public_key())).payload
-            except (JoseError, ValueError) as exc:
+            except _JOSE_FAULTS as exc:
                 phases.refuse(ErrorCode.SIGNATURE_VALIDATION_FAILED, f"the challenge's signature does not verify: {exc.__class__.__name__}")
             try:
-                claims = json.loads(payload)
+                claims = _jose_json(payload)
                 expected = ExpectedRequest.from_claim(claims.get("req", {}))
                 for claim in ("iat", "exp"):
                     if not isinstance(claims.get(claim), int):
@@ -310,6 +317,12 @@ def compare(expected: ExpectedRequest, csr: CertificationRequest) -> tuple[Error
         if set(requested) != {eku_oid(e) for e in expected.eku}:
             return ErrorCode.ENHANCED_KEY_USAGE_MISMATCH, f"the CSR requests {[o.dotted_string for o in requested]}, expected {list(expected.eku)}"
     return None
+
+
+def _jose_json(data: bytes):
+    """A JOSE header or claims set, within MAX_JOSE_JSON_BYTES and peerjson's nesting limit
+    (JsonRefused and malformed JSON are ValueErrors, refused by the phase that reads it)."""
+    return peerjson.loads(data, max_bytes=MAX_JOSE_JSON_BYTES)
 
 
 def _b64decode(part: str) -> bytes:

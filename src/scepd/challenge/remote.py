@@ -15,11 +15,49 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from scepd import peerjson
 from scepd.challenge.base import ChallengeRequest, ChallengeVerdict
 from scepd.errors import ErrorCode
 from scepd.store import UnitOfWork
 
 CALLER_INFO = "scepd"
+# The largest answer read from a registration point, a webhook or a token endpoint: theirs
+# are a few hundred bytes. Whatever answers there is not trusted to stop on its own.
+MAX_ANSWER_BYTES = 65536
+
+
+class UnreadableAnswer(ValueError):
+    """The other side's answer is too large, too slow, compressed unasked or not JSON."""
+
+
+def post_for_json(url: str, *, timeout: float, headers: dict | None = None, **content) -> tuple[int, object]:
+    """POST and read the answer as JSON within MAX_ANSWER_BYTES and about `timeout` seconds in
+    all (httpx's timeout applies to each read, so a peer trickling bytes would hold us forever).
+    Returns (HTTP status, the JSON, or None when the status is not 2xx). Raises
+    httpx.HTTPError when there is no answer, UnreadableAnswer when it cannot be read."""
+    deadline = time.monotonic() + timeout
+    # identity: read as sent, so that the size limit is the size in memory (no gzip bomb).
+    headers = {**(headers or {}), "Accept-Encoding": "identity"}
+    with httpx.stream("POST", url, headers=headers, timeout=timeout, **content) as response:
+        if response.status_code // 100 != 2:
+            return response.status_code, None
+        encoding = response.headers.get("content-encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            raise UnreadableAnswer(f"the answer is {encoding}-encoded, though identity was asked for")
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_ANSWER_BYTES:
+            raise UnreadableAnswer(f"the answer has {declared} bytes, more than the {MAX_ANSWER_BYTES} read")
+        body = bytearray()
+        for chunk in response.iter_raw():
+            body += chunk
+            if len(body) > MAX_ANSWER_BYTES:
+                raise UnreadableAnswer(f"the answer has more than the {MAX_ANSWER_BYTES} bytes read")
+            if time.monotonic() > deadline:
+                raise UnreadableAnswer(f"the answer did not arrive within {timeout:g} s")
+        try:
+            return response.status_code, peerjson.loads(bytes(body), max_bytes=MAX_ANSWER_BYTES)
+        except ValueError as exc:  # JsonRefused, malformed JSON, undecodable text
+            raise UnreadableAnswer(f"the answer is not JSON: {exc}") from None
 
 
 @dataclass
@@ -49,11 +87,19 @@ class BearerToken:
             data = {"grant_type": "client_credentials", "client_id": self.client_id, "client_secret": self.client_secret}
             if self.scope:
                 data["scope"] = self.scope
-            response = httpx.post(self.token_url, data=data, timeout=self.timeout)
-            response.raise_for_status()
-            body = response.json()
-            lifetime = float(body.get("expires_in", 300))
-            self._cached = (body["access_token"], time.monotonic() + max(lifetime - 30, 1))
+            status, body = post_for_json(self.token_url, data=data, timeout=self.timeout)
+            if body is None:
+                raise UnreadableAnswer(f"the token endpoint {self.token_url} answered HTTP {status}")
+            token = body.get("access_token") if isinstance(body, dict) else None
+            if not isinstance(token, str) or not token:
+                raise UnreadableAnswer(f"the token endpoint {self.token_url} gave no access_token")
+            try:
+                lifetime = float(body.get("expires_in", 300))
+            except (TypeError, ValueError):
+                raise UnreadableAnswer(f"the token endpoint {self.token_url} gave no usable expires_in") from None
+            # min/max: NaN, infinity or a negative lifetime cannot keep a token forever.
+            lifetime = min(max(lifetime - 30, 1), 86400) if lifetime == lifetime else 1
+            self._cached = (token, time.monotonic() + lifetime)
             return self._cached[0]
 
 
@@ -84,17 +130,21 @@ class RemoteRegistrationPoint:
             }
         }
         try:
-            response = httpx.post(f"{self.url.rstrip('/')}/validateRequest", json=body,
-                                  headers=self.token.header(), timeout=self.timeout)
+            headers = self.token.header()
+        except (httpx.HTTPError, ValueError) as exc:
+            return _unavailable(self.name, f"no bearer token for the registration point at {self.url}: {exc}")
+        try:
+            status, answer = post_for_json(f"{self.url.rstrip('/')}/validateRequest", json=body,
+                                           headers=headers, timeout=self.timeout)
+        except UnreadableAnswer as exc:
+            return _unavailable(self.name, f"the registration point at {self.url} answered something unreadable: {exc}")
         except (httpx.HTTPError, KeyError, ValueError) as exc:
             return _unavailable(self.name, f"the registration point at {self.url} cannot be reached: {exc}")
-        if response.status_code // 100 != 2:
-            return _unavailable(self.name, f"the registration point at {self.url} answered HTTP {response.status_code}")
-        try:
-            answer = response.json()
-            code = answer["code"]
-        except (ValueError, KeyError, TypeError):
-            return _unavailable(self.name, f"the registration point at {self.url} answered something unreadable")
+        if answer is None:
+            return _unavailable(self.name, f"the registration point at {self.url} answered HTTP {status}")
+        code = answer.get("code") if isinstance(answer, dict) else None
+        if not isinstance(code, str):
+            return _unavailable(self.name, f"the registration point at {self.url} answered something unreadable: no code")
         if code == "Success":
             return ChallengeVerdict(self.name)
         description = str(answer.get("errorDescription") or code)
@@ -125,12 +175,13 @@ class WebhookValidator:
         if self.secret:
             headers["X-Scepd-Signature"] = hmac_signature(self.secret, body)
         try:
-            response = httpx.post(self.url, content=body, headers=headers, timeout=self.timeout)
-            answer = response.json() if response.status_code // 100 == 2 else None
+            status, answer = post_for_json(self.url, content=body, headers=headers, timeout=self.timeout)
+        except UnreadableAnswer as exc:
+            return _unavailable(self.name, f"the webhook {self.url} answered something unreadable: {exc}")
         except (httpx.HTTPError, ValueError) as exc:
             return _unavailable(self.name, f"the webhook {self.url} cannot be reached: {exc}")
         if not isinstance(answer, dict) or not isinstance(answer.get("allow"), bool):
-            return _unavailable(self.name, f"the webhook {self.url} gave no allow/deny verdict (HTTP {response.status_code})")
+            return _unavailable(self.name, f"the webhook {self.url} gave no allow/deny verdict (HTTP {status})")
         if answer["allow"]:
             return ChallengeVerdict(self.name)
         return ChallengeVerdict.refuse(self.name, ErrorCode.CHALLENGE_DENIED,

@@ -221,9 +221,11 @@ class ScepClient:
         """Send a PKCSReq (or, with `renewal`, a RenewalReq) for `key`; poll while PENDING.
 
         Without `signer` the request is signed with a self-signed certificate of the device
-        key when that key is RSA, or of a transient RSA key for an EC key: the reply must be
-        encrypted back to the signer and SCEP key transport is RSA. To renew, pass the
-        current certificate and its key as `signer`. With `poll_interval` > 0 a PENDING
+        key when that key is RSA, or of a transient RSA key for an EC key: the reply is
+        encrypted back to the signer, and many servers can encrypt only to RSA (RSA key
+        transport). To renew, pass the current certificate and its key as `signer`; an EC
+        signer works with a server that answers it by ECDH key agreement (RFC 5753), as
+        scepd does, and the reply is opened with that EC key. With `poll_interval` > 0 a PENDING
         answer is followed by CertPolls until it resolves or `max_poll_time` (0: no limit)
         runs out.
         """

@@ -1,9 +1,11 @@
 """CMS (RFC 5652) as SCEP uses it: SignedData, EnvelopedData, AuthEnvelopedData, certs-only.
 
-asn1crypto holds the structures (it reads BER, indefinite lengths included, and writes DER);
-cryptography does every cryptographic operation, and writes whole the two structures its
-PKCS #7 module can (a certs-only SignedData; an EnvelopedData with AES-CBC and PKCS #1 v1.5
-key transport): in Rust they cost a tenth of building them here.
+asn1crypto holds the structures (it reads most BER and writes DER; what it refuses of a
+peer's BER is rewritten first, see `_readable_ber`); cryptography does every cryptographic
+operation, and writes whole the two structures its PKCS #7 module can (a certs-only
+SignedData; an EnvelopedData with AES-CBC and PKCS #1 v1.5 key transport): in Rust they cost
+a tenth of building them here. EC recipients get the content key by ephemeral-static ECDH
+(RFC 5753 KeyAgreeRecipientInfo).
 """
 
 from __future__ import annotations
@@ -13,19 +15,23 @@ import datetime as dt
 import enum
 import functools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from asn1crypto import algos, cms, core
 from asn1crypto import crl as asn1_crl
+from asn1crypto import keys as asn1_keys
 from asn1crypto import parser as asn1_parser
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
-from cryptography.hazmat.primitives import hashes, padding
+from cryptography.hazmat.primitives import hashes, keywrap, padding
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric import padding as asym_padding
-from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
+from cryptography.hazmat.primitives.kdf.x963kdf import X963KDF
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, pkcs7
 
 from scepd.protocol import signatures
 from scepd.protocol.types import FailInfo, ProtocolError
@@ -42,6 +48,47 @@ class _GCMParameters(core.Sequence):
 
 for _name in ("aes128_gcm", "aes192_gcm", "aes256_gcm"):
     algos.EncryptionAlgorithm._oid_specs[_name] = _GCMParameters
+
+
+class _EccCmsSharedInfo(core.Sequence):
+    """RFC 5753 ECC-CMS-SharedInfo, the X9.63 KDF's input besides the shared secret
+    (asn1crypto does not define it)."""
+
+    _fields = [
+        ("key_info", cms.KeyEncryptionAlgorithm),
+        ("entity_u_info", core.OctetString, {"explicit": 0, "optional": True}),
+        ("supp_pub_info", core.OctetString, {"explicit": 2}),
+    ]
+
+
+# RFC 5753 / SEC 1 ECDH key-agreement schemes (X9.63 KDF with these hashes), which asn1crypto
+# does not name; their parameters are the key-wrap algorithm. With the prime curves' cofactor
+# of 1, cofactor ECDH computes what standard ECDH does.
+_ECDH_SCHEMES = {
+    "1.3.133.16.840.63.0.2": "sha1",
+    "1.3.132.1.11.0": "sha224",
+    "1.3.132.1.11.1": "sha256",
+    "1.3.132.1.11.2": "sha384",
+    "1.3.132.1.11.3": "sha512",
+    "1.3.133.16.840.63.0.3": "sha1",  # the cofactorDH schemes
+    "1.3.132.1.14.0": "sha224",
+    "1.3.132.1.14.1": "sha256",
+    "1.3.132.1.14.2": "sha384",
+    "1.3.132.1.14.3": "sha512",
+}
+_STD_DH_SCHEME = {"sha256": "1.3.132.1.11.1", "sha384": "1.3.132.1.11.2", "sha512": "1.3.132.1.11.3"}
+for _oid in _ECDH_SCHEMES:
+    cms.KeyEncryptionAlgorithm._oid_specs[_oid] = cms.KeyEncryptionAlgorithm
+
+# The AES key wraps (asn1crypto's names): KEK length, and whether RFC 5649 padding is used.
+_KEY_WRAPS = {
+    "aes128_wrap": (16, False),
+    "aes192_wrap": (24, False),
+    "aes256_wrap": (32, False),
+    "aes128_wrap_pad": (16, True),
+    "aes192_wrap_pad": (24, True),
+    "aes256_wrap_pad": (32, True),
+}
 
 
 class ContentCipher(enum.Enum):
@@ -159,7 +206,8 @@ def _frozen(value: core.Asn1Value, **tagging) -> core.Asn1Value:
 
 def load_content(der: bytes, *expected: str) -> tuple[str, core.Asn1Value]:
     """Parse a ContentInfo whose type is one of `expected`; return (type, content).
-    Any decoding problem is a ProtocolError."""
+    Any decoding problem is a ProtocolError. asn1crypto parses lazily: read what you need of
+    the content inside `read_ber`, so that BER it refuses can be read again rewritten."""
     with _decoding(f"not a CMS {' or '.join(expected)}"):
         info = cms.ContentInfo.load(der)
         content_type = info["content_type"].native
@@ -179,7 +227,153 @@ def _decoding(what: str):
     except ProtocolError:
         raise
     except Exception as exc:
-        raise _undecodable(what, exc) from None
+        raise _Unreadable(FailInfo.BAD_REQUEST, "MessageUndecodable", f"{what}: {exc}") from None
+
+
+# --- BER from peers ---------------------------------------------------------------------
+#
+# Found by experiment (asn1crypto 1.5.1), valid BER that OpenSSL reads and asn1crypto refuses:
+# - a string type's constructed form with a definite length (Go's go.mozilla.org/pkcs7 writes
+#   encryptedContent so: "method should have been primitive, but constructed was found");
+#   it reads the constructed form only with an indefinite length;
+# - a CHOICE's alternative with an indefinite length (a SignerIdentifier, RecipientIdentifier,
+#   KeyTransRecipientInfo or CertificateChoices): it parses the alternative again from its
+#   header and contents, without the end-of-contents octets, and runs out of data.
+# Indefinite-length SEQUENCEs elsewhere, and indefinite-length strings, it reads. So a peer's
+# message is read as sent, and only when asn1crypto refuses it, once more rewritten into the
+# same BER value in the form asn1crypto reads (`_readable_ber`); DER never takes that path.
+
+
+class _Unreadable(ProtocolError):
+    """asn1crypto could not read a peer's structure (what `_decoding` raises)."""
+
+
+T = TypeVar("T")
+
+
+def read_ber(data: bytes, what: str, read: Callable[[bytes], T]) -> T:
+    """`read(data)`, reading a structure a peer sent with asn1crypto: every decoding error is
+    a ProtocolError (MessageUndecodable: `what`), and BER that asn1crypto refuses is read again
+    rewritten (see above). `read` must read all it needs: asn1crypto parses lazily."""
+
+    def guarded(value: bytes) -> T:
+        with _decoding(what):
+            return read(value)
+
+    return _read_ber(data, guarded)
+
+
+def _read_ber(data: bytes, read: Callable[[bytes], T]) -> T:
+    try:
+        return read(data)
+    except _Unreadable as exc:
+        refused = exc
+    try:
+        readable = _readable_ber(data)
+    except Exception:  # not BER at all (or nested too deeply)
+        readable = data
+    if readable != data:
+        try:
+            return read(readable)
+        except _Unreadable:
+            pass
+    raise refused  # asn1crypto's reason about the bytes as sent
+
+
+# Universal types whose constructed form is a series of OCTET STRING segments, the value
+# being their contents one after another (X.690 8.7, 8.23.5): OCTET STRING, the restricted
+# character strings, UTCTime and GeneralizedTime. (A BIT STRING's segments each carry an
+# unused-bits octet; asn1crypto reads them in the indefinite form, which is kept.)
+_SEGMENTED = frozenset({4, 12, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 30})
+_BIT_STRING, _OCTET_STRING, _SET = 3, 4, 17
+# Deeper than anything a client writes (a certificate is about 10 levels); bounds the work a
+# hostile message can ask for.
+_MAX_NESTING = 64
+
+
+# asn1crypto.parser.parse reads the first element of the bytes it is given: each element is
+# parsed from a window of the rest, so that many small ones cost linear time, not a copy of
+# the rest each; one longer than the window is parsed from the whole rest.
+_WINDOW = 512
+
+
+def _elements(contents: bytes) -> list[tuple]:
+    """The (class, method, tag, header, contents, trailer) of each element in `contents`."""
+    elements = []
+    pointer = 0
+    while pointer < len(contents):
+        try:
+            element = asn1_parser.parse(contents[pointer:pointer + _WINDOW])
+        except ValueError:
+            element = asn1_parser.parse(contents[pointer:])
+        elements.append(element)
+        pointer += len(element[3]) + len(element[4]) + len(element[5])
+    return elements
+
+
+def _encoding(element: tuple) -> bytes:
+    return element[3] + element[4] + element[5]
+
+
+def _readable_ber(data: bytes, *, der: bool = False) -> bytes:
+    """The BER value `data` encodes, written the way asn1crypto reads it: every element
+    with a definite length, except a context- or application-tagged one made of OCTET
+    STRINGs (an IMPLICIT OCTET STRING in segments, or an EXPLICIT one: the same bytes, which
+    only a schema tells apart), which gets an indefinite length; universal strings sent in
+    segments become primitive. (A DER certificate has no such tagged element outside its
+    extensions' values, which are OCTET STRINGs: it keeps its bytes.)
+    With `der`, the DER encoding instead, for values that are made of universal types and
+    definite-length tagged ones (what signed attributes are): definite lengths, primitive
+    strings, SET OF elements sorted. Elements that need no change keep their bytes."""
+    element = asn1_parser.parse(data)
+    rewritten = _rewritten(element, der, 0)
+    return _encoding(element) if rewritten is None else rewritten
+
+
+def _rewritten(element: tuple, der: bool, depth: int) -> bytes | None:
+    """`element` as `_readable_ber` writes it, or None when it is written so already."""
+    class_, constructed, tag, _, contents, trailer = element
+    if not constructed:
+        return None
+    if depth > _MAX_NESTING:
+        raise ValueError(f"nested more than {_MAX_NESTING} levels deep")
+    if class_ == 0 and tag == _BIT_STRING:
+        return None
+    children = _elements(contents)
+    if class_ == 0 and tag in _SEGMENTED:
+        value = _segments_value(children, tag, depth + 1)
+        return None if value is None else asn1_parser.emit(0, 0, tag, value)
+    rewritten = [_rewritten(child, der, depth + 1) for child in children]
+    parts = [_encoding(child) if new is None else new for child, new in zip(children, rewritten, strict=True)]
+    changed = any(new is not None for new in rewritten)
+    if der and class_ == 0 and tag == _SET:
+        ordered = sorted(parts)
+        changed, parts = changed or ordered != parts, ordered
+    segments = children and all(c[0] == 0 and c[2] == _OCTET_STRING for c in children)
+    if not der and class_ != 0 and segments:
+        if trailer and not changed:
+            return None
+        identifier = asn1_parser.emit(class_, 1, tag, b"")[:-1]  # without its (zero) length
+        return identifier + b"\x80" + b"".join(parts) + b"\x00\x00"
+    if not trailer and not changed:
+        return None
+    return asn1_parser.emit(class_, 1, tag, b"".join(parts))
+
+
+def _segments_value(children: list[tuple], tag: int, depth: int) -> bytes | None:
+    """The value of a string sent as these segments, or None when they are not segments."""
+    value = []
+    for class_, constructed, child_tag, _, contents, _ in children:
+        if class_ != 0 or child_tag not in (_OCTET_STRING, tag):
+            return None
+        if constructed:
+            if depth > _MAX_NESTING:
+                raise ValueError(f"nested more than {_MAX_NESTING} levels deep")
+            contents = _segments_value(_elements(contents), tag, depth + 1)
+            if contents is None:
+                return None
+        value.append(contents)
+    return b"".join(value)
 
 
 # --- SignedData -------------------------------------------------------------------------
@@ -218,6 +412,8 @@ def _names_certificate(cert: asn1_x509.Certificate, identifier) -> bool:
             return False
         issuer = ias["issuer"]
         return cert.issuer.dump() == issuer.dump() or cert.issuer == issuer
+    if identifier.name == "r_key_id":  # a KeyAgreeRecipientInfo's RecipientKeyIdentifier
+        return cert.key_identifier == identifier.chosen["subject_key_identifier"].native
     return cert.key_identifier == identifier.chosen.native
 
 
@@ -227,6 +423,11 @@ def parse_signed_data(der: bytes, known_certificates: tuple[x509.Certificate, ..
     The signer's certificate is looked up among the certificates the message carries and then
     among `known_certificates` (NDES, for one, sends a CertRep without certificates).
     """
+    return _read_ber(der, lambda data: _parse_signed_data(data, known_certificates, der))
+
+
+def _parse_signed_data(der: bytes, known_certificates: tuple[x509.Certificate, ...], sent: bytes) -> SignedMessage:
+    """parse_signed_data on `der`: what the peer `sent`, or the same value rewritten."""
     _, signed_data = load_content(der, "signed_data")
     with _decoding("the SignedData cannot be read"):
         infos = signed_data["signer_infos"]
@@ -241,6 +442,7 @@ def parse_signed_data(der: bytes, known_certificates: tuple[x509.Certificate, ..
         signer_cert = next((cert for asn1, cert in candidates if _names_certificate(asn1, sid)), None)
 
         encap = signed_data["encap_content_info"]
+        content_type = encap["content_type"].native
         content = encap["content"].native if encap["content"] else b""
         if isinstance(content, core.Asn1Value):  # a parsable content type other than data
             content = content.dump()
@@ -252,16 +454,25 @@ def parse_signed_data(der: bytes, known_certificates: tuple[x509.Certificate, ..
             name = attr["type"].native
             attributes[name] = [v.native if isinstance(v, core.Asn1Value) else v for v in attr["values"]]
         digest_name = signer["digest_algorithm"]["algorithm"].native
+        scheme = signer["signature_algorithm"].signature_algo
+        signature = signer["signature"].native
+        # The signature covers the attributes as a SET OF (tag 0x31), as they were sent: their
+        # contents under a universal SET header (what untag().dump() gives, without copying).
+        signed_set = asn1_parser.emit(0, 1, 17, signed_attrs.contents) if signed_attrs else None
 
     with _decoding("the SignerInfo cannot be checked"):
         if signer_cert is None:
             error = "the signer's certificate is neither in the message nor known to us"
         else:
-            error = _check_signer_info(signer, signed_attrs, attributes, content, encap, signer_cert, digest_name)
+            error = _check_signer_info(
+                signer_cert, scheme, signature, digest_name, content_type, content, attributes, signed_set,
+                # Only a rewritten copy (another object than the bytes sent) needs this.
+                (lambda: _signed_attributes_as_sent(sent)) if der is not sent else None,
+            )
 
     return SignedMessage(
         content=content,
-        content_type=encap["content_type"].native,
+        content_type=content_type,
         digest_algorithm=digest_name,
         signer_certificate=signer_cert,
         signed_attributes=attributes,
@@ -270,22 +481,69 @@ def parse_signed_data(der: bytes, known_certificates: tuple[x509.Certificate, ..
     )
 
 
-def _check_signer_info(signer, signed_attrs, attributes, content, encap, signer_cert, digest_name) -> str | None:
-    signature = signer["signature"].native
-    scheme = signer["signature_algorithm"].signature_algo
-    if not signed_attrs:
-        data = content
-    else:
-        if (attributes.get("content_type") or [None])[0] != encap["content_type"].native:
-            return "the contentType signed attribute does not match the content"
-        if (attributes.get("message_digest") or [None])[0] != signatures.digest(digest_name, content):
-            return "the messageDigest signed attribute does not match the content"
-        # The signature covers the attributes as a SET OF (tag 0x31), as they were sent: their
-        # contents under a universal SET header (what untag().dump() gives, without copying).
-        data = asn1_parser.emit(0, 1, 17, signed_attrs.contents)
-    if not signatures.verify_signature(signer_cert.public_key(), scheme, digest_name, data, signature):
+def _check_signer_info(
+    signer_cert: x509.Certificate,
+    scheme: str,
+    signature: bytes,
+    digest_name: str,
+    content_type: str,
+    content: bytes,
+    attributes: dict[str, list],
+    signed_set: bytes | None,
+    as_sent: Callable[[], bytes | None] | None,
+) -> str | None:
+    """Why the SignerInfo does not verify, or None. `signed_set` is the signed attributes as
+    read; `as_sent` finds them as the peer sent them, when what was read is a rewritten copy."""
+    public_key = signer_cert.public_key()
+    if signed_set is None:
+        if signatures.verify_signature(public_key, scheme, digest_name, content, signature):
+            return None
         return "the signature does not verify with the signer's certificate"
-    return None
+    if (attributes.get("content_type") or [None])[0] != content_type:
+        return "the contentType signed attribute does not match the content"
+    if (attributes.get("message_digest") or [None])[0] != signatures.digest(digest_name, content):
+        return "the messageDigest signed attribute does not match the content"
+    # RFC 5652 5.4: the signature covers the DER of the attributes. Nearly every client sends
+    # exactly that; some sign their attributes unsorted, as they send them; BER attributes are
+    # signed in their DER form. So: as read (the bytes sent, unless rewritten), as sent, DER.
+    if signatures.verify_signature(public_key, scheme, digest_name, signed_set, signature):
+        return None
+    for data in _other_encodings(signed_set, as_sent):
+        if signatures.verify_signature(public_key, scheme, digest_name, data, signature):
+            return None
+    return "the signature does not verify with the signer's certificate"
+
+
+def _other_encodings(signed_set: bytes, as_sent: Callable[[], bytes | None] | None):
+    """The signed attributes as sent (when `signed_set` is a rewritten copy), then in DER:
+    each once, and only when it differs from what was tried before."""
+    tried = {signed_set}
+    sent = as_sent() if as_sent else None
+    if sent is not None and sent not in tried:
+        tried.add(sent)
+        yield sent
+    try:
+        der = _readable_ber(signed_set, der=True)
+    except ValueError:  # nested too deeply to rewrite: not a signature worth checking again
+        return
+    if der not in tried:
+        yield der
+
+
+def _signed_attributes_as_sent(der: bytes) -> bytes | None:
+    """The signed attributes of the (one) SignerInfo as a SET OF, found in the message as the
+    peer sent it: ContentInfo, its [0], the SignedData, its last element (signerInfos), the
+    SignerInfo, its fourth element when that is the [0] of signedAttrs."""
+    try:
+        content_info = asn1_parser.parse(der)
+        signed_data = _elements(_elements(content_info[4])[1][4])[0]
+        signer_info = _elements(_elements(signed_data[4])[-1][4])[0]
+        attrs = _elements(signer_info[4])[3]
+    except (ValueError, IndexError):
+        return None
+    if attrs[:3] != (2, 1, 0):
+        return None
+    return asn1_parser.emit(0, 1, 17, attrs[4])
 
 
 @functools.lru_cache(maxsize=64)
@@ -401,13 +659,13 @@ def parse_certs_only(der: bytes) -> list[x509.Certificate]:
 
 
 def parse_certs_and_crls(der: bytes) -> tuple[list[x509.Certificate], list[x509.CertificateRevocationList]]:
-    _, signed_data = load_content(der, "signed_data")
-    try:
+    def read(data: bytes):
+        _, signed_data = load_content(data, "signed_data")
         certs = [_to_cryptography(c.chosen) for c in (signed_data["certificates"] or []) if c.name == "certificate"]
         crls = [x509.load_der_x509_crl(c.chosen.dump()) for c in (signed_data["crls"] or []) if c.name == "crl"]
-    except Exception as exc:
-        raise _undecodable("a certificate or CRL in the certs-only message cannot be read", exc) from None
-    return certs, crls
+        return certs, crls
+
+    return read_ber(der, "a certificate or CRL in the certs-only message cannot be read", read)
 
 
 # --- EnvelopedData / AuthEnvelopedData --------------------------------------------------
@@ -417,8 +675,24 @@ def parse_certs_and_crls(der: bytes) -> tuple[list[x509.Certificate], list[x509.
 class Decrypted:
     content: bytes
     cipher: ContentCipher
-    key_transport: KeyTransport
+    # How the content key came: by RSA key transport, or None when it was agreed by ECDH
+    # (a reply to an RSA certificate then uses PKCS #1 v1.5).
+    key_transport: KeyTransport | None
     recipient: x509.Certificate
+
+
+# Every way an envelope fails to open once it is read (a wrong key, bad RSA padding, a
+# content key of the wrong length, corrupt ciphertext, bad content padding) ends in these
+# words: which step failed is what a padding-oracle attack needs to know.
+DECRYPTION_FAILED = "the encrypted content does not decrypt (wrong key, corrupt data or bad padding)"
+
+
+def _decryption_failed() -> ProtocolError:
+    return ProtocolError(FailInfo.BAD_MESSAGE_CHECK, "DecryptionFailed", DECRYPTION_FAILED)
+
+
+def _unsupported(what: str) -> ProtocolError:
+    return ProtocolError(FailInfo.BAD_ALG, "UnsupportedAlgorithm", f"{what} is not supported")
 
 
 def _key_transport_of(algorithm: cms.KeyEncryptionAlgorithm) -> KeyTransport:
@@ -428,137 +702,225 @@ def _key_transport_of(algorithm: cms.KeyEncryptionAlgorithm) -> KeyTransport:
     if name == "rsaes_oaep":
         params = algorithm["parameters"]
         hash_name = params["hash_algorithm"]["algorithm"].native if params else "sha1"
-        return KeyTransport("rsaes_oaep", hash_name)
-    raise ProtocolError(FailInfo.BAD_ALG, "UnsupportedAlgorithm", f"key transport {name} is not supported")
+        transport = KeyTransport("rsaes_oaep", hash_name)
+        transport._padding()  # an OAEP hash we do not know is refused here, as badAlg
+        return transport
+    raise _unsupported(f"key transport {name}")
+
+
+@dataclass(frozen=True)
+class _Agreement:
+    """A KeyAgreeRecipientInfo's ephemeral-static ECDH, read (RFC 5753)."""
+
+    kdf_hash: str
+    key_wrap: str  # a key of _KEY_WRAPS
+    originator_point: bytes
+    ukm: bytes | None
+
+
+@dataclass(frozen=True)
+class _Sealed:
+    """An envelope's parts for one of our recipients, read and not yet decrypted."""
+
+    cipher: ContentCipher
+    iv: bytes  # the CBC IV or the GCM nonce
+    tag: bytes | None  # GCM's
+    ciphertext: bytes
+    certificate: x509.Certificate
+    key: object
+    encrypted_key: bytes
+    transport: KeyTransport | None  # for a KeyTransRecipientInfo
+    agreement: _Agreement | None  # for a KeyAgreeRecipientInfo
 
 
 def decrypt_enveloped(der: bytes, recipients: list[tuple[x509.Certificate, object]]) -> Decrypted:
     """Decrypt an EnvelopedData (or AuthEnvelopedData, for AES-GCM) with one of `recipients`.
 
-    `recipients` are (certificate, private key) pairs; the RecipientInfo naming one of them is
-    used. A message addressed to none of them is refused with badMessageCheck.
+    `recipients` are (certificate, private key) pairs: RSA ones open a KeyTransRecipientInfo,
+    EC ones a KeyAgreeRecipientInfo; the first RecipientInfo naming one of them is used. A
+    message addressed to none of them is refused with badMessageCheck.
     """
+    sealed = _read_ber(der, lambda data: _read_envelope(data, recipients))
+    cek = _content_key(sealed)
+    return Decrypted(_decrypt_content(sealed, cek), sealed.cipher, sealed.transport, sealed.certificate)
+
+
+def _read_envelope(der: bytes, recipients) -> _Sealed:
+    """Everything decryption needs, read from the envelope (where asn1crypto reads it)."""
     content_type, envelope = load_content(der, "enveloped_data", "authenticated_enveloped_data")
     with _decoding("the encrypted part cannot be read"):
-        return _decrypt(content_type, envelope, recipients)
-
-
-def _decrypt(content_type: str, envelope, recipients) -> Decrypted:
-    if content_type == "enveloped_data":
-        eci = envelope["encrypted_content_info"]
-    else:
-        eci = envelope["auth_encrypted_content_info"]
-
-    ours = [(_known_asn1(c), c, k) for c, k in recipients]
-    chosen = None
-    for ri in envelope["recipient_infos"]:
-        if ri.name != "ktri":
-            continue
-        for asn1_cert, cert, key in ours:
-            if _names_certificate(asn1_cert, ri.chosen["rid"]):
-                chosen = (ri.chosen, cert, key)
-                break
-        if chosen:
-            break
-    if chosen is None:
-        raise ProtocolError(
-            FailInfo.BAD_MESSAGE_CHECK,
-            "RecipientUnknown",
-            "the request is encrypted to a certificate this server does not hold; "
-            "fetch the current RA certificate with GetCACert",
-        )
-    ktri, cert, key = chosen
-    transport = _key_transport_of(ktri["key_encryption_algorithm"])
-    try:
-        cek = key.decrypt(ktri["encrypted_key"].native, transport._padding())
-    except ValueError:
-        raise ProtocolError(
-            FailInfo.BAD_MESSAGE_CHECK, "DecryptionFailed", "the content-encryption key cannot be decrypted"
-        ) from None
-
-    algorithm = eci["content_encryption_algorithm"]
-    try:
-        cipher = ContentCipher(algorithm["algorithm"].native)
-    except ValueError:
-        raise ProtocolError(
-            FailInfo.BAD_ALG,
-            "UnsupportedAlgorithm",
-            f"content encryption {algorithm['algorithm'].native} is not supported",
-        ) from None
-    if len(cek) != cipher.key_size:
-        raise ProtocolError(
-            FailInfo.BAD_MESSAGE_CHECK, "DecryptionFailed", "the content-encryption key has the wrong length"
-        )
-    ciphertext = eci["encrypted_content"].native or b""
-    try:
+        if content_type == "enveloped_data":
+            eci = envelope["encrypted_content_info"]
+        else:
+            eci = envelope["auth_encrypted_content_info"]
+        info, certificate, key, recipient_key = _our_recipient(envelope["recipient_infos"], recipients)
+        algorithm = eci["content_encryption_algorithm"]
+        try:
+            cipher = ContentCipher(algorithm["algorithm"].native)
+        except ValueError:
+            raise _unsupported(f"content encryption {algorithm['algorithm'].native}") from None
+        ciphertext = eci["encrypted_content"].native or b""
+        tag = None
         if cipher.is_gcm:
             params = algorithm["parameters"]
+            iv = params["aes_nonce"].native
             tag = envelope["mac"].native if content_type == "authenticated_enveloped_data" else None
             if tag is None:  # GCM inside plain EnvelopedData: the tag trails the ciphertext
                 icv = params["aes_icvlen"].native
                 ciphertext, tag = ciphertext[:-icv], ciphertext[-icv:]
-            decryptor = Cipher(
-                algorithms.AES(cek), modes.GCM(params["aes_nonce"].native, tag, min_tag_length=len(tag))
-            ).decryptor()
-            plaintext = decryptor.update(ciphertext) + decryptor.finalize()
         else:
             iv = algorithm["parameters"].native
-            decryptor = Cipher(cipher._block_cipher(cek), modes.CBC(iv)).decryptor()
-            padded = decryptor.update(ciphertext) + decryptor.finalize()
-            unpadder = padding.PKCS7(len(iv) * 8).unpadder()
-            plaintext = unpadder.update(padded) + unpadder.finalize()
-    except Exception:
-        raise ProtocolError(
-            FailInfo.BAD_MESSAGE_CHECK,
-            "DecryptionFailed",
-            "the encrypted content does not decrypt (wrong key, corrupt data or bad padding)",
-        ) from None
-    return Decrypted(plaintext, cipher, transport, cert)
+        if info.name == "ktri":
+            transport = _key_transport_of(info.chosen["key_encryption_algorithm"])
+            return _Sealed(cipher, iv, tag, ciphertext, certificate, key, info.chosen["encrypted_key"].native,
+                           transport, None)
+        agreement = _agreement_of(info.chosen)
+        return _Sealed(cipher, iv, tag, ciphertext, certificate, key, recipient_key["encrypted_key"].native,
+                       None, agreement)
+
+
+def _our_recipient(recipient_infos, recipients):
+    """(RecipientInfo, certificate, key, RecipientEncryptedKey or None) of the first
+    RecipientInfo naming one of `recipients`."""
+    ours = [(_known_asn1(c), c, k) for c, k in recipients]
+    for info in recipient_infos:
+        if info.name == "ktri":
+            for asn1_cert, cert, key in ours:
+                if _names_certificate(asn1_cert, info.chosen["rid"]):
+                    return info, cert, key, None
+        elif info.name == "kari":
+            for recipient_key in info.chosen["recipient_encrypted_keys"]:
+                for asn1_cert, cert, key in ours:
+                    if _names_certificate(asn1_cert, recipient_key["rid"]):
+                        return info, cert, key, recipient_key
+    raise ProtocolError(
+        FailInfo.BAD_MESSAGE_CHECK,
+        "RecipientUnknown",
+        "the request is encrypted to a certificate this server does not hold; "
+        "fetch the current RA certificate with GetCACert",
+    )
+
+
+def _agreement_of(kari: cms.KeyAgreeRecipientInfo) -> _Agreement:
+    algorithm = kari["key_encryption_algorithm"]
+    kdf_hash = _ECDH_SCHEMES.get(algorithm["algorithm"].dotted)
+    if kdf_hash is None:
+        raise _unsupported(f"key agreement {algorithm['algorithm'].native}")
+    key_wrap = algorithm["parameters"]["algorithm"].native
+    if key_wrap not in _KEY_WRAPS:
+        raise _unsupported(f"key wrap {key_wrap}")
+    originator = kari["originator"]
+    if originator.name != "originator_key" or originator.chosen["algorithm"]["algorithm"].native != "ec":
+        raise _unsupported("key agreement with anything but an ephemeral EC key")
+    ukm = kari["ukm"].native if kari["ukm"] else None
+    return _Agreement(kdf_hash, key_wrap, originator.chosen["public_key"].native, ukm)
+
+
+def _content_key(sealed: _Sealed) -> bytes:
+    key, size = sealed.key, sealed.cipher.key_size
+    if sealed.agreement is not None:
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise _decryption_failed()
+        return _agreed_key(sealed.agreement, key, sealed.encrypted_key, size)
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise _decryption_failed()
+    try:
+        cek = key.decrypt(sealed.encrypted_key, sealed.transport._padding())
+    except ValueError:
+        cek = b""
+    if len(cek) != size:
+        # Implicit rejection (against Bleichenbacher's attack), whatever the OpenSSL build does
+        # itself: a key that does not decrypt, or is not the cipher's length, is replaced by a
+        # random one, so that the failure shows where corrupt content fails, the same way.
+        cek = os.urandom(size)
+    return cek
+
+
+def _agreed_key(agreement: _Agreement, key: ec.EllipticCurvePrivateKey, wrapped: bytes, size: int) -> bytes:
+    """The content key of a KeyAgreeRecipientInfo: ECDH with the originator's ephemeral key,
+    the X9.63 KDF over ECC-CMS-SharedInfo, then AES key unwrap (which checks its integrity)."""
+    kek_length, padded = _KEY_WRAPS[agreement.key_wrap]
+    try:
+        # Its curve is the recipient's (RFC 5753 lets the originator leave it out).
+        originator = ec.EllipticCurvePublicKey.from_encoded_point(key.curve, agreement.originator_point)
+        shared = key.exchange(ec.ECDH(), originator)
+        kek = X963KDF(
+            signatures.hash_algorithm(agreement.kdf_hash), kek_length,
+            _shared_info(agreement.key_wrap, agreement.ukm, kek_length),
+        ).derive(shared)
+        unwrap = keywrap.aes_key_unwrap_with_padding if padded else keywrap.aes_key_unwrap
+        cek = unwrap(kek, wrapped)
+    except (ValueError, keywrap.InvalidUnwrap):
+        raise _decryption_failed() from None
+    if len(cek) != size:
+        raise _decryption_failed()
+    return cek
+
+
+@functools.lru_cache(maxsize=64)
+def _shared_info(key_wrap: str, ukm: bytes | None, kek_length: int) -> bytes:
+    """DER ECC-CMS-SharedInfo: the key wrap (AES wraps take no parameters), the ukm, the KEK
+    length in bits (RFC 5753 7.2)."""
+    value = {"key_info": {"algorithm": key_wrap}, "supp_pub_info": (kek_length * 8).to_bytes(4, "big")}
+    if ukm is not None:
+        value["entity_u_info"] = ukm
+    return _EccCmsSharedInfo(value).dump()
+
+
+def _decrypt_content(sealed: _Sealed, cek: bytes) -> bytes:
+    try:
+        if sealed.cipher.is_gcm:
+            mode = modes.GCM(sealed.iv, sealed.tag, min_tag_length=len(sealed.tag))
+            decryptor = Cipher(algorithms.AES(cek), mode).decryptor()
+            return decryptor.update(sealed.ciphertext) + decryptor.finalize()
+        decryptor = Cipher(sealed.cipher._block_cipher(cek), modes.CBC(sealed.iv)).decryptor()
+        padded = decryptor.update(sealed.ciphertext) + decryptor.finalize()
+        unpadder = padding.PKCS7(len(sealed.iv) * 8).unpadder()
+        return unpadder.update(padded) + unpadder.finalize()
+    except Exception:  # ValueError, InvalidTag, a TypeError for a missing IV: all the same to the peer
+        raise _decryption_failed() from None
 
 
 # What cryptography's PKCS7EnvelopeBuilder can seal (with PKCS #1 v1.5 key transport only):
-# the ciphers nearly every client asks for. DES, 3DES, AES-192, GCM and OAEP are built here.
+# the ciphers nearly every client asks for. DES, 3DES, AES-192, GCM, OAEP and every EC
+# recipient are built here.
 _LIBRARY_CIPHERS = {ContentCipher.AES_128_CBC: algorithms.AES128, ContentCipher.AES_256_CBC: algorithms.AES256}
+
+# The AES key wrap for each content-key length: as strong as the content cipher. RFC 3394
+# wraps 16 bytes or more; single DES's 8 take RFC 5649's padded wrap.
+_WRAP_FOR_KEY = {8: "aes128_wrap_pad", 16: "aes128_wrap", 24: "aes192_wrap", 32: "aes256_wrap"}
 
 
 def build_enveloped(
     content: bytes,
     recipient: x509.Certificate,
     cipher: ContentCipher,
-    key_transport: KeyTransport = PKCS1V15,
+    key_transport: KeyTransport | None = PKCS1V15,
 ) -> bytes:
-    """Encrypt `content` to `recipient` (an RSA certificate). AES-GCM produces an
-    AuthEnvelopedData (RFC 5083/5084); every other cipher an EnvelopedData."""
+    """Encrypt `content` to `recipient`: by RSA key transport (`key_transport`, PKCS #1 v1.5
+    when None) to an RSA certificate, by ephemeral-static ECDH (RFC 5753) to an EC one. AES-GCM
+    produces an AuthEnvelopedData (RFC 5083/5084); every other cipher an EnvelopedData."""
+    key_transport = key_transport or PKCS1V15
     public_key = recipient.public_key()
-    if not isinstance(public_key, rsa.RSAPublicKey):
+    cek = os.urandom(cipher.key_size)
+    if isinstance(public_key, rsa.RSAPublicKey):
+        library_cipher = _LIBRARY_CIPHERS.get(cipher)
+        if library_cipher is not None and key_transport == PKCS1V15:
+            builder = pkcs7.PKCS7EnvelopeBuilder().set_data(content).add_recipient(recipient)
+            # Binary: the content is DER, not text for S/MIME's line-ending canonicalisation.
+            return builder.set_content_encryption_algorithm(library_cipher).encrypt(
+                Encoding.DER, [pkcs7.PKCS7Options.Binary]
+            )
+        recipient_info = _ktri(cek, recipient, public_key, key_transport)
+    elif isinstance(public_key, ec.EllipticCurvePublicKey):
+        recipient_info = _kari(cek, recipient, public_key, cipher)
+    else:
         raise ProtocolError(
             FailInfo.BAD_ALG,
-            "RecipientKeyNotRsa",
-            "the reply can only be encrypted to an RSA certificate; sign the request with an RSA key",
+            "UnsupportedAlgorithm",
+            f"nothing can be encrypted to a {type(public_key).__name__}: the signer's key must be RSA or EC",
         )
-    library_cipher = _LIBRARY_CIPHERS.get(cipher)
-    if library_cipher is not None and key_transport == PKCS1V15:
-        builder = pkcs7.PKCS7EnvelopeBuilder().set_data(content).add_recipient(recipient)
-        # Binary: the content is DER, not text for S/MIME's line-ending canonicalisation.
-        return builder.set_content_encryption_algorithm(library_cipher).encrypt(
-            Encoding.DER, [pkcs7.PKCS7Options.Binary]
-        )
-    recipient_asn1 = _to_asn1(recipient)
-    cek = os.urandom(cipher.key_size)
-    # Built bottom-up from frozen parts (see _frozen).
-    rid = _frozen(cms.RecipientIdentifier(
-        name="issuer_and_serial_number",
-        value={"issuer": recipient_asn1.issuer, "serial_number": recipient_asn1.serial_number},
-    ))
-    ktri = _frozen(cms.KeyTransRecipientInfo(
-        {
-            "version": "v0",
-            "rid": rid,
-            "key_encryption_algorithm": _key_transport_id(key_transport),
-            "encrypted_key": public_key.encrypt(cek, key_transport._padding()),
-        }
-    ))
-    recipient_infos = _frozen(cms.RecipientInfos([cms.RecipientInfo(name="ktri", value=ktri)]))
+    recipient_infos = _frozen(cms.RecipientInfos([recipient_info]))
     if cipher.is_gcm:
         nonce = os.urandom(12)
         encryptor = Cipher(algorithms.AES(cek), modes.GCM(nonce)).encryptor()
@@ -584,7 +946,8 @@ def build_enveloped(
     padded = padder.update(content) + padder.finalize()
     encryptor = Cipher(cipher._block_cipher(cek), modes.CBC(iv)).encryptor()
     envelope = {
-        "version": "v0",
+        # RFC 5652 6.1: 0 when every RecipientInfo is a version 0 one (ktri), else 2.
+        "version": "v0" if recipient_info.name == "ktri" else "v2",
         "recipient_infos": recipient_infos,
         "encrypted_content_info": _frozen(cms.EncryptedContentInfo({
             "content_type": "data",
@@ -593,6 +956,55 @@ def build_enveloped(
         })),
     }
     return cms.ContentInfo({"content_type": "enveloped_data", "content": envelope}).dump()
+
+
+def _recipient_identifier(recipient: x509.Certificate, spec):
+    asn1 = _to_asn1(recipient)
+    return spec(name="issuer_and_serial_number", value={"issuer": asn1.issuer, "serial_number": asn1.serial_number})
+
+
+def _ktri(cek: bytes, recipient: x509.Certificate, public_key: rsa.RSAPublicKey, key_transport: KeyTransport):
+    # Built bottom-up from frozen parts (see _frozen).
+    ktri = _frozen(cms.KeyTransRecipientInfo(
+        {
+            "version": "v0",
+            "rid": _frozen(_recipient_identifier(recipient, cms.RecipientIdentifier)),
+            "key_encryption_algorithm": _key_transport_id(key_transport),
+            "encrypted_key": public_key.encrypt(cek, key_transport._padding()),
+        }
+    ))
+    return cms.RecipientInfo(name="ktri", value=ktri)
+
+
+def _kari(cek: bytes, recipient: x509.Certificate, public_key: ec.EllipticCurvePublicKey, cipher: ContentCipher):
+    """A KeyAgreeRecipientInfo (RFC 5753 ephemeral-static ECDH): a fresh key on the recipient's
+    curve, the X9.63 KDF with the hash that matches the curve's size, the AES key wrap that
+    matches the content cipher (as OpenSSL and RFC 5008's suites pair them)."""
+    key_wrap = _WRAP_FOR_KEY[cipher.key_size]
+    kek_length, padded = _KEY_WRAPS[key_wrap]
+    bits = public_key.curve.key_size
+    kdf_hash = "sha256" if bits <= 256 else "sha384" if bits <= 384 else "sha512"
+    ephemeral = ec.generate_private_key(public_key.curve)
+    shared = ephemeral.exchange(ec.ECDH(), public_key)
+    shared_info = _shared_info(key_wrap, None, kek_length)
+    kek = X963KDF(signatures.hash_algorithm(kdf_hash), kek_length, shared_info).derive(shared)
+    wrap = keywrap.aes_key_wrap_with_padding if padded else keywrap.aes_key_wrap
+    originator = asn1_keys.PublicKeyInfo.load(
+        ephemeral.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    )
+    kari = cms.KeyAgreeRecipientInfo({
+        "version": "v3",
+        "originator": cms.OriginatorIdentifierOrKey(name="originator_key", value=originator),
+        "key_encryption_algorithm": {
+            "algorithm": _STD_DH_SCHEME[kdf_hash],
+            "parameters": cms.KeyEncryptionAlgorithm({"algorithm": key_wrap}),
+        },
+        "recipient_encrypted_keys": [{
+            "rid": _recipient_identifier(recipient, cms.KeyAgreementRecipientIdentifier),
+            "encrypted_key": wrap(kek, cek),
+        }],
+    })
+    return cms.RecipientInfo(name="kari", value=kari)
 
 
 @functools.lru_cache(maxsize=16)

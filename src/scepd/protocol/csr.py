@@ -28,6 +28,7 @@ class CertificationRequest:
     public_key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey
     challenge_password: str | None
     extensions: x509.Extensions
+    signature_hash: str = "sha256"  # of the proof-of-possession signature (the algorithm policy reads it)
 
     def extension(self, oid: x509.ObjectIdentifier):
         try:
@@ -77,8 +78,29 @@ def _typed_view(der: bytes):
     return loaded.public_key(), loaded.subject, loaded.extensions
 
 
-def parse_csr(der: bytes) -> CertificationRequest:
-    """Parse a PKCS#10 request and check its proof-of-possession signature."""
+def without_challenge_password(der: bytes) -> bytes:
+    """The request with its challengePassword attribute removed: what is stored and told to
+    webhooks, so that no challenge is kept in clear. Its signature no longer verifies (it
+    covered the password), so a stored request is read with `parse_csr(..., verified=True)`;
+    the same request always gives the same bytes, which is what recognises a resend."""
+    try:
+        request = asn1_csr.CertificationRequest.load(der)
+        attributes = list(request["certification_request_info"]["attributes"])
+        kept = [a for a in attributes if a["type"].native != "challenge_password"]
+        if len(kept) == len(attributes):
+            return der
+        copy = request.copy()
+        copy["certification_request_info"]["attributes"] = asn1_csr.CRIAttributes(kept)
+        return copy.dump(force=True)
+    except Exception as exc:
+        raise _bad("CsrMalformed", f"the PKCS#10 request cannot be parsed: {exc}") from None
+
+
+def parse_csr(der: bytes, *, verified: bool = False) -> CertificationRequest:
+    """Parse a PKCS#10 request and check its proof-of-possession signature.
+
+    `verified`: the request was checked when it arrived and has been stored since (without
+    its challengePassword, which breaks the signature): only its typed view is built."""
     try:
         request = asn1_csr.CertificationRequest.load(der)
         info = request["certification_request_info"]
@@ -106,8 +128,10 @@ def parse_csr(der: bytes) -> CertificationRequest:
     if not isinstance(public_key, (rsa.RSAPublicKey, ec.EllipticCurvePublicKey)):
         raise _bad("KeyTypeNotAllowed", f"{type(public_key).__name__} keys are not supported", FailInfo.BAD_ALG)
 
+    if hash_name not in signatures.HASHES:
+        raise _bad("UnsupportedAlgorithm", f"the PKCS#10 request is signed with {hash_name}", FailInfo.BAD_ALG)
     try:
-        valid = signatures.verify_signature(public_key, scheme, hash_name, info_bytes, signature)
+        valid = verified or signatures.verify_signature(public_key, scheme, hash_name, info_bytes, signature)
     except ProtocolError:
         raise
     except Exception as exc:
@@ -126,4 +150,5 @@ def parse_csr(der: bytes) -> CertificationRequest:
         public_key=public_key,
         challenge_password=passwords[0] if passwords else None,
         extensions=extensions,
+        signature_hash=hash_name,
     )

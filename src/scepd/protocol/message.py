@@ -165,11 +165,12 @@ def build_cert_rep(
     signer_certificate: x509.Certificate,
     signer_key,
     cipher: cms.ContentCipher,
-    key_transport: cms.KeyTransport = cms.PKCS1V15,
+    key_transport: cms.KeyTransport | None = cms.PKCS1V15,
 ) -> bytes:
     """A CertRep for `request`: same transactionID, recipientNonce = its senderNonce, signed
     with its digest algorithm; on SUCCESS the certificates (issued one first) in a certs-only
-    SignedData encrypted to the request's signer with `cipher`."""
+    SignedData encrypted to the request's signer with `cipher`: by `key_transport` (PKCS #1
+    v1.5 when None) to an RSA signer, by ECDH key agreement to an EC one."""
     envelope = b""
     if reply.status is PkiStatus.SUCCESS:
         if request.signer_certificate is None:
@@ -211,13 +212,12 @@ def encode_issuer_and_serial(issuer: x509.Name, serial: int) -> bytes:
 
 def decode_issuer_and_serial(der: bytes) -> tuple[bytes, int]:
     """(issuer Name as DER, serial) of a GetCert or GetCRL request."""
-    try:
-        value = cms_asn1.IssuerAndSerialNumber.load(der)
+
+    def read(data: bytes) -> tuple[bytes, int]:
+        value = cms_asn1.IssuerAndSerialNumber.load(data)
         return value["issuer"].dump(force=True), value["serial_number"].native
-    except Exception as exc:
-        raise ProtocolError(
-            FailInfo.BAD_REQUEST, "MessageUndecodable", f"the content is not an IssuerAndSerialNumber: {exc}"
-        ) from None
+
+    return cms.read_ber(der, "the content is not an IssuerAndSerialNumber", read)
 
 
 def encode_issuer_and_subject(issuer: x509.Name, subject: x509.Name) -> bytes:
@@ -228,10 +228,9 @@ def encode_issuer_and_subject(issuer: x509.Name, subject: x509.Name) -> bytes:
 
 def decode_issuer_and_subject(der: bytes) -> tuple[bytes, bytes]:
     """(issuer, subject) Names as DER of a CertPoll."""
-    try:
-        value = _IssuerAndSubject.load(der)
+
+    def read(data: bytes) -> tuple[bytes, bytes]:
+        value = _IssuerAndSubject.load(data)
         return value["issuer"].dump(force=True), value["subject"].dump(force=True)
-    except Exception as exc:
-        raise ProtocolError(
-            FailInfo.BAD_REQUEST, "MessageUndecodable", f"the content is not an IssuerAndSubject: {exc}"
-        ) from None
+
+    return cms.read_ber(der, "the content is not an IssuerAndSubject", read)

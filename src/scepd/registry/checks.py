@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import stat
 from dataclasses import dataclass
 
@@ -74,19 +75,55 @@ def check_material(instance: Instance, material: KeyMaterial) -> list[CheckResul
             results.append(CheckResult(f"{role}.key_permissions", WARN, f"{path} is mode {mode:o}; others can read the key", f"chmod 600 {path}"))
         else:
             results.append(CheckResult(f"{role}.key_permissions", PASS, f"{path} is mode {mode:o}"))
-    challenge = instance.config.challenge
-    if not challenge.static and not challenge.one_time_passwords:
-        results.append(
-            CheckResult(
-                "challenge.validators",
-                FAIL,
-                "neither a static challenge nor one-time passwords are enabled, so no request can be accepted",
-                "set [challenge] static or one_time_passwords = true in scepd.toml",
-            )
-        )
-    else:
-        results.append(CheckResult("challenge.validators", PASS, "static" if challenge.static else "one-time passwords"))
+    results.append(check_validators(instance))
     return results
+
+
+def check_validators(instance: Instance) -> CheckResult:
+    """FAIL when nothing could accept a request. Read off the validators the server builds
+    from this configuration (scepd.enrollment's build_validator), not from a second reading
+    of the keys: a remote registration point, or locally MDM challenges with an encryption
+    pair and trusted signers, the static challenge, one-time passwords, the MDM webhook."""
+    # Imported here: enrollment and the validators import the registry, which is this package.
+    from scepd.enrollment import build_local_validator, build_validator
+
+    able, unable = _acceptors(build_validator(instance, build_local_validator(instance)))
+    if not able:
+        return CheckResult(
+            "challenge.validators", FAIL,
+            "no validator can accept a request" + (f": {'; '.join(unable)}" if unable else ""),
+            "set [challenge] static, one_time_passwords = true or webhook_url, or mode = \"remote\" with remote_url; "
+            "for MDM challenges 'scepd doctor --fix' re-creates the registration point's pairs",
+        )
+    return CheckResult("challenge.validators", PASS, f"requests are accepted by {', '.join(able)}")
+
+
+def _acceptors(validator) -> tuple[list[str], list[str]]:
+    """(what in `validator` could accept a request, what was built but cannot, and why)."""
+    from scepd.challenge import FirstAccepting, OneTimePasswordValidator, StaticChallengeValidator
+    from scepd.challenge.mdm import MdmChallengeValidator
+    from scepd.challenge.remote import RemoteRegistrationPoint, WebhookValidator
+
+    if isinstance(validator, FirstAccepting):
+        parts = [_acceptors(v) for v in validator.validators]
+        return [a for able, _ in parts for a in able], [u for _, unable in parts for u in unable]
+    if isinstance(validator, MdmChallengeValidator):
+        if validator.encryption is None:
+            return [], ["MDM challenges need the registration point's encryption pair, which is missing"]
+        if not validator.trusted_signers:
+            return [], ["MDM challenges need a trusted signing certificate, and none loads"]
+        return [f"MDM challenges from {len(validator.trusted_signers)} trusted signer(s)"], []
+    if isinstance(validator, RemoteRegistrationPoint):
+        if not validator.url:
+            return [], ["[challenge] mode = \"remote\" needs remote_url"]
+        return [f"the registration point at {validator.url} (mode = remote: it alone decides)"], []
+    if isinstance(validator, StaticChallengeValidator):
+        return ["the static challenge"], []
+    if isinstance(validator, OneTimePasswordValidator):
+        return ["one-time passwords"], []
+    if isinstance(validator, WebhookValidator):
+        return [f"the MDM webhook {validator.url}"], []
+    return [validator.name], []
 
 
 def check_template_mapping(instance: Instance) -> CheckResult:
@@ -116,6 +153,39 @@ def check_store(instance: Instance, store, repair: bool) -> CheckResult:
         store.upgrade()
         return CheckResult("database", WARN, f"{'; '.join(problems)}: upgraded")
     return CheckResult("database", FAIL, "; ".join(problems), f"scepd db upgrade --dir {instance.directory}")
+
+
+def check_database_permissions(store, repair: bool) -> CheckResult:
+    """The SQLite file and its -wal and -shm: 0600. It holds every request, certificate and
+    notification; writable by others it would let them record certificates as issued."""
+    loose = []
+    for path in store.sqlite_files:
+        try:
+            mode = stat.S_IMODE(path.stat().st_mode)
+        except FileNotFoundError:
+            continue  # -wal and -shm exist only while a connection is open
+        if mode & 0o077:
+            loose.append((path, mode))
+    if not loose:
+        if not store.sqlite_files:
+            return CheckResult("database.permissions", PASS, "not a SQLite file: the database server guards its files")
+        return CheckResult("database.permissions", PASS, f"{store.sqlite_files[0]} (and its -wal, -shm) is private (600)")
+    named = ", ".join(f"{path} is mode {mode:o}" for path, mode in loose)
+    fix = f"chmod 600 {' '.join(str(path) for path, _ in loose)} (or scepd doctor --fix)"
+    if repair:
+        try:
+            for path, _ in loose:
+                os.chmod(path, 0o600)
+        except OSError as exc:
+            return CheckResult("database.permissions", FAIL if _writable(loose) else WARN, f"{named}; chmod failed: {exc}", fix)
+        return CheckResult("database.permissions", WARN, f"{named}: set to 600")
+    if _writable(loose):
+        return CheckResult("database.permissions", FAIL, f"{named}: others can write the records", fix)
+    return CheckResult("database.permissions", WARN, f"{named}: others can read the requests and certificates", fix)
+
+
+def _writable(loose: list) -> bool:
+    return any(mode & 0o022 for _, mode in loose)
 
 
 def _safe_url(url: str) -> str:

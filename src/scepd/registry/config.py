@@ -23,16 +23,28 @@ class ConfigError(ValueError):
     """The configuration cannot be used; the message names the key and what is wrong."""
 
 
-_DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+_DURATION = re.compile(r"^\s*([0-9]+)\s*([smhd])\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# The longest duration a setting or an API request may name. Ten years is beyond every
+# lifetime scepd deals in (a CRL's validity, a challenge's, a clock skew, a log search), and
+# now plus or minus it stays far inside what datetime can hold: without a bound, "99999999999d"
+# ends in OverflowError instead of a refusal.
+MAX_DURATION = dt.timedelta(days=3650)
 
 
 def parse_duration(text: str) -> dt.timedelta:
-    """'90s', '60m', '24h', '7d'."""
-    match = _DURATION.match(str(text))
+    """'90s', '60m', '24h', '7d'; at most MAX_DURATION (3650d), else ConfigError."""
+    text = str(text)
+    shown = repr(text if len(text) <= 40 else text[:40] + "...")  # it may come from an API request
+    match = _DURATION.match(text)
     if not match:
-        raise ConfigError(f"{text!r} is not a duration (use a number and s, m, h or d, as in 60m)")
-    return dt.timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+        raise ConfigError(f"{shown} is not a duration (use a number and s, m, h or d, as in 60m)")
+    digits, unit = match.groups()
+    # Counted in whole seconds before any timedelta exists, so that no size of number overflows.
+    seconds = int(digits) * _UNIT_SECONDS[unit] if len(digits) <= 12 else None
+    if seconds is None or seconds > MAX_DURATION.total_seconds():
+        raise ConfigError(f"{shown} is longer than the longest duration allowed, {MAX_DURATION.days}d (ten years)")
+    return dt.timedelta(seconds=seconds)
 
 
 @dataclass(frozen=True)
@@ -48,10 +60,24 @@ class ServerConfig:
     # The base URL clients and relying parties reach this server at (CRL distribution points
     # are published under it); empty: http://HOST:PORT.
     public_url: str = ""
+    # A connection that has not sent a request's complete headers this long after it opened
+    # (or after the previous response) is closed, so that slow or stalled clients cannot
+    # hold connections open (slowloris).
+    header_timeout: str = "10s"
 
     def __post_init__(self) -> None:
         if self.threads < 0:
             raise ValueError(f"threads must be 0 (automatic) or more, not {self.threads}")
+        try:
+            timeout = parse_duration(self.header_timeout)
+        except ConfigError as exc:
+            raise ValueError(f"header_timeout: {exc}") from None
+        if timeout <= dt.timedelta(0):
+            raise ValueError("header_timeout must be longer than 0s")
+
+    @property
+    def header_timeout_seconds(self) -> float:
+        return parse_duration(self.header_timeout).total_seconds()
 
     @property
     def base_url(self) -> str:
@@ -84,6 +110,12 @@ class KeysConfig:
 class ScepConfig:
     # A request whose signingTime is further than this from our clock gets badTime.
     max_clock_skew: str = "24h"
+    # The algorithm policy. MD5 signatures (of the pkiMessage or the PKCS#10 request) are
+    # forgeable and refused unless this is set. Single DES is accepted by default, because Go
+    # clients and older network gear send nothing else, but every use is logged as weak with
+    # the client named; false refuses it. A reply never uses a weaker cipher than its request.
+    allow_md5: bool = False
+    allow_des: bool = True
 
 
 @dataclass(frozen=True)
@@ -143,6 +175,9 @@ class RegistrationPointConfig:
 @dataclass(frozen=True)
 class DatabaseConfig:
     url: str = "sqlite:///scepd.db"  # a relative SQLite path is relative to the instance
+    # The longest a request waits for the database (SQLite's lock, PostgreSQL's locks and
+    # statements, a pooled connection); then it is refused as StoreUnavailable.
+    busy_timeout: str = "5s"
 
 
 @dataclass(frozen=True)
@@ -273,6 +308,8 @@ def load_config(path: Path, environ: typing.Mapping[str, str] | None = None) -> 
     parse_duration(config.scep.max_clock_skew)
     parse_duration(config.challenge.otp_validity)
     parse_duration(config.crl.validity)
+    if parse_duration(config.database.busy_timeout) <= dt.timedelta(0):
+        raise ConfigError("[database] busy_timeout must be longer than 0s")
     parse_duration(config.registration_point.challenge_lifetime)
     parse_duration(config.registration_point.clock_skew)
     for role in ("ca", "ra"):

@@ -17,6 +17,7 @@ from scepd.registry.checks import (
     PASS,
     WARN,
     CheckResult,
+    check_database_permissions,
     check_material,
     check_store,
     check_template_issuers,
@@ -92,12 +93,14 @@ def _urls(instance: Instance) -> CheckResult:
 def startup_checks(instance: Instance, material, store) -> list[CheckResult]:
     """What `scepd serve` runs before it listens: a FAIL stops it. What is always safe to
     re-create is re-created and reported as a WARN: missing tables, the registration
-    point's encryption pair, the local signing pair and its trust."""
+    point's encryption pair, the local signing pair and its trust, the database files'
+    mode (600)."""
     return check_material(instance, material) + [
         check_template_mapping(instance),
         check_template_issuers(instance, material),
         *check_registration_point(instance, material.ca, repair=True),
         check_store(instance, store, repair=True),
+        check_database_permissions(store, repair=True),
     ]
 
 
@@ -125,6 +128,7 @@ def run_doctor(instance: Instance, fix: bool = False) -> list[CheckResult]:
     store = instance.open_store()
     try:
         results.append(check_store(instance, store, repair=fix))
+        results.append(check_database_permissions(store, repair=fix))
         results.append(_clock(instance, store, material))
     finally:
         store.dispose()

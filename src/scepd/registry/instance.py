@@ -31,6 +31,7 @@ from scepd.registry.config import (
     ConfigError,
     config_as_toml_tables,
     load_config,
+    parse_duration,
 )
 from scepd.store import Store
 
@@ -87,7 +88,9 @@ class Instance:
         return value.encode("utf-8") if value else None
 
     def open_store(self) -> Store:
-        return Store(self.database_url)
+        # The store creates a missing SQLite file 0600 itself, whichever command opens it first.
+        busy_timeout = parse_duration(self.config.database.busy_timeout).total_seconds()
+        return Store(self.database_url, busy_timeout=busy_timeout)
 
 
 @dataclass(frozen=True)

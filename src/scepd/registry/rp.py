@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ from scepd.ca.keys import (
     save_key,
 )
 from scepd.registry.checks import FAIL, PASS, WARN, CheckResult, certificate_validity
-from scepd.registry.config import CONFIG_FILE, update_config_file
+from scepd.registry.config import CONFIG_FILE, load_config, update_config_file
 from scepd.registry.instance import Instance, InstanceError, load_pair
 
 SERVICE_VALIDITY_DAYS = 730
@@ -156,15 +157,74 @@ def check_registration_point(instance: Instance, ca: CertificateAuthority, repai
 # --- API tokens -----------------------------------------------------------------------------
 
 
+# The first hex digits of a token's SHA-256 name it in `scepd registry token list|revoke`: 48
+# bits tell two tokens apart, and a digest prefix tells nothing about the token itself.
+TOKEN_ID_DIGITS = 12
+# Fewer digits than this are refused by revoke (as git refuses abbreviations under 4): one typed
+# digit would otherwise revoke whichever token happens to start with it.
+MIN_TOKEN_PREFIX = 4
+# Set, it replaces scepd.toml's api_tokens (SCEPD_<SECTION>_<KEY>): the servers accept these.
+TOKENS_ENV = "SCEPD_REGISTRATION_POINT_API_TOKENS"
+
+
+class TokenError(ValueError):
+    """A token ID that names no token, or more than one, or one scepd.toml does not hold."""
+
+
+@dataclass(frozen=True)
+class ApiToken:
+    id: str  # the first TOKEN_ID_DIGITS of digest
+    digest: str  # SHA-256 of the token, as stored
+    source: str  # "scepd.toml", or TOKENS_ENV when the environment sets the tokens
+
+
 def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def _file_tokens(instance: Instance) -> tuple[str, ...]:
+    """The digests scepd.toml itself holds, without the environment's override (which must
+    never be written into the file)."""
+    return load_config(instance.path(CONFIG_FILE), environ={}).registration_point.api_tokens
 
 
 def new_api_token(instance: Instance) -> str:
     """A bearer token for the HTTP APIs; only its SHA-256 is stored in scepd.toml."""
     token = secrets.token_urlsafe(32)
-    rp = instance.config.registration_point
-    update_config_file(instance.path(CONFIG_FILE), {"registration_point": {"api_tokens": (*rp.api_tokens, token_digest(token))}})
+    update_config_file(instance.path(CONFIG_FILE),
+                       {"registration_point": {"api_tokens": (*_file_tokens(instance), token_digest(token))}})
+    return token
+
+
+def list_api_tokens(instance: Instance) -> list[ApiToken]:
+    """The tokens the servers accept, in the order they were added."""
+    source = TOKENS_ENV if TOKENS_ENV in os.environ else CONFIG_FILE
+    digests = dict.fromkeys(instance.config.registration_point.api_tokens)  # once each, in order
+    return [ApiToken(d[:TOKEN_ID_DIGITS], d, source) for d in digests]
+
+
+def revoke_api_token(instance: Instance, prefix: str) -> ApiToken:
+    """Remove the one token whose digest starts with `prefix` from scepd.toml; running servers
+    reload the file within seconds. TokenError when the prefix is malformed, names no token or
+    several, or when the environment sets the tokens (the file would not matter)."""
+    wanted = prefix.strip().lower()
+    if len(wanted) < MIN_TOKEN_PREFIX or any(c not in "0123456789abcdef" for c in wanted):
+        raise TokenError(f"a token ID is at least {MIN_TOKEN_PREFIX} hex digits (scepd registry token list shows them), "
+                         f"not {prefix!r}")
+    tokens = list_api_tokens(instance)
+    matches = [t for t in tokens if t.digest.startswith(wanted)]
+    if not matches:
+        known = ", ".join(t.id for t in tokens) or "none"
+        raise TokenError(f"no API token has an ID starting with {wanted}; the tokens are: {known}")
+    if len(matches) > 1:
+        raise TokenError(f"{wanted} starts the IDs of {len(matches)} tokens ({', '.join(t.id for t in matches)}): "
+                         "give more digits")
+    token = matches[0]
+    if token.source == TOKENS_ENV:
+        raise TokenError(f"the API tokens come from {TOKENS_ENV}, which overrides scepd.toml: "
+                         f"remove {token.digest} there")
+    update_config_file(instance.path(CONFIG_FILE),
+                       {"registration_point": {"api_tokens": tuple(d for d in _file_tokens(instance) if d != token.digest)}})
     return token
 
 

@@ -7,8 +7,8 @@ import base64
 import binascii
 import contextlib
 import datetime as dt
-import json
 import logging
+import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -18,16 +18,19 @@ from urllib.parse import unquote, unquote_plus
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from scepd import peerjson
 from scepd.challenge.mdm import ExpectedRequest, issue_local_challenge
 from scepd.enrollment import NEXT_CA_CERT, EnrollmentService, OperationResult
 from scepd.errors import ErrorCode, Refusal
 from scepd.registry.config import ConfigError, parse_duration
 from scepd.registry.instance import InstanceError
 from scepd.registry.rp import token_accepted
+from scepd.store import StoreUnavailable
 
 request_log = logging.getLogger("scepd.request")
 
@@ -41,6 +44,10 @@ SCEP_PATHS = (
 
 class _TooLarge(Exception):
     pass
+
+
+class _NoMessage(ValueError):
+    """PKIOperation without a message (as opposed to one that is not base64)."""
 
 
 def parse_query(raw: bytes) -> dict[str, str]:
@@ -64,14 +71,50 @@ def decode_base64_message(text: str) -> bytes:
     cleaned = text.replace(" ", "+")
     cleaned = "".join(cleaned.split())  # the line breaks
     if not cleaned:
-        raise ValueError("empty message")
+        raise _NoMessage("empty message")
     cleaned = cleaned.replace("-", "+").replace("_", "/")
     cleaned += "=" * (-len(cleaned) % 4)
     return base64.b64decode(cleaned, validate=True)
 
 
-def _text(status: int, refusal: Refusal) -> Response:
-    return Response(refusal.http_text, status_code=status, media_type="text/plain; charset=utf-8")
+# Sent with an answer given before the request's body was read (413, a framing refusal): the
+# connection cannot carry another request, and the server (server/run.py) reads and drops
+# what the client still sends for a while before closing, so that the client gets to read
+# this answer instead of a reset.
+CLOSE = {"Connection": "close"}
+
+
+def _text(status: int, refusal: Refusal, headers: dict | None = None) -> Response:
+    return Response(refusal.http_text, status_code=status, media_type="text/plain; charset=utf-8", headers=headers)
+
+
+def _api_refusal(status: int, code: ErrorCode, reason: str, headers: dict | None = None) -> JSONResponse:
+    """An HTTP API refusal, in the shape of Intune's answers."""
+    return JSONResponse({"code": code.value, "errorDescription": reason}, status, headers=headers)
+
+
+class RequestFraming:
+    """Refuses a request that carries both Content-Length and Transfer-Encoding, before any
+    route sees it. h11 frames such a request by Transfer-Encoding alone, as RFC 9112 6.3
+    allows, but a proxy in front may have framed it by Content-Length: the bytes after the
+    body would then be another request to one of us and part of this body to the other
+    (request smuggling). RFC 9112 6.3: the connection must be closed after answering."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            names = {name.lower() for name, _ in scope["headers"]}
+            if b"content-length" in names and b"transfer-encoding" in names:
+                refusal = Refusal(ErrorCode.REQUEST_MALFORMED,
+                                  "the request has both Content-Length and Transfer-Encoding (RFC 9112 6.3)")
+                request_log.warning("request refused", extra={"fields": {
+                    "client": scope["client"][0] if scope.get("client") else None, "method": scope["method"],
+                    "path": scope["path"], "http_status": 400, "code": refusal.code.value, "reason": refusal.reason}})
+                await _text(400, refusal, CLOSE)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -219,16 +262,17 @@ def create_app(service, max_request_bytes: int, *, threads: int, background=None
             else:
                 text = params.get("message")
                 if not text:
-                    raise ValueError("no message parameter")
+                    raise _NoMessage("no message parameter")
                 message = decode_base64_message(text)
         except _TooLarge:
             refusal = Refusal(ErrorCode.REQUEST_TOO_LARGE, f"the body exceeds {max_request_bytes} bytes")
             fields["code"] = refusal.code.value
-            return _text(413, refusal), None
+            return _text(413, refusal, CLOSE), None
         except ClientDisconnect:
             return Response(status_code=400), None
         except (ValueError, UnicodeDecodeError, binascii.Error) as exc:
-            refusal = Refusal(ErrorCode.MESSAGE_MISSING, f"the message cannot be read: {exc}")
+            code = ErrorCode.MESSAGE_MISSING if isinstance(exc, _NoMessage) else ErrorCode.MESSAGE_UNDECODABLE
+            refusal = Refusal(code, f"the message cannot be read: {exc}")
             fields["code"] = refusal.code.value
             return _text(400, refusal), None
         if not message:
@@ -246,7 +290,19 @@ def create_app(service, max_request_bytes: int, *, threads: int, background=None
         ca = service.ca_for_key_id(request.path_params["key_id"].lower())
         if ca is None:
             return Response("no CA with that key identifier\n", status_code=404, media_type="text/plain")
-        der = service.crls.current(ca).public_bytes(Encoding.DER)
+        try:
+            # Reading (and maybe signing and storing) the CRL waits for the database: on the
+            # executor, so that GetCACaps and GetCACert meanwhile answer at once.
+            der = (await in_thread(service.crls.current, ca)).public_bytes(Encoding.DER)
+        except StoreUnavailable as exc:
+            # Relying parties fetch CRLs as plain HTTP clients: 503 with Retry-After is theirs.
+            refusal = Refusal(ErrorCode.STORE_UNAVAILABLE, f"the CRL cannot be read or re-signed now: {exc.reason}")
+            request_log.warning("crl request", extra={"fields": {
+                "client": request.client.host if request.client else None, "path": request.url.path,
+                "http_status": 503, "code": refusal.code.value, "reason": refusal.reason}})
+            retry_after = str(max(1, math.ceil(service.store.busy_timeout)))
+            return Response(refusal.http_text, status_code=503, media_type="text/plain; charset=utf-8",
+                            headers={"Retry-After": retry_after})
         return Response(der, media_type="application/pkix-crl")
 
     def _authorized(request: Request, service) -> Response | None:
@@ -266,11 +322,29 @@ def create_app(service, max_request_bytes: int, *, threads: int, background=None
         if denied:
             return None, None, denied
         try:
-            return service, json.loads(await _read_body(request, max_request_bytes)), None
+            body = await _read_body(request, max_request_bytes)
         except _TooLarge:
-            return None, None, JSONResponse({"code": "RequestTooLarge", "errorDescription": f"over {max_request_bytes} bytes"}, 413)
-        except (ValueError, UnicodeDecodeError):
-            return None, None, JSONResponse({"code": "BadRequest", "errorDescription": "the body is not JSON"}, 400)
+            return None, None, _api_refusal(413, ErrorCode.REQUEST_TOO_LARGE, f"the body exceeds {max_request_bytes} bytes", CLOSE)
+        except ClientDisconnect:
+            return None, None, Response(status_code=400)
+        try:
+            return service, peerjson.loads(body, max_bytes=max_request_bytes), None
+        except peerjson.JsonRefused as exc:
+            return None, None, _api_refusal(400, ErrorCode.REQUEST_MALFORMED, str(exc))
+        except ValueError as exc:  # malformed JSON, text that is not UTF-8
+            return None, None, _api_refusal(400, ErrorCode.REQUEST_MALFORMED, f"the body is not JSON: {exc}")
+
+    def _api_route(handler):
+        """An API handler whose unexpected failure is still a named answer, never a 500."""
+        async def route(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except StoreUnavailable as exc:
+                return _api_refusal(503, ErrorCode.STORE_UNAVAILABLE, exc.reason)
+            except Exception:
+                logging.getLogger("scepd.server").exception("bug while answering %s %s", request.method, request.url.path)
+                return _api_refusal(400, ErrorCode.INTERNAL_ERROR, "the server failed to process the request")
+        return route
 
     async def api_challenges(request: Request) -> Response:
         """POST /api/v1/challenges: the MDM side issues a challenge for one enrollment."""
@@ -281,13 +355,15 @@ def create_app(service, max_request_bytes: int, *, threads: int, background=None
             if not isinstance(body, dict):
                 raise ValueError("the body must be a JSON object")
             validity = body.pop("validity", None)
+            if validity is not None and not isinstance(validity, str):
+                raise ValueError("validity must be a duration such as \"10m\"")
             expected = ExpectedRequest.from_claim(body)
             if expected.subject:
                 x509.Name.from_rfc4514_string(expected.subject)
             lifetime = parse_duration(validity) if validity else None
             challenge, claims = issue_local_challenge(service.instance, expected, lifetime)
         except (ValueError, ConfigError) as exc:
-            return JSONResponse({"code": "BadRequest", "errorDescription": str(exc)}, 400)
+            return _api_refusal(400, ErrorCode.REQUEST_MALFORMED, str(exc))
         except InstanceError as exc:
             return JSONResponse({"code": ErrorCode.REGISTRATION_POINT_KEY_MISSING.value, "errorDescription": str(exc)}, 503)
         base = service.instance.config.server.base_url
@@ -313,12 +389,12 @@ def create_app(service, max_request_bytes: int, *, threads: int, background=None
                 await in_thread(service.record_received, action.removesuffix("Notification"), item)
                 return JSONResponse({"code": "Success", "errorDescription": ""})
         except (KeyError, TypeError, ValueError, binascii.Error) as exc:
-            return JSONResponse({"code": "BadRequest", "errorDescription": f"malformed {action} body: {exc}"}, 400)
+            return _api_refusal(400, ErrorCode.REQUEST_MALFORMED, f"malformed {action} body: {exc}")
         return JSONResponse({"code": "NotFound", "errorDescription": f"no action {action}"}, 404)
 
     routes = [Route(path, scep, methods=["GET", "POST"]) for path in SCEP_PATHS]
-    routes.append(Route("/api/v1/challenges", api_challenges, methods=["POST"]))
-    routes.append(Route("/ScepActions/{action}", scep_actions, methods=["POST"]))
+    routes.append(Route("/api/v1/challenges", _api_route(api_challenges), methods=["POST"]))
+    routes.append(Route("/ScepActions/{action}", _api_route(scep_actions), methods=["POST"]))
     routes.append(Route("/healthz", health, methods=["GET"]))
     routes.append(Route("/crl/{key_id}.crl", crl, methods=["GET"]))
     @contextlib.asynccontextmanager
@@ -332,7 +408,7 @@ def create_app(service, max_request_bytes: int, *, threads: int, background=None
                 background.stop()
             executor.shutdown(wait=True)
 
-    return Starlette(routes=routes, lifespan=lifespan)
+    return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(RequestFraming)])
 
 
 def create_app_from_environment() -> Starlette:

@@ -1,15 +1,175 @@
-"""Running the ASGI app under uvicorn, one process or several sharing one socket."""
+"""Running the ASGI app under uvicorn, one process or several sharing one socket, with the
+connection handling a server facing the internet needs and uvicorn lacks (ScepdH11Protocol)."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
 import socket
+from pathlib import Path
 
+import h11
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.supervisors import Multiprocess
 
+from scepd.errors import ErrorCode, Refusal
 
-def serve(host: str, port: int, workers: int, max_request_bytes: int) -> None:
-    """Serve `create_app_from_environment` (it reads SCEPD_DIR) until interrupted."""
+log = logging.getLogger("scepd.server")
+
+DEFAULT_HEADER_TIMEOUT = 10.0  # as [server] header_timeout
+
+# A lingering close (as Apache's and nginx's): once an answer has been sent before the
+# request's body was read, the connection is half-closed and what the client still sends is
+# read and dropped until it stops, for at most these bounds, and only then closed.
+LINGER_SECONDS = 10.0  # in all
+LINGER_IDLE_SECONDS = 2.0  # without anything arriving: the client has read the answer
+LINGER_BYTES = 64 << 20  # dropped in all (a 20 MB body reads in well under a second locally)
+
+
+class _ClosingTransport:
+    """The connection's transport as uvicorn's protocol sees it, except that close() is
+    decided by ScepdH11Protocol (it may linger) and is_closing() is true from then on."""
+
+    def __init__(self, transport: asyncio.Transport, protocol: "ScepdH11Protocol") -> None:
+        self._transport = transport
+        self._protocol = protocol
+        self._closing = False
+
+    def __getattr__(self, name):
+        return getattr(self._transport, name)
+
+    def is_closing(self) -> bool:
+        return self._closing or self._transport.is_closing()
+
+    def close(self) -> None:
+        if not self._closing:
+            self._closing = True
+            self._protocol._close_or_linger(self._transport)
+
+    def close_now(self) -> None:
+        self._closing = True
+        self._transport.close()
+
+
+class ScepdH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with two things it does not do (measured with uvicorn 0.54):
+
+    - A header timeout. uvicorn arms its keep-alive timer only after a response and cancels
+      it on any data, and nothing at all while a connection's first request arrives: a raw
+      socket that sent "GET /scep" and then nothing was still open after 20 s, so a few
+      thousand such sockets (slowloris) would hold the server's descriptors. Here a
+      connection that has not completed a request's headers `header_timeout` seconds after it
+      opened, or after the previous response, is closed.
+    - A lingering close. When uvicorn closes a connection whose request body is still
+      arriving (our 413 answered from Content-Length, with `Connection: close` or a client's
+      own), the kernel answers the unread data with a reset, which can destroy the answer
+      before the client reads it: the client sees "connection reset" instead of the 413. Here
+      such a close half-closes (the answer, then FIN), drops what arrives within the LINGER_
+      bounds, and then closes. An answer given before the body was read also ends the
+      connection this way rather than reading on for as long as the client sends.
+    """
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self._header_timeout = getattr(self.config, "scepd_header_timeout", DEFAULT_HEADER_TIMEOUT)
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._lingering: list[asyncio.TimerHandle] | None = None  # its deadline and idle timers
+        self._dropped = 0
+        self._socket_transport = transport
+        super().connection_made(_ClosingTransport(transport, self))  # type: ignore[arg-type]
+        self._watch_headers()
+
+    def data_received(self, data: bytes) -> None:
+        if self._lingering is not None:
+            self._drop(data)
+            return
+        super().data_received(data)
+        self._watch_headers()
+
+    def on_response_complete(self) -> None:
+        if self.conn.their_state is h11.SEND_BODY and not self.transport.is_closing():
+            self.transport.close()  # answered before the body was read: linger, then close
+        super().on_response_complete()
+        self._watch_headers()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timers()
+        super().connection_lost(exc)
+
+    def send_400_response(self, msg: str) -> None:
+        """What h11 cannot parse (a bad request line, headers over the size limit, broken
+        chunks, conflicting Content-Lengths): the refusal in scepd's words, with its code."""
+        refusal = Refusal(ErrorCode.REQUEST_MALFORMED, f"the request is not valid HTTP/1.1 ({msg.rstrip('.')})")
+        super().send_400_response(refusal.http_text)
+
+    # --- the header timeout -------------------------------------------------------------------
+
+    def _watch_headers(self) -> None:
+        """Armed while the connection owes us a request's headers (h11: the client IDLE)."""
+        waiting = self.conn.their_state is h11.IDLE and not self.transport.is_closing()
+        if waiting and self._header_timer is None:
+            self._header_timer = self.loop.call_later(self._header_timeout, self._headers_overdue)
+        elif not waiting and self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_overdue(self) -> None:
+        self._header_timer = None
+        if self.conn.their_state is not h11.IDLE or self.transport.is_closing():
+            return
+        partial = len(self.conn.trailing_data[0])
+        if partial:  # an idle keep-alive connection is ordinary; a stalled request is not
+            log.warning("closed a connection from %s that sent %d bytes but no complete request header in %g s",
+                        self.client[0] if self.client else "?", partial, self._header_timeout)
+        try:
+            self.conn.send(h11.ConnectionClosed())
+        except h11.LocalProtocolError:
+            pass
+        self.transport.close_now()  # type: ignore[attr-defined]  (no lingering: no answer is owed)
+
+    # --- the lingering close ------------------------------------------------------------------
+
+    def _close_or_linger(self, transport: asyncio.Transport) -> None:
+        """uvicorn closes the connection: at once, unless the client may still be sending."""
+        if transport.is_closing() or self.conn.their_state not in (h11.SEND_BODY, h11.ERROR):
+            transport.close()
+            return
+        if transport.can_write_eof():
+            transport.write_eof()  # sent once the answer is: the client can read it to its end
+        transport.resume_reading()  # uvicorn pauses reading while a body waits unread
+        self._lingering = [self.loop.call_later(LINGER_SECONDS, transport.close),
+                           self.loop.call_later(LINGER_IDLE_SECONDS, transport.close)]
+
+    def _drop(self, data: bytes) -> None:
+        self._dropped += len(data)
+        if self._dropped > LINGER_BYTES:
+            self._socket_transport.close()
+            return
+        self._lingering[1].cancel()
+        self._lingering[1] = self.loop.call_later(LINGER_IDLE_SECONDS, self._socket_transport.close)
+
+    def _cancel_timers(self) -> None:
+        for timer in [self._header_timer, *(self._lingering or ())]:
+            if timer is not None:
+                timer.cancel()
+        self._header_timer = None
+
+
+def _configured_header_timeout() -> float:
+    """[server] header_timeout of the instance in SCEPD_DIR (set by `scepd serve`)."""
+    from scepd.registry.config import CONFIG_FILE, load_config
+
+    directory = os.environ.get("SCEPD_DIR")
+    if not directory:
+        return DEFAULT_HEADER_TIMEOUT
+    return load_config(Path(directory) / CONFIG_FILE).server.header_timeout_seconds
+
+
+def serve(host: str, port: int, workers: int, max_request_bytes: int, header_timeout: float | None = None) -> None:
+    """Serve `create_app_from_environment` (it reads SCEPD_DIR) until interrupted.
+    `header_timeout`: seconds a connection has to send a request's headers; None: the
+    instance's [server] header_timeout."""
     config = uvicorn.Config(
         "scepd.server.app:create_app_from_environment",
         factory=True,
@@ -18,12 +178,16 @@ def serve(host: str, port: int, workers: int, max_request_bytes: int) -> None:
         workers=workers,
         log_level="warning",
         access_log=False,
-        # h11 even where httptools is installed (uvicorn would prefer it): httptools refuses
-        # a query string over about 64 KiB with a bare 400, before our 414 with a reason.
-        http="h11",
+        # h11 (ours, see ScepdH11Protocol) even where httptools is installed (uvicorn would
+        # prefer it): httptools refuses a query string over about 64 KiB with a bare 400,
+        # before our 414 with a reason.
+        http=ScepdH11Protocol,
         # Our own limits answer 413/414 with a reason; h11's must not cut in first.
         h11_max_incomplete_event_size=max(1 << 20, 4 * max_request_bytes),
     )
+    # Read by each connection's protocol; an attribute of the Config, because the Config is
+    # what reaches every worker process.
+    config.scepd_header_timeout = _configured_header_timeout() if header_timeout is None else header_timeout
     if workers <= 1:
         uvicorn.Server(config).run()
         return

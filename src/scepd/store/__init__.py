@@ -5,7 +5,9 @@ SQLAlchemy 2 models and the queries the other layers need, behind `Store` and it
 Every issuance is committed together with its transaction record before a reply is sent;
 state changes that can race (a password used, a request decided, a certificate revoked) are
 conditional UPDATEs, atomic across server processes.
-May import: SQLAlchemy and the standard library only (it stores DER bytes, not key objects).
+May import: SQLAlchemy and the standard library only (it stores DER bytes, not key objects);
+a data migration that rewrites stored DER may use scepd.protocol (0002 strips challenge
+passwords from stored requests with the same function that strips new ones).
 """
 
 from sqlalchemy.exc import IntegrityError  # raised by a unit of work that lost a race
@@ -15,6 +17,7 @@ from scepd.store.store import (
     CrlRecord,
     OtpOutcome,
     Store,
+    StoreUnavailable,  # the database cannot do its part now (locked, disk full, unreachable)
     TransactionRecord,
     UnitOfWork,
 )
@@ -25,6 +28,7 @@ __all__ = [
     "IntegrityError",
     "OtpOutcome",
     "Store",
+    "StoreUnavailable",
     "TransactionRecord",
     "UnitOfWork",
 ]

@@ -56,11 +56,19 @@ class IssuedCertificate(Base):
 
 
 class ScepTransaction(Base):
-    """One enrollment, by transactionID: pending, issued or denied."""
+    """One enrollment request: pending, issued or denied.
+
+    A transactionID alone does not name a request: most clients derive it from the public
+    key, so a renewal for the same key repeats the enrollment's ID. A request is the
+    transactionID with its fingerprint (message type, request without challenge, signer
+    certificate); the same pair again is a resend, any other one a new request."""
 
     __tablename__ = "transactions"
+    __table_args__ = (UniqueConstraint("transaction_id", "request_sha256"),)
 
-    transaction_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    transaction_id: Mapped[str] = mapped_column(String(128), index=True)
+    request_sha256: Mapped[str] = mapped_column(String(64))
     message_type: Mapped[str] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(16), index=True)  # pending | issued | denied
     subject: Mapped[str] = mapped_column(String(1024))

@@ -1,0 +1,386 @@
+"""The store under faults: the database's files private, a locked or full database refused
+by name within [database] busy_timeout (and recovered from by itself), CRLs served off the
+event loop and re-signed safely by several server processes at once."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import sqlite3
+import stat
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import CHALLENGE, RunningServer, run_scepd
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
+from sqlalchemy import event, text
+
+from scepd.ca.crl import CrlPublisher
+from scepd.client import ScepClient, build_csr
+from scepd.client.client import self_signed
+from scepd.enrollment import EnrollmentService
+from scepd.protocol import FailInfo, MessageType, PkiStatus, cms
+from scepd.protocol.message import build_pki_message, parse_pki_message
+from scepd.registry.instance import Instance, create_instance, load_key_material
+from scepd.store import Store, StoreUnavailable
+
+
+def name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def new_instance(directory: Path) -> Path:
+    create_instance(directory, ca_subject="CN=scepd Faults CA", key_spec="rsa:2048", static_challenge=CHALLENGE)
+    return directory
+
+
+def enroll(url: str, cn: str, ca=None):
+    with ScepClient(url) as client:
+        return client.enroll(rsa.generate_private_key(65537, 2048), name(cn), challenge=CHALLENGE, ca=ca)
+
+
+def ca_key_id(directory: Path) -> str:
+    ca = x509.load_pem_x509_certificate((directory / "ca.pem").read_bytes())
+    return ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest.hex()
+
+
+def crl_url(server: RunningServer) -> str:
+    return f"http://127.0.0.1:{server.port}/crl/{ca_key_id(server.directory)}.crl"
+
+
+def log_entries(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")] if path.exists() else []
+
+
+class DatabaseLock:
+    """Another process's `BEGIN EXCLUSIVE` on the SQLite database, until released."""
+
+    def __init__(self, database: Path) -> None:
+        self.connection = sqlite3.connect(database, isolation_level=None, check_same_thread=False)
+        self.connection.execute("BEGIN EXCLUSIVE")
+
+    def release(self) -> None:
+        self.connection.execute("COMMIT")
+        self.connection.close()
+
+
+# --- the database's files ---------------------------------------------------------------------
+
+
+def test_database_and_its_wal_and_shm_are_0600_after_init_and_an_enrollment(tmp_path):
+    directory = tmp_path / "instance"
+    old_umask = os.umask(0o022)  # the usual one, under which SQLite would create 0644 files
+    try:
+        run_scepd("init", "--dir", str(directory), "--key", "rsa:2048", "--challenge", CHALLENGE, check=True)
+        server = RunningServer(directory)
+    finally:
+        os.umask(old_umask)
+    try:
+        assert enroll(server.url, "private-files").status is PkiStatus.SUCCESS
+        files = [directory / "scepd.db", directory / "scepd.db-wal", directory / "scepd.db-shm"]
+        assert all(f.exists() for f in files), "the server holds the database open: -wal and -shm exist"
+        assert {f.name: oct(mode(f)) for f in files} == {f.name: "0o600" for f in files}
+    finally:
+        server.stop()
+
+
+def test_doctor_reports_a_world_readable_database_and_fix_and_serve_tighten_it(tmp_path):
+    directory = new_instance(tmp_path / "instance")
+    database = directory / "scepd.db"
+    database.chmod(0o644)
+
+    report = run_scepd("doctor", "--dir", str(directory))
+    assert report.returncode == 1, report.stdout  # a warning: others can read, not write
+    line = next(line for line in report.stdout.splitlines() if "database.permissions" in line)
+    assert line.startswith("WARN") and f"{database} is mode 644" in line
+    assert f"chmod 600 {database}" in report.stdout
+    assert mode(database) == 0o644, "doctor without --fix changes nothing"
+
+    database.chmod(0o666)
+    report = run_scepd("doctor", "--dir", str(directory))
+    assert report.returncode == 2 and "others can write" in report.stdout
+
+    fixed = run_scepd("doctor", "--dir", str(directory), "--fix")
+    assert "database.permissions" in fixed.stdout and "set to 600" in fixed.stdout
+    assert mode(database) == 0o600
+
+    database.chmod(0o644)
+    server = RunningServer(directory)
+    try:
+        assert mode(database) == 0o600, "serve's start-up checks tighten it"
+        assert "WARN database.permissions" in server.stderr_path.read_text()
+        assert enroll(server.url, "after-chmod").status is PkiStatus.SUCCESS
+        assert {oct(mode(f)) for f in directory.glob("scepd.db*")} == {"0o600"}
+    finally:
+        server.stop()
+
+
+# --- a locked database ------------------------------------------------------------------------
+
+BUSY = 2.0  # seconds: [database] busy_timeout of the servers below
+
+
+def test_locked_database_is_a_named_refusal_within_busy_timeout_and_recovers(tmp_path):
+    directory = new_instance(tmp_path / "instance")
+    server = RunningServer(directory, env={"SCEPD_DATABASE_BUSY_TIMEOUT": f"{BUSY:g}s", "SCEPD_SERVER_THREADS": "4"})
+    try:
+        with ScepClient(server.url) as client:
+            ca = client.get_ca_certs()
+        assert enroll(server.url, "before-lock", ca).status is PkiStatus.SUCCESS
+        lock = DatabaseLock(directory / "scepd.db")
+        try:
+            def timed(i):
+                started = time.monotonic()
+                result = enroll(server.url, f"locked-{i}", ca)
+                return result, time.monotonic() - started
+
+            with concurrent.futures.ThreadPoolExecutor(4) as pool:
+                outcomes = list(pool.map(timed, range(4)))
+        finally:
+            lock.release()
+        for result, elapsed in outcomes:
+            assert result.status is PkiStatus.FAILURE and result.fail_info is FailInfo.BAD_REQUEST
+            assert result.fail_info_text.startswith("StoreUnavailable: the database is locked"), result.fail_info_text
+            # One wait of busy_timeout; the failure notification does not wait a second time.
+            assert elapsed < BUSY + 1.5, f"answered after {elapsed:.1f} s"
+
+        # The store recovers by itself: the next enrollment succeeds.
+        assert enroll(server.url, "after-lock", ca).status is PkiStatus.SUCCESS
+
+        entries = log_entries(directory / "scepd.log")
+        for result, _ in outcomes:
+            lines = [e for e in entries if e.get("transaction_id") == result.transaction_id]
+            assert len(lines) == 1, lines  # logged once
+            assert lines[0]["level"] == "warning" and lines[0]["code"] == "StoreUnavailable"
+            assert lines[0]["notification"] == "not queued: the store is unavailable"
+        assert not [e for e in entries if e["level"] in ("error", "critical") or "traceback" in e]
+        assert "Traceback" not in server.stderr_path.read_text()
+        store = Instance.open(directory).open_store()
+        try:
+            assert all(store.notifications(result.transaction_id) == [] for result, _ in outcomes)
+        finally:
+            store.dispose()
+    finally:
+        server.stop()
+
+
+def test_crl_fetch_on_a_locked_database_leaves_the_event_loop_free_and_answers_503(tmp_path):
+    directory = new_instance(tmp_path / "instance")
+    server = RunningServer(directory, env={"SCEPD_DATABASE_BUSY_TIMEOUT": f"{BUSY:g}s"})
+    try:
+        lock = DatabaseLock(directory / "scepd.db")
+        try:
+            # No CRL is stored yet, so the fetch must sign and store one: it waits for the lock.
+            fetched: dict = {}
+
+            def fetch():
+                started = time.monotonic()
+                fetched["response"] = httpx.get(crl_url(server), timeout=30)
+                fetched["elapsed"] = time.monotonic() - started
+
+            crl_thread = threading.Thread(target=fetch)
+            crl_thread.start()
+            time.sleep(0.3)
+            for operation in ("GetCACaps", "GetCACert"):
+                started = time.monotonic()
+                response = httpx.get(server.url, params={"operation": operation}, timeout=30)
+                elapsed = time.monotonic() - started
+                assert response.status_code == 200
+                assert elapsed < 1.0, f"{operation} took {elapsed:.2f} s while a CRL fetch waited"
+            assert crl_thread.is_alive(), "the CRL fetch is still waiting for the lock"
+            crl_thread.join(30)
+        finally:
+            lock.release()
+        response = fetched["response"]
+        assert response.status_code == 503
+        assert response.headers["retry-after"] == "2"
+        assert response.text.startswith("StoreUnavailable: the CRL cannot be read or re-signed now")
+        assert fetched["elapsed"] < BUSY + 1.5
+
+        response = httpx.get(crl_url(server))
+        assert response.status_code == 200 and response.headers["content-type"] == "application/pkix-crl"
+        x509.load_der_x509_crl(response.content)
+        assert not [e for e in log_entries(directory / "scepd.log") if e["level"] == "error"]
+    finally:
+        server.stop()
+
+
+# --- a full disk ------------------------------------------------------------------------------
+
+
+def _fill(directory: Path) -> Path:
+    """Write a file until the file system is full."""
+    filler = directory / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError:
+            pass
+    return filler
+
+
+def test_full_disk_is_a_named_refusal_and_recovers(tmp_path):
+    """The real thing: the instance on a tmpfs of 4 MiB, filled up while the server runs."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root; test_full_database_in_process emulates it")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        directory = new_instance(mount / "instance")
+        log_file = tmp_path / "scepd.log"  # off the full file system, so that logging goes on
+        server = RunningServer(directory, env={"SCEPD_LOGGING_FILE": str(log_file)})
+        try:
+            with ScepClient(server.url) as client:
+                ca = client.get_ca_certs()
+            assert enroll(server.url, "before-full", ca).status is PkiStatus.SUCCESS
+            filler = _fill(mount)
+            try:
+                results = [enroll(server.url, f"full-{i}", ca) for i in range(3)]
+            finally:
+                filler.unlink()
+            for result in results:
+                assert result.status is PkiStatus.FAILURE
+                assert result.fail_info_text.startswith("StoreUnavailable: the database or its disk is full"), result.fail_info_text
+            assert enroll(server.url, "after-full", ca).status is PkiStatus.SUCCESS
+            assert not [e for e in log_entries(log_file) if e["level"] == "error" or "traceback" in e]
+        finally:
+            server.stop()
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def _pkcsreq(material, cn: str) -> bytes:
+    key = rsa.generate_private_key(65537, 2048)
+    csr = build_csr(key, name(cn), challenge=CHALLENGE)
+    return build_pki_message(
+        message_type=MessageType.PKCS_REQ,
+        transaction_id=f"T-{cn}",
+        signer_certificate=self_signed(key, name(cn)),
+        signer_key=key,
+        digest_algorithm="sha256",
+        envelope=cms.build_enveloped(csr.public_bytes(Encoding.DER), material.ra.certificate, cms.ContentCipher.AES_128_CBC),
+    )
+
+
+def test_full_database_in_process(tmp_path):
+    """Emulated where no file system can be filled: SQLite's max_page_count makes a write
+    that needs a page beyond the database's current size fail with SQLITE_FULL, as a full
+    disk does (the first few may still fit into the free room of the pages it has)."""
+    instance = Instance.open(new_instance(tmp_path / "instance"))
+    material = load_key_material(instance)
+    store = instance.open_store()
+    full = {"on": False}
+
+    @event.listens_for(store.engine, "connect")
+    def cap(dbapi_connection, _record):
+        if full["on"]:
+            size = dbapi_connection.execute("PRAGMA page_count").fetchone()[0]
+            dbapi_connection.execute(f"PRAGMA max_page_count = {size}")
+
+    service = EnrollmentService.from_instance(instance, material, store)
+    known = [material.ca.certificate, material.ra.certificate]
+    try:
+        full["on"] = True
+        store.engine.dispose()  # new connections, capped
+        for attempt in range(20):
+            result = service.pki_operation(_pkcsreq(material, f"emulated-full-{attempt}"))
+            reply = parse_pki_message(result.body, known)
+            if reply.pki_status is not PkiStatus.SUCCESS:
+                break
+        assert reply.pki_status is PkiStatus.FAILURE
+        assert reply.fail_info_text.startswith("StoreUnavailable: the database or its disk is full (SQLITE_FULL")
+        assert result.details["notification"] == "not queued: the store is unavailable"
+
+        full["on"] = False
+        store.engine.dispose()
+        result = service.pki_operation(_pkcsreq(material, "emulated-after"))
+        assert parse_pki_message(result.body, known).pki_status is PkiStatus.SUCCESS
+    finally:
+        store.dispose()
+
+
+# --- CRLs from several processes --------------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_env(request) -> dict:
+    if request.param == "sqlite":
+        return {}
+    return {"SCEPD_DATABASE_URL": request.getfixturevalue("fresh_postgres")}
+
+
+def test_two_servers_racing_to_re_sign_the_crl_all_answer_200_with_unique_numbers(tmp_path, database_env):
+    directory = new_instance(tmp_path / "instance")
+    env = {**database_env, "SCEPD_CRL_VALIDITY": "2s", "SCEPD_SERVER_THREADS": "8"}  # due after 1 s
+    servers = [RunningServer(directory, env=env), RunningServer(directory, env=env)]
+    try:
+        urls = [crl_url(s) for s in servers]
+        served = []
+        rounds = 3
+        with httpx.Client(timeout=30) as http, concurrent.futures.ThreadPoolExecutor(24) as pool:
+            for _ in range(rounds):
+                responses = list(pool.map(lambda i: http.get(urls[i % 2]), range(24)))
+                assert [r.status_code for r in responses] == [200] * 24, [r.text for r in responses if r.status_code != 200]
+                served += [x509.load_der_x509_crl(r.content) for r in responses]
+                time.sleep(1.2)  # past half the validity: the next round finds the CRL due
+        instance = Instance.open(directory)
+        store = Store(database_env.get("SCEPD_DATABASE_URL") or instance.database_url)
+        try:
+            ca = load_key_material(instance).ca
+            with store.engine.connect() as connection:
+                stored = connection.execute(text("select number, this_update, der from crls order by number")).all()
+        finally:
+            store.dispose()
+        numbers = [row.number for row in stored]
+        assert numbers == list(range(1, len(numbers) + 1)), "unique and in sequence"
+        assert [row.this_update for row in stored] == sorted(row.this_update for row in stored)
+        # Serialised: each round finds the CRL due once, and one fetch re-signs it.
+        assert len(numbers) <= 2 * rounds, f"{len(numbers)} CRLs signed in {rounds} rounds"
+        by_number = {row.number: bytes(row.der) for row in stored}
+        for crl in served:
+            number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+            assert crl.public_bytes(Encoding.DER) == by_number[number]
+            assert crl.is_signature_valid(ca.certificate.public_key())
+    finally:
+        for s in servers:
+            s.stop()
+
+
+# --- PostgreSQL's timeouts ----------------------------------------------------------------------
+
+
+def test_postgresql_lock_timeout_is_store_unavailable(tmp_path, fresh_postgres):
+    import psycopg
+
+    instance = Instance.open(new_instance(tmp_path / "instance"))
+    ca = load_key_material(instance).ca
+    store = Store(fresh_postgres, busy_timeout=1)
+    store.upgrade()
+    holder = psycopg.connect(fresh_postgres.replace("postgresql+psycopg://", "postgresql://"))
+    try:
+        holder.execute("LOCK TABLE crls IN ACCESS EXCLUSIVE MODE")
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="due to (lock|statement) timeout"):
+            CrlPublisher(store).current(ca)
+        assert time.monotonic() - started < 2.5
+        holder.rollback()
+        assert CrlPublisher(store).current(ca).is_signature_valid(ca.certificate.public_key())
+    finally:
+        holder.close()
+        store.dispose()
