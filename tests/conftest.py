@@ -12,6 +12,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
 
 from scepd.registry.instance import create_instance
 
@@ -96,6 +100,19 @@ def server(instance_dir) -> RunningServer:
 @pytest.fixture(scope="session")
 def ca_pem(instance_dir) -> Path:
     return instance_dir / "ca.pem"
+
+
+def name(cn: str) -> x509.Name:
+    """x509.Name with one CN."""
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def new_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(65537, 2048)
+
+
+def pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
 
 
 def openssl_verify(ca: Path, cert_pem: bytes, tmp_path: Path) -> subprocess.CompletedProcess:

@@ -16,14 +16,16 @@ from conftest import (
     SCEPD,
     RunningServer,
     free_port,
+    name,
+    new_key,
     openssl_verify,
+    pem,
     require_tool,
     run_scepd,
 )
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from scepd.ca.templates import EKU_NAMES
 from scepd.client import ScepClient, ScepClientError
@@ -39,18 +41,6 @@ from scepd.registry.instance import create_instance
 
 SIGN_ONLY = x509.KeyUsage(True, False, False, False, False, False, False, False, False)
 ENCRYPT_ONLY = x509.KeyUsage(False, False, True, False, False, False, False, False, False)
-
-
-def name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def new_key():
-    return rsa.generate_private_key(65537, 2048)
-
-
-def pem(cert) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)
 
 
 @pytest.fixture(scope="module")

@@ -17,11 +17,10 @@ import sqlite3
 import subprocess
 
 import pytest
-from conftest import CHALLENGE, RunningServer, openssl_verify, require_tool, run_scepd
+from conftest import CHALLENGE, RunningServer, name, new_key, openssl_verify, pem, require_tool, run_scepd
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from scepd.client import ScepClient, parse_san
 from scepd.client.client import self_signed
@@ -30,18 +29,6 @@ from scepd.registry.config import update_config_file
 from scepd.registry.instance import create_instance
 
 SIGN_ONLY = x509.KeyUsage(True, False, False, False, False, False, False, False, False)
-
-
-def name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def new_key():
-    return rsa.generate_private_key(65537, 2048)
-
-
-def pem(cert) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +91,21 @@ def test_same_key_renewal_under_the_enrollment_transaction_id_gets_a_new_certifi
     assert shown["renewal_of"] == format(old.serial_number, "x")
 
 
+@pytest.mark.parametrize("curve", [ec.SECP256R1, ec.SECP384R1])
+def test_ec_same_key_renewal_under_the_enrollment_transaction_id(client, rules_dir, tmp_path, curve):
+    """The RenewalReq is signed by the EC certificate itself: the reply reaches the device by
+    ECDH key agreement."""
+    key = ec.generate_private_key(curve())
+    first = client.enroll(key, name(f"ec-same-{curve.name}"), challenge=CHALLENGE, transaction_id=f"EC-SAME-{curve.name}")
+    assert first.status is PkiStatus.SUCCESS, first.fail_info_text
+    renewed = client.enroll(key, name(f"ec-same-{curve.name}"), signer=(first.certificate, key), renewal=True,
+                            transaction_id=f"EC-SAME-{curve.name}")
+    assert renewed.status is PkiStatus.SUCCESS, renewed.fail_info_text
+    assert renewed.certificate.serial_number != first.certificate.serial_number
+    assert renewed.certificate.public_key() == key.public_key()
+    assert openssl_verify(rules_dir / "ca.pem", pem(renewed.certificate), tmp_path).returncode == 0
+
+
 def test_renewal_signed_by_a_revoked_certificate_never_gets_it_back(client, rules_dir):
     """The defect: RenewalReq under the enrollment's transactionID, signed by a certificate
     revoked for keyCompromise, was answered SUCCESS with that revoked certificate."""
@@ -129,29 +131,37 @@ def test_resend_of_a_request_whose_certificate_was_revoked_is_refused(client, ru
     assert after.fail_info_text.startswith("IssuedCertificateRevoked"), after.fail_info_text
 
 
-def test_strongswan_same_key_renewal_gets_a_new_serial(srv, rules_dir, tmp_path):
-    """strongSwan derives the transactionID from the public key, so its renewal for the same
-    key repeats the enrollment's ID."""
+@pytest.fixture
+def strongswan(srv, tmp_path):
+    """`pki` in a work directory holding the server's CA and RA, and the enrollment options."""
     require_tool("pki")
 
     def pki(*args):
         return subprocess.run(["pki", *args], cwd=tmp_path, capture_output=True, timeout=120)
 
-    assert pki("--scepca", "--url", srv.url, "--caout", "ca.pem", "--raout", "ra.pem", "--outform", "pem").returncode == 0
-    (tmp_path / "old.key").write_bytes(pki("--gen", "--type", "rsa", "--size", "2048", "--outform", "pem").stdout)
-    common = ["--url", srv.url, "--dn", "CN=strongswan-renew", "--cacert-enc", "ra.pem", "--cacert-sig", "ca.pem",
-              "--cipher", "des3", "--outform", "pem"]
-    first = pki("--scep", "--in", "old.key", "--password", CHALLENGE, *common)
+    fetched = pki("--scepca", "--url", srv.url, "--caout", "ca.pem", "--raout", "ra.pem", "--outform", "pem")
+    assert fetched.returncode == 0, fetched.stderr.decode()
+    for k in ("old.key", "new.key"):
+        (tmp_path / k).write_bytes(pki("--gen", "--type", "rsa", "--size", "2048", "--outform", "pem").stdout)
+    options = ["--url", srv.url, "--cacert-enc", "ra.pem", "--cacert-sig", "ca.pem", "--cipher", "des3", "--outform", "pem"]
+    return pki, options, tmp_path
+
+
+def test_strongswan_same_key_renewal_gets_a_new_serial(strongswan, rules_dir):
+    """strongSwan derives the transactionID from the public key, so its renewal for the same
+    key repeats the enrollment's ID."""
+    pki, options, work = strongswan
+    first = pki("--scep", "--in", "old.key", "--dn", "CN=strongswan-renew", "--password", CHALLENGE, *options)
     assert first.returncode == 0, first.stderr.decode()
-    (tmp_path / "old.pem").write_bytes(first.stdout)
-    renewed = pki("--scep", "--in", "old.key", "--cert", "old.pem", "--key", "old.key", *common)
+    (work / "old.pem").write_bytes(first.stdout)
+    renewed = pki("--scep", "--in", "old.key", "--dn", "CN=strongswan-renew", "--cert", "old.pem", "--key", "old.key", *options)
     assert renewed.returncode == 0, renewed.stderr.decode()
-    (tmp_path / "new.pem").write_bytes(renewed.stdout)
+    (work / "new.pem").write_bytes(renewed.stdout)
     old_cert = x509.load_pem_x509_certificate(first.stdout)
     new_cert = x509.load_pem_x509_certificate(renewed.stdout)
     assert new_cert.serial_number != old_cert.serial_number
     assert new_cert.public_key() == old_cert.public_key()
-    verify = subprocess.run(["openssl", "verify", "-CAfile", str(rules_dir / "ca.pem"), str(tmp_path / "new.pem")],
+    verify = subprocess.run(["openssl", "verify", "-CAfile", str(rules_dir / "ca.pem"), str(work / "new.pem")],
                             capture_output=True, text=True)
     assert verify.returncode == 0, verify.stderr
     # The same transactionID twice in the store, two requests.
@@ -162,24 +172,15 @@ def test_strongswan_same_key_renewal_gets_a_new_serial(srv, rules_dir, tmp_path)
     assert rows[0][0] == rows[1][0]
 
 
-def test_strongswan_new_key_renewal(srv, rules_dir, tmp_path):
-    require_tool("pki")
-
-    def pki(*args):
-        return subprocess.run(["pki", *args], cwd=tmp_path, capture_output=True, timeout=120)
-
-    assert pki("--scepca", "--url", srv.url, "--caout", "ca.pem", "--raout", "ra.pem", "--outform", "pem").returncode == 0
-    for k in ("old.key", "new.key"):
-        (tmp_path / k).write_bytes(pki("--gen", "--type", "rsa", "--size", "2048", "--outform", "pem").stdout)
-    common = ["--url", srv.url, "--dn", "CN=strongswan-rekey", "--cacert-enc", "ra.pem", "--cacert-sig", "ca.pem",
-              "--cipher", "des3", "--outform", "pem"]
-    first = pki("--scep", "--in", "old.key", "--password", CHALLENGE, *common)
+def test_strongswan_new_key_renewal(strongswan):
+    pki, options, work = strongswan
+    first = pki("--scep", "--in", "old.key", "--dn", "CN=strongswan-rekey", "--password", CHALLENGE, *options)
     assert first.returncode == 0, first.stderr.decode()
-    (tmp_path / "old.pem").write_bytes(first.stdout)
-    renewed = pki("--scep", "--in", "new.key", "--cert", "old.pem", "--key", "old.key", *common)
+    (work / "old.pem").write_bytes(first.stdout)
+    renewed = pki("--scep", "--in", "new.key", "--dn", "CN=strongswan-rekey", "--cert", "old.pem", "--key", "old.key", *options)
     assert renewed.returncode == 0, renewed.stderr.decode()
     new_cert = x509.load_pem_x509_certificate(renewed.stdout)
-    new_key = serialization.load_pem_private_key((tmp_path / "new.key").read_bytes(), None)
+    new_key = serialization.load_pem_private_key((work / "new.key").read_bytes(), None)
     assert new_cert.public_key() == new_key.public_key()
     assert new_cert.serial_number != x509.load_pem_x509_certificate(first.stdout).serial_number
 

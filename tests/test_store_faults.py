@@ -384,3 +384,65 @@ def test_postgresql_lock_timeout_is_store_unavailable(tmp_path, fresh_postgres):
     finally:
         holder.close()
         store.dispose()
+
+
+def test_notification_dispatcher_waits_out_a_locked_database_with_one_warning(tmp_path, caplog):
+    """The queue lives in the store: while the database is locked the dispatcher says so once
+    (no traceback every round) and delivers when it is back."""
+    import logging
+
+    from scepd.notifications import Dispatcher
+
+    store = Store(f"sqlite:///{tmp_path / 'queue.db'}", busy_timeout=0.2)
+    store.upgrade()
+    with store.unit_of_work() as uow:  # one due delivery, so that each round must write (lease it)
+        uow.add_notification("success", "QUEUED-1", {"transactionId": "QUEUED-1"}, ("http://127.0.0.1:9/closed",))
+    dispatcher = Dispatcher(store, interval=0.05, timeout=0.5)
+    holder = sqlite3.connect(tmp_path / "queue.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    with caplog.at_level(logging.WARNING, logger="scepd.notifications"):
+        dispatcher.start()
+        time.sleep(1.5)  # several rounds against the lock
+        holder.execute("ROLLBACK")
+        time.sleep(0.5)
+        dispatcher.stop()
+    holder.close()
+    paused = [r for r in caplog.records if "notifications paused" in r.getMessage()]
+    resumed = [r for r in caplog.records if "notifications resumed" in r.getMessage()]
+    assert len(paused) == 1 and len(resumed) == 1, [r.getMessage() for r in caplog.records]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+def test_a_delivery_target_answering_without_end_is_not_read(tmp_path):
+    """Only the status of a webhook's answer matters: a target that sends an endless body
+    is heard (200, delivered) without its body being read into memory."""
+    import socketserver
+
+    from scepd.notifications import Dispatcher
+
+    class Endless(socketserver.StreamRequestHandler):
+        def handle(self):
+            self.rfile.readline()
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            chunk = b"%x\r\n%s\r\n" % (65536, b"x" * 65536)
+            try:
+                for _ in range(100_000):  # 6.5 GB if anyone read it all
+                    self.wfile.write(chunk)
+            except OSError:
+                pass  # the dispatcher hung up: what we want
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Endless)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    store = Store(f"sqlite:///{tmp_path / 'queue.db'}")
+    store.upgrade()
+    with store.unit_of_work() as uow:
+        uow.add_notification("success", "ENDLESS-1", {"transactionId": "ENDLESS-1"},
+                             (f"http://127.0.0.1:{server.server_address[1]}/hook",))
+    try:
+        started = time.monotonic()
+        assert Dispatcher(store, timeout=5).run_once() == 1
+        assert time.monotonic() - started < 3
+        assert store.delivery_states()[0]["delivered"]
+    finally:
+        server.shutdown()
+        server.server_close()

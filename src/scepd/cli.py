@@ -148,6 +148,7 @@ def cmd_info(args) -> int:
 
 
 def cmd_serve(args) -> int:
+    from scepd.enrollment import build_validators
     from scepd.logs import configure
     from scepd.registry.checks import FAIL
     from scepd.registry.doctor import startup_checks
@@ -157,7 +158,7 @@ def cmd_serve(args) -> int:
     instance = _open(args)
     material = load_key_material(instance)
     store = instance.open_store()
-    results = startup_checks(instance, material, store)
+    results = startup_checks(instance, material, store, build_validators)
     store.dispose()
     failures = [r for r in results if r.status == FAIL]
     for r in results:
@@ -672,9 +673,10 @@ def cmd_registry_token_revoke(args) -> int:
 
 
 def cmd_doctor(args) -> int:
+    from scepd.enrollment import build_validators
     from scepd.registry.doctor import exit_code, run_doctor
 
-    results = run_doctor(_open(args), fix=args.fix)
+    results = run_doctor(_open(args), build_validators, fix=args.fix)
     if args.json:
         print(json.dumps([r.__dict__ for r in results], indent=2))
     else:

@@ -134,6 +134,12 @@ def build_validator(instance: Instance, local: ChallengeValidator, token: Bearer
     return local
 
 
+def build_validators(instance: Instance) -> ChallengeValidator:
+    """What the SCEP server of `instance` asks, as `scepd serve` builds it (start-up checks
+    and doctor read its readiness)."""
+    return build_validator(instance, build_local_validator(instance))
+
+
 def notification_targets(instance: Instance) -> dict[str, tuple[str, ...]]:
     """Where successes and failures are told: the webhooks and, in remote mode, the
     registration point's notification endpoints (as Intune expects them)."""
@@ -536,7 +542,12 @@ class EnrollmentService:
                 raise
             return self._status_of(resent)
         if renewed and template.revoke_on_renewal:
-            self.publish_crl(renewed.issuer_key_id)
+            try:
+                self.publish_crl(renewed.issuer_key_id)
+            except StoreUnavailable as exc:
+                # The certificate is recorded and the old one revoked: the client gets its
+                # certificate; the CRL is re-signed at the next revocation, or once half its lifetime is past.
+                log.warning("CRL not re-signed after renewing %s: %s", renewed.serial, exc.reason)
         return Outcome.success(cert)
 
     def _stored_request(self, transaction_id: str, fingerprint: str) -> TransactionRecord | None:

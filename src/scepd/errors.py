@@ -19,6 +19,9 @@ class ErrorCode(enum.Enum):
     MESSAGE_UNDECODABLE = "MessageUndecodable"
     REQUEST_TOO_LARGE = "RequestTooLarge"
     REQUEST_MALFORMED = "RequestMalformed"
+    # the HTTP APIs (answered as JSON {code, errorDescription})
+    API_UNAUTHORIZED = "Unauthorized"
+    API_ACTION_UNKNOWN = "NotFound"
     OPERATION_UNKNOWN = "OperationUnknown"
     MESSAGE_MISSING = "MessageMissing"
     NO_NEXT_CA = "NoNextCa"
@@ -101,6 +104,8 @@ _BR, _BMC, _BA, _BT, _BCI = (
 ERRORS: dict[ErrorCode, ErrorInfo] = {
     ErrorCode.MESSAGE_UNDECODABLE: ErrorInfo(_BR, "Send a DER or BER pkiMessage (RFC 8894); check the client's base64 encoding for GET."),
     ErrorCode.REQUEST_TOO_LARGE: ErrorInfo(_BR, "Shrink the request, or raise [server] max_request_bytes in scepd.toml."),
+    ErrorCode.API_UNAUTHORIZED: ErrorInfo(_BR, "Send 'Authorization: Bearer <token>' with a token from 'scepd registry token new' (listed by 'scepd registry token list')."),
+    ErrorCode.API_ACTION_UNKNOWN: ErrorInfo(_BR, "Use /ScepActions/validateRequest, successNotification or failureNotification."),
     ErrorCode.REQUEST_MALFORMED: ErrorInfo(_BR, "Send one well-formed request: Content-Length or Transfer-Encoding but never both (RFC 9112 6.3), and for the HTTP APIs a JSON body of the documented shape, nested at most 32 levels."),
     ErrorCode.OPERATION_UNKNOWN: ErrorInfo(_BR, "Use GetCACaps, GetCACert or PKIOperation as the operation parameter."),
     ErrorCode.MESSAGE_MISSING: ErrorInfo(_BR, "PKIOperation by GET needs a base64 message parameter; by POST a body."),

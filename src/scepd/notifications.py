@@ -17,7 +17,7 @@ import threading
 import httpx
 
 from scepd.challenge.remote import BearerToken, hmac_signature
-from scepd.store import Store
+from scepd.store import Store, StoreUnavailable
 
 log = logging.getLogger("scepd.notifications")
 
@@ -65,10 +65,12 @@ class Dispatcher:
             body = json.dumps({"event": delivery.kind, "notification": json.loads(delivery.payload)}).encode("utf-8")
             error = None
             try:
-                response = httpx.post(delivery.target, content=body, timeout=self.timeout,
-                                      headers=self._headers(delivery.target, body, delivery.kind))
-                if response.status_code // 100 != 2:
-                    error = f"HTTP {response.status_code}"
+                # Streamed and closed unread: only the status matters, and a target answering
+                # gigabytes must not fill this process's memory.
+                with httpx.stream("POST", delivery.target, content=body, timeout=self.timeout,
+                                  headers=self._headers(delivery.target, body, delivery.kind)) as response:
+                    if response.status_code // 100 != 2:
+                        error = f"HTTP {response.status_code}"
             except (httpx.HTTPError, KeyError, ValueError) as exc:
                 error = f"{type(exc).__name__}: {exc}"
             attempts = delivery.attempts + 1
@@ -80,10 +82,18 @@ class Dispatcher:
         return len(deliveries)
 
     def _loop(self) -> None:
+        outage = None  # the store's fault while it lasts: one warning per outage, not per round
         while not self._stop.is_set():
             try:
                 self.run_once()
-            except Exception:  # the database away for a moment: try again next round
+                if outage is not None:
+                    log.warning("notifications resumed: the database is available again")
+                    outage = None
+            except StoreUnavailable as exc:  # expected: locked or full; the queue waits in the store
+                if outage is None:
+                    log.warning("notifications paused: %s", exc.reason, extra={"fields": {"code": "StoreUnavailable"}})
+                outage = exc
+            except Exception:
                 log.exception("notification round failed")
             self._stop.wait(self.interval)
 

@@ -33,11 +33,20 @@ class ChallengeVerdict:
         return cls(validator, Refusal(code, reason))
 
 
+# What a validator says of itself at start-up: (it can accept requests, what it is or why not).
+Readiness = tuple[tuple[bool, str], ...]
+
+
 class ChallengeValidator(Protocol):
     name: str
 
     def verify(self, request: ChallengeRequest, uow: UnitOfWork) -> ChallengeVerdict:
         """Judge the request. Writes (marking a password used) go through `uow`."""
+        ...
+
+    def readiness(self) -> Readiness:
+        """Whether this validator, as built, could accept any request (start-up checks and
+        doctor fail when no validator can)."""
         ...
 
 
@@ -53,6 +62,9 @@ class FirstAccepting:
 
     validators: tuple[ChallengeValidator, ...]
     name: str = "any"
+
+    def readiness(self) -> Readiness:
+        return tuple(part for validator in self.validators for part in validator.readiness())
 
     def verify(self, request: ChallengeRequest, uow: UnitOfWork) -> ChallengeVerdict:
         if not request.password:

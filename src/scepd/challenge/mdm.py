@@ -171,6 +171,13 @@ class MdmChallengeValidator:
     now: Callable[[], dt.datetime] = field(default=lambda: dt.datetime.now(dt.timezone.utc))
     name: str = "mdm"
 
+    def readiness(self) -> tuple[tuple[bool, str], ...]:
+        if self.encryption is None:
+            return ((False, "MDM challenges need the registration point's encryption pair, which is missing"),)
+        if not self.trusted_signers:
+            return ((False, "MDM challenges need a trusted signing certificate, and none loads"),)
+        return ((True, f"MDM challenges from {len(self.trusted_signers)} trusted signer(s)"),)
+
     def verify(self, request: ChallengeRequest, uow: UnitOfWork) -> ChallengeVerdict:
         password = request.password or ""
         if not looks_like_challenge(password):

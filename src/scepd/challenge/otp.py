@@ -32,6 +32,9 @@ def new_one_time_password(store: Store, validity: dt.timedelta) -> tuple[str, dt
 class OneTimePasswordValidator:
     name: str = "otp"
 
+    def readiness(self) -> tuple[tuple[bool, str], ...]:
+        return ((True, "one-time passwords"),)
+
     def verify(self, request: ChallengeRequest, uow: UnitOfWork) -> ChallengeVerdict:
         outcome = uow.consume_otp(password_digest(request.password or ""), request.transaction_id)
         if outcome is OtpOutcome.ACCEPTED:

@@ -121,6 +121,11 @@ class RemoteRegistrationPoint:
     timeout: float = 10.0
     name: str = "remote"
 
+    def readiness(self) -> tuple[tuple[bool, str], ...]:
+        if not self.url:
+            return ((False, '[challenge] mode = "remote" needs remote_url'),)
+        return ((True, f"the registration point at {self.url} (mode = remote: it alone decides)"),)
+
     def verify(self, request: ChallengeRequest, uow: UnitOfWork) -> ChallengeVerdict:
         body = {
             "request": {
@@ -163,6 +168,9 @@ class WebhookValidator:
     secret: str = field(default="", repr=False)
     timeout: float = 10.0
     name: str = "webhook"
+
+    def readiness(self) -> tuple[tuple[bool, str], ...]:
+        return ((True, f"the MDM webhook {self.url}"),)
 
     def verify(self, request: ChallengeRequest, uow: UnitOfWork) -> ChallengeVerdict:
         body = json.dumps({

@@ -19,6 +19,9 @@ class StaticChallengeValidator:
         if not self.secret:
             raise ValueError("a static challenge must not be empty")
 
+    def readiness(self) -> tuple[tuple[bool, str], ...]:
+        return ((True, "the static challenge"),)
+
     def verify(self, request: ChallengeRequest, uow: UnitOfWork) -> ChallengeVerdict:
         given = (request.password or "").encode("utf-8")
         if hmac.compare_digest(given, self.secret.encode("utf-8")):

@@ -14,6 +14,8 @@ import contextlib
 import datetime as dt
 import enum
 import functools
+import hashlib
+import hmac
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -248,22 +250,22 @@ class _Unreadable(ProtocolError):
     """asn1crypto could not read a peer's structure (what `_decoding` raises)."""
 
 
-T = TypeVar("T")
+_T = TypeVar("_T")
 
 
-def read_ber(data: bytes, what: str, read: Callable[[bytes], T]) -> T:
+def read_ber(data: bytes, what: str, read: Callable[[bytes], _T]) -> _T:
     """`read(data)`, reading a structure a peer sent with asn1crypto: every decoding error is
     a ProtocolError (MessageUndecodable: `what`), and BER that asn1crypto refuses is read again
     rewritten (see above). `read` must read all it needs: asn1crypto parses lazily."""
 
-    def guarded(value: bytes) -> T:
+    def guarded(value: bytes) -> _T:
         with _decoding(what):
             return read(value)
 
     return _read_ber(data, guarded)
 
 
-def _read_ber(data: bytes, read: Callable[[bytes], T]) -> T:
+def _read_ber(data: bytes, read: Callable[[bytes], _T]) -> _T:
     try:
         return read(data)
     except _Unreadable as exc:
@@ -831,9 +833,22 @@ def _content_key(sealed: _Sealed) -> bytes:
     if len(cek) != size:
         # Implicit rejection (against Bleichenbacher's attack), whatever the OpenSSL build does
         # itself: a key that does not decrypt, or is not the cipher's length, is replaced by a
-        # random one, so that the failure shows where corrupt content fails, the same way.
-        cek = os.urandom(size)
+        # substitute, so that the failure shows where corrupt content fails, the same way.
+        cek = rejection_key(sealed.encrypted_key, size)
     return cek
+
+
+# Secret to this process: the substitute keys of implicit rejection cannot be predicted.
+_REJECTION_SECRET = os.urandom(32)
+
+
+def rejection_key(encrypted_key: bytes, size: int) -> bytes:
+    """The content key that stands in for one that does not decrypt: derived from the
+    encrypted key (as OpenSSL 3.2 derives its own), not drawn afresh, so that the same bad
+    request fails the same way every time it is sent. A fresh random key would let CBC
+    padding pass by chance once in 256 tries for a bad key only, which repeating one request
+    would tell apart from a good one."""
+    return hmac.new(_REJECTION_SECRET, encrypted_key, hashlib.sha256).digest()[:size]
 
 
 def _agreed_key(agreement: _Agreement, key: ec.EllipticCurvePrivateKey, wrapped: bytes, size: int) -> bytes:

@@ -75,19 +75,18 @@ def check_material(instance: Instance, material: KeyMaterial) -> list[CheckResul
             results.append(CheckResult(f"{role}.key_permissions", WARN, f"{path} is mode {mode:o}; others can read the key", f"chmod 600 {path}"))
         else:
             results.append(CheckResult(f"{role}.key_permissions", PASS, f"{path} is mode {mode:o}"))
-    results.append(check_validators(instance))
     return results
 
 
-def check_validators(instance: Instance) -> CheckResult:
-    """FAIL when nothing could accept a request. Read off the validators the server builds
-    from this configuration (scepd.enrollment's build_validator), not from a second reading
-    of the keys: a remote registration point, or locally MDM challenges with an encryption
-    pair and trusted signers, the static challenge, one-time passwords, the MDM webhook."""
-    # Imported here: enrollment and the validators import the registry, which is this package.
-    from scepd.enrollment import build_local_validator, build_validator
-
-    able, unable = _acceptors(build_validator(instance, build_local_validator(instance)))
+def check_validators(validator) -> CheckResult:
+    """FAIL when nothing could accept a request, read off the validators the server builds
+    (a ChallengeValidator, given by the caller that builds them), not from a second reading of
+    the configuration: a remote registration point, or locally MDM challenges with an
+    encryption pair and trusted signers, the static challenge, one-time passwords, the MDM
+    webhook."""
+    parts = validator.readiness()
+    able = [text for ready, text in parts if ready]
+    unable = [text for ready, text in parts if not ready]
     if not able:
         return CheckResult(
             "challenge.validators", FAIL,
@@ -96,34 +95,6 @@ def check_validators(instance: Instance) -> CheckResult:
             "for MDM challenges 'scepd doctor --fix' re-creates the registration point's pairs",
         )
     return CheckResult("challenge.validators", PASS, f"requests are accepted by {', '.join(able)}")
-
-
-def _acceptors(validator) -> tuple[list[str], list[str]]:
-    """(what in `validator` could accept a request, what was built but cannot, and why)."""
-    from scepd.challenge import FirstAccepting, OneTimePasswordValidator, StaticChallengeValidator
-    from scepd.challenge.mdm import MdmChallengeValidator
-    from scepd.challenge.remote import RemoteRegistrationPoint, WebhookValidator
-
-    if isinstance(validator, FirstAccepting):
-        parts = [_acceptors(v) for v in validator.validators]
-        return [a for able, _ in parts for a in able], [u for _, unable in parts for u in unable]
-    if isinstance(validator, MdmChallengeValidator):
-        if validator.encryption is None:
-            return [], ["MDM challenges need the registration point's encryption pair, which is missing"]
-        if not validator.trusted_signers:
-            return [], ["MDM challenges need a trusted signing certificate, and none loads"]
-        return [f"MDM challenges from {len(validator.trusted_signers)} trusted signer(s)"], []
-    if isinstance(validator, RemoteRegistrationPoint):
-        if not validator.url:
-            return [], ["[challenge] mode = \"remote\" needs remote_url"]
-        return [f"the registration point at {validator.url} (mode = remote: it alone decides)"], []
-    if isinstance(validator, StaticChallengeValidator):
-        return ["the static challenge"], []
-    if isinstance(validator, OneTimePasswordValidator):
-        return ["one-time passwords"], []
-    if isinstance(validator, WebhookValidator):
-        return [f"the MDM webhook {validator.url}"], []
-    return [validator.name], []
 
 
 def check_template_mapping(instance: Instance) -> CheckResult:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import stat
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from scepd.registry.checks import (
@@ -22,6 +23,7 @@ from scepd.registry.checks import (
     check_store,
     check_template_issuers,
     check_template_mapping,
+    check_validators,
 )
 from scepd.registry.instance import Instance, InstanceError, load_key_material
 from scepd.registry.keyops import reset_template_mapping
@@ -90,7 +92,13 @@ def _urls(instance: Instance) -> CheckResult:
     return CheckResult("urls", PASS, f"CRLs are published under {base}/crl/")
 
 
-def startup_checks(instance: Instance, material, store) -> list[CheckResult]:
+# Builds the registration point's validators from an instance. The caller hands it in: the
+# builders belong to the layer above (they assemble challenge/ from the configuration), and
+# run after the checks here have re-created what the validators load.
+BuildValidators = Callable[[Instance], object]
+
+
+def startup_checks(instance: Instance, material, store, validators: BuildValidators) -> list[CheckResult]:
     """What `scepd serve` runs before it listens: a FAIL stops it. What is always safe to
     re-create is re-created and reported as a WARN: missing tables, the registration
     point's encryption pair, the local signing pair and its trust, the database files'
@@ -101,10 +109,11 @@ def startup_checks(instance: Instance, material, store) -> list[CheckResult]:
         *check_registration_point(instance, material.ca, repair=True),
         check_store(instance, store, repair=True),
         check_database_permissions(store, repair=True),
+        check_validators(validators(instance)),
     ]
 
 
-def run_doctor(instance: Instance, fix: bool = False) -> list[CheckResult]:
+def run_doctor(instance: Instance, validators: BuildValidators, fix: bool = False) -> list[CheckResult]:
     results: list[CheckResult] = []
     try:
         material = load_key_material(instance)
@@ -123,6 +132,10 @@ def run_doctor(instance: Instance, fix: bool = False) -> list[CheckResult]:
 
     if material is not None:
         results += check_registration_point(instance, material.ca, repair=fix)
+    try:
+        results.append(check_validators(validators(instance)))
+    except InstanceError as exc:
+        results.append(CheckResult("challenge.validators", FAIL, exc.reason, exc.fix))
     results += _key_permissions(instance, fix)
 
     store = instance.open_store()

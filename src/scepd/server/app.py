@@ -308,11 +308,10 @@ def create_app(service, max_request_bytes: int, *, threads: int, background=None
     def _authorized(request: Request, service) -> Response | None:
         tokens = service.instance.config.registration_point.api_tokens if service.instance else ()
         if not tokens:
-            return JSONResponse({"code": "Unauthorized", "errorDescription": "no API token is configured: scepd registry token new"}, 403)
+            return _api_refusal(403, ErrorCode.API_UNAUTHORIZED, "no API token is configured: scepd registry token new")
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token_accepted(token.strip(), tokens):
-            return JSONResponse({"code": "Unauthorized", "errorDescription": "a valid bearer token is required"}, 401,
-                                headers={"WWW-Authenticate": "Bearer"})
+            return _api_refusal(401, ErrorCode.API_UNAUTHORIZED, "a valid bearer token is required", {"WWW-Authenticate": "Bearer"})
         return None
 
     async def _api_request(request: Request):
@@ -390,7 +389,7 @@ def create_app(service, max_request_bytes: int, *, threads: int, background=None
                 return JSONResponse({"code": "Success", "errorDescription": ""})
         except (KeyError, TypeError, ValueError, binascii.Error) as exc:
             return _api_refusal(400, ErrorCode.REQUEST_MALFORMED, f"malformed {action} body: {exc}")
-        return JSONResponse({"code": "NotFound", "errorDescription": f"no action {action}"}, 404)
+        return _api_refusal(404, ErrorCode.API_ACTION_UNKNOWN, f"no action {action}")
 
     routes = [Route(path, scep, methods=["GET", "POST"]) for path in SCEP_PATHS]
     routes.append(Route("/api/v1/challenges", _api_route(api_challenges), methods=["POST"]))
