@@ -1,4 +1,4 @@
-"""Where one enrollment's time goes, without HTTP: PKCSReqs through EnrollmentService.
+"""Where one enrollment's time goes, without HTTP: PKCSReqs through the SCEP service.
 
     python bench/profile_enrollment.py [--count 400] [--key-type rsa|ec] [--stages] [--profile] [--top 30]
 
@@ -30,12 +30,14 @@ from cryptography.x509.oid import NameOID
 sys.path.insert(0, str(Path(__file__).parent))
 from scepbench import CHALLENGE, crypto_bound, make_requests  # noqa: E402
 
-import scepd.enrollment  # noqa: E402
+import scepd.protocol.requests  # noqa: E402
+import scepd.service.pki  # noqa: E402
 from scepd.ca.authority import CertificateAuthority  # noqa: E402
 from scepd.client.client import self_signed  # noqa: E402
-from scepd.enrollment import EnrollmentService  # noqa: E402
-from scepd.protocol import cms  # noqa: E402
+from scepd.protocol import enveloped, signed  # noqa: E402
 from scepd.registry.instance import Instance, create_instance, load_key_material  # noqa: E402
+from scepd.service.pki import ScepService  # noqa: E402
+from scepd.wiring import build_services  # noqa: E402
 
 
 def main() -> int:
@@ -55,7 +57,7 @@ def main() -> int:
         instance = Instance.open(Path(tmp))
         material = load_key_material(instance)
         store = instance.open_store()
-        service = EnrollmentService.from_instance(instance, material, store)
+        service = build_services(instance, store, material=material).scep
 
         keys = [rsa.generate_private_key(65537, 2048) for _ in range(8)]
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "profile signer")])
@@ -110,16 +112,16 @@ def main() -> int:
 # (label, object, attribute, private-key operations inside): where each stage is done. The
 # signed CertRep is built inside build_cert_rep, so its time is subtracted from that one's.
 STAGES = [
-    ("parse the pkiMessage, verify its signature", scepd.enrollment, "parse_pki_message", 0),
-    ("decrypt the envelope", cms, "decrypt_enveloped", 1),
-    ("parse and check the CSR", scepd.enrollment, "parse_csr", 0),
+    ("parse the pkiMessage, verify its signature", scepd.protocol.requests, "parse_pki_message", 0),
+    ("decrypt the envelope", enveloped, "decrypt_enveloped", 1),
+    ("parse and check the CSR", scepd.protocol.requests, "parse_csr", 0),
     ("sign the certificate", CertificateAuthority, "issue", 1),
-    ("CertRep: certs-only and envelope", scepd.enrollment, "build_cert_rep", 0),
-    ("CertRep: signed attributes, SignedData, signature", cms, "build_signed_data", 1),
+    ("CertRep: certs-only and envelope", scepd.service.pki, "build_cert_rep", 0),
+    ("CertRep: signed attributes, SignedData, signature", signed, "build_signed_data", 1),
 ]
 
 
-def print_stages(service: EnrollmentService, batch, private_op_ms: float) -> None:
+def print_stages(service: ScepService, batch, private_op_ms: float) -> None:
     spent = {label: 0.0 for label, *_ in STAGES}
     originals = []
 

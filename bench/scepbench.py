@@ -43,7 +43,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import NameOID
 
 from scepd.client.client import build_csr, pick_ca_and_ra, self_signed
-from scepd.protocol import MessageType, PkiStatus, cms
+from scepd.protocol import MessageType, PkiStatus, enveloped, signed
 from scepd.protocol.message import build_pki_message, parse_pki_message
 
 CHALLENGE = "bench-static-challenge"
@@ -98,7 +98,7 @@ def _make_requests(args) -> list[tuple[str, bytes]]:
         transaction_id = secrets.token_hex(20).upper()
         message = build_pki_message(
             message_type=MessageType.PKCS_REQ, transaction_id=transaction_id, signer_certificate=signer,
-            signer_key=key, digest_algorithm=digest, envelope=cms.build_enveloped(csr, ra, cms.ContentCipher.AES_128_CBC),
+            signer_key=key, digest_algorithm=digest, envelope=enveloped.build_enveloped(csr, ra, enveloped.ContentCipher.AES_128_CBC),
         )
         out.append((transaction_id, message, i % len(keys)))
     return out
@@ -285,8 +285,8 @@ def verify(results, requests, keys, signers_by_key, ca_certs) -> int:
             reply = parse_pki_message(content, ca_certs.all)
             if reply.signature_error or reply.pki_status is not PkiStatus.SUCCESS or reply.transaction_id != transaction_id:
                 raise ValueError("not a verified SUCCESS for this transaction")
-            opened = cms.decrypt_enveloped(reply.envelope, [signers_by_key[key_index]])
-            cert = cms.parse_certs_only(opened.content)[0]
+            opened = enveloped.decrypt_enveloped(reply.envelope, [signers_by_key[key_index]])
+            cert = signed.parse_certs_only(opened.content)[0]
             wanted = keys[key_index].public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
             if cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo) != wanted:
                 raise ValueError("certificate for another key")
@@ -303,7 +303,7 @@ def measure(args) -> dict:
         with httpx.Client() as http:
             response = http.get(url, params={"operation": "GetCACert"})
             response.raise_for_status()
-        ca_certs = pick_ca_and_ra(cms.parse_certs_only(response.content)
+        ca_certs = pick_ca_and_ra(signed.parse_certs_only(response.content)
                                   if "ra-cert" in response.headers.get("content-type", "")
                                   else [x509.load_der_x509_certificate(response.content)])
         keys = [rsa.generate_private_key(65537, 2048) for _ in range(16)]  # the device-key pool

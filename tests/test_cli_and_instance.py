@@ -15,12 +15,14 @@ from scepd.ca.authority import CertificateAuthority
 from scepd.ca.keys import KeyPair
 from scepd.ca.templates import Template, TemplateMapping
 from scepd.challenge import FirstAccepting, StaticChallengeValidator
-from scepd.enrollment import EnrollmentService
+from scepd.clock import FixedClock
 from scepd.protocol import FailInfo, PkiStatus
 from scepd.protocol.message import parse_pki_message
+from scepd.protocol.requests import RequestPolicy
 from scepd.registry.config import ConfigError, load_config
 from scepd.registry.instance import KeyMaterial
 from scepd.store import Store
+from scepd.wiring import build_deciders
 
 HELP_COMMANDS = [
     [], ["init"], ["info"], ["serve"], ["otp"], ["otp", "new"], ["client"],
@@ -156,12 +158,15 @@ def test_apple_request_reaches_the_challenge_check(tmp_path):
     request = (VECTORS / "apple-ios-pkcsreq" / "PKCSReq.der").read_bytes()
     import datetime as dt
 
-    def answer(template, skew=dt.timedelta(days=365 * 20)):  # the capture is from 2016
-        service = EnrollmentService(
+    signed_at = dt.datetime(2016, 5, 31, tzinfo=dt.timezone.utc)  # the capture's signingTime is that day
+
+    def answer(template, now=signed_at + dt.timedelta(hours=12)):
+        service, _ = build_deciders(
             material=KeyMaterial(ca=CertificateAuthority(pair), ra=pair), store=store,
             validator=FirstAccepting((StaticChallengeValidator("x"),)),
             templates={"Apple": template}, mapping=TemplateMapping("Apple", "Other", "Other"),
-            max_clock_skew=skew,
+            policy=RequestPolicy(max_clock_skew=dt.timedelta(hours=24), allow_md5=False, allow_des=True),
+            clock=FixedClock(now),
         )
         result = service.pki_operation(request)
         reply = parse_pki_message(result.body, (pair.certificate,))
@@ -174,6 +179,6 @@ def test_apple_request_reaches_the_challenge_check(tmp_path):
     legacy = answer(Template(name="Apple", min_rsa_bits=1024))
     assert legacy.fail_info is FailInfo.BAD_REQUEST
     assert legacy.fail_info_text.startswith("ChallengePasswordMissing")
-    late = answer(Template(name="Apple", min_rsa_bits=1024), skew=dt.timedelta(hours=24))
+    late = answer(Template(name="Apple", min_rsa_bits=1024), now=signed_at + dt.timedelta(days=3))
     assert late.fail_info is FailInfo.BAD_TIME
     assert late.fail_info_text.startswith("MessageTimeInvalid") and "2016-05-31" in late.fail_info_text

@@ -24,7 +24,16 @@ from cryptography.x509.oid import NameOID
 
 from scepd.client import ScepClient, build_csr
 from scepd.client.client import self_signed
-from scepd.protocol import MessageType, PkiStatus, ProtocolError, cms
+from scepd.protocol import (
+    MessageType,
+    PkiStatus,
+    ProtocolError,
+    ber,
+    enveloped,
+    errors,
+    signed,
+)
+from scepd.protocol.errors import ErrorCode
 from scepd.protocol.message import build_pki_message, parse_pki_message
 
 
@@ -154,18 +163,18 @@ SIGNATURE = (*SIGNER_INFO, 5)
 def test_der_takes_the_fast_path_and_is_its_own_der_form(rsa_pair, monkeypatch):
     """What asn1crypto reads as sent is never rewritten: DER costs what it did before."""
     cert, key = rsa_pair
-    envelope = cms.build_enveloped(b"fast", cert, cms.ContentCipher.DES_EDE3_CBC)
+    envelope = enveloped.build_enveloped(b"fast", cert, enveloped.ContentCipher.DES_EDE3_CBC)
     der = build_pki_message(message_type=MessageType.PKCS_REQ, transaction_id="DER", signer_certificate=cert,
                             signer_key=key, digest_algorithm="sha256", envelope=envelope)
-    assert cms._readable_ber(der, der=True) == der
+    assert ber.readable_ber(der, der=True) == der
 
     def rewritten(*args, **kwargs):
         raise AssertionError("DER was rewritten")
 
-    monkeypatch.setattr(cms, "_readable_ber", rewritten)
+    monkeypatch.setattr(ber, "readable_ber", rewritten)
     message = parse_pki_message(der)
     assert message.is_verified
-    assert cms.decrypt_enveloped(message.envelope, [rsa_pair]).content == b"fast"
+    assert enveloped.decrypt_enveloped(message.envelope, [rsa_pair]).content == b"fast"
 
 
 ENVELOPE_FORMS = {
@@ -178,14 +187,14 @@ ENVELOPE_FORMS = {
 
 
 @pytest.mark.parametrize("form", list(ENVELOPE_FORMS))
-@pytest.mark.parametrize("cipher", [cms.ContentCipher.DES_CBC, cms.ContentCipher.AES_128_CBC])
+@pytest.mark.parametrize("cipher", [enveloped.ContentCipher.DES_CBC, enveloped.ContentCipher.AES_128_CBC])
 def test_encrypted_content_in_every_ber_form_opens(rsa_pair, form, cipher):
     cert, key = rsa_pair
     content = os.urandom(300)
     envelope = _handmade_envelope(content, [cert], cipher)
     ber = _rewrite(envelope, ENCRYPTED_CONTENT, ENVELOPE_FORMS[form])
     assert (ber == envelope) == (form == "primitive")
-    opened = cms.decrypt_enveloped(ber, [(cert, key)])
+    opened = enveloped.decrypt_enveloped(ber, [(cert, key)])
     assert opened.content == content and opened.cipher is cipher
 
 
@@ -198,15 +207,15 @@ def test_encrypted_content_in_every_ber_form_opens(rsa_pair, form, cipher):
 def test_envelope_with_an_indefinite_length_sequence_opens(rsa_pair, path):
     # asn1crypto alone fails on the CHOICE alternatives (KeyTransRecipientInfo, the rid).
     cert, key = rsa_pair
-    envelope = cms.build_enveloped(b"indefinite", cert, cms.ContentCipher.DES_EDE3_CBC)
-    assert cms.decrypt_enveloped(_rewrite(envelope, path, indefinite), [(cert, key)]).content == b"indefinite"
+    envelope = enveloped.build_enveloped(b"indefinite", cert, enveloped.ContentCipher.DES_EDE3_CBC)
+    assert enveloped.decrypt_enveloped(_rewrite(envelope, path, indefinite), [(cert, key)]).content == b"indefinite"
 
 
 def test_envelope_indefinite_everywhere_opens(rsa_pair):
     cert, key = rsa_pair
-    envelope = cms.build_enveloped(b"all of it", cert, cms.ContentCipher.DES_EDE3_CBC)
+    envelope = enveloped.build_enveloped(b"all of it", cert, enveloped.ContentCipher.DES_EDE3_CBC)
     ber = indefinite_everywhere(_rewrite(envelope, ENCRYPTED_CONTENT, segmented_nested))
-    assert cms.decrypt_enveloped(ber, [(cert, key)]).content == b"all of it"
+    assert enveloped.decrypt_enveloped(ber, [(cert, key)]).content == b"all of it"
 
 
 @pytest.fixture(scope="module")
@@ -311,7 +320,7 @@ def test_constructed_string_that_is_not_segments_is_refused_with_asn1cryptos_rea
     bogus = _rewrite(der, E_CONTENT, lambda e: parser.emit(0, 1, 4, parser.emit(0, 0, 2, b"\x01")))
     with pytest.raises(ProtocolError) as info:
         parse_pki_message(bogus)
-    assert info.value.code == "MessageUndecodable"
+    assert info.value.code is ErrorCode.MESSAGE_UNDECODABLE
     assert "method should have been primitive" in info.value.reason
 
 
@@ -323,17 +332,17 @@ def test_deeply_nested_ber_is_refused_not_crashed(signed_request, depth):
         value = parser.emit(0, 1, 4, value)
     with pytest.raises(ProtocolError) as info:
         parse_pki_message(_rewrite(der, E_CONTENT, lambda e: value))
-    assert info.value.code == "MessageUndecodable"
+    assert info.value.code is ErrorCode.MESSAGE_UNDECODABLE
 
 
 # --- envelopes to several recipients, as Go clients write them -------------------------------
 
 
-def _handmade_envelope(content: bytes, recipients: list[x509.Certificate], cipher: cms.ContentCipher) -> bytes:
+def _handmade_envelope(content: bytes, recipients: list[x509.Certificate], cipher: enveloped.ContentCipher) -> bytes:
     """An EnvelopedData with one PKCS #1 v1.5 KeyTransRecipientInfo per recipient, in order
     (Go's pkcs7.Encrypt), and a CBC cipher."""
     cek = os.urandom(cipher.key_size)
-    block = 8 if cipher in (cms.ContentCipher.DES_CBC, cms.ContentCipher.DES_EDE3_CBC) else 16
+    block = 8 if cipher in (enveloped.ContentCipher.DES_CBC, enveloped.ContentCipher.DES_EDE3_CBC) else 16
     iv = os.urandom(block)
     padder = padding.PKCS7(block * 8).padder()
     algorithm = TripleDES(cek * 3 if len(cek) == 8 else cek) if block == 8 else algorithms.AES(cek)
@@ -366,10 +375,10 @@ def test_envelope_to_two_recipients_opens_with_either_key(order):
     certs = [_cert(k, f"recipient {i}") for i, k in enumerate(keys)]
     if order == "ra-then-ca":
         certs, keys = certs[::-1], keys[::-1]
-    envelope = _handmade_envelope(b"to both", certs, cms.ContentCipher.DES_CBC)
+    envelope = _handmade_envelope(b"to both", certs, enveloped.ContentCipher.DES_CBC)
     envelope = _rewrite(envelope, ENCRYPTED_CONTENT, go_single_segment)
     for cert, key in zip(certs, keys, strict=True):
-        opened = cms.decrypt_enveloped(envelope, [(cert, key)])
+        opened = enveloped.decrypt_enveloped(envelope, [(cert, key)])
         assert (opened.content, opened.recipient) == (b"to both", cert)
 
 
@@ -405,8 +414,8 @@ def _enroll_over_http(server, ca, cn: str, envelope_for, message_form=lambda d: 
     assert response.status_code == 200, response.text
     reply = parse_pki_message(response.content, ca.all)
     assert reply.is_verified and reply.pki_status is PkiStatus.SUCCESS, reply.fail_info_text
-    opened = cms.decrypt_enveloped(reply.envelope, [signer])
-    certificate = cms.parse_certs_only(opened.content)[0]
+    opened = enveloped.decrypt_enveloped(reply.envelope, [signer])
+    certificate = signed.parse_certs_only(opened.content)[0]
     assert certificate.subject == name(cn)
     return certificate, opened.cipher
 
@@ -419,11 +428,11 @@ def test_go_client_request_enrolls(server, ca, ca_pem, tmp_path, order):
     recipients = [ca.ca, ca.ra] if order == "ca-then-ra" else [ca.ra, ca.ca]
 
     def envelope_for(csr):
-        envelope = _handmade_envelope(csr, recipients, cms.ContentCipher.DES_CBC)
+        envelope = _handmade_envelope(csr, recipients, enveloped.ContentCipher.DES_CBC)
         return _rewrite(envelope, ENCRYPTED_CONTENT, go_single_segment)
 
     certificate, cipher = _enroll_over_http(server, ca, f"go-client-{order}", envelope_for)
-    assert cipher is cms.ContentCipher.DES_CBC  # answered in the request's cipher
+    assert cipher is enveloped.ContentCipher.DES_CBC  # answered in the request's cipher
     verified = openssl_verify(ca_pem, pem(certificate), tmp_path)
     assert verified.returncode == 0, verified.stderr
 
@@ -443,7 +452,7 @@ def test_ber_request_enrolls(server, ca, ca_pem, tmp_path, form):
     envelope_form, message_form = HTTP_FORMS[form]
 
     def envelope_for(csr):
-        envelope = _handmade_envelope(csr, [ca.ra], cms.ContentCipher.AES_128_CBC)
+        envelope = _handmade_envelope(csr, [ca.ra], enveloped.ContentCipher.AES_128_CBC)
         if envelope_form == "everywhere":
             return indefinite_everywhere(_rewrite(envelope, ENCRYPTED_CONTENT, segmented_nested))
         return _rewrite(envelope, ENCRYPTED_CONTENT, envelope_form) if envelope_form else envelope
@@ -469,7 +478,7 @@ def test_request_enveloped_by_openssl_stream_to_ca_and_ra_enrolls(server, ca, ca
         return sealed
 
     certificate, cipher = _enroll_over_http(server, ca, "openssl-stream", envelope_for)
-    assert cipher is cms.ContentCipher.DES_EDE3_CBC
+    assert cipher is enveloped.ContentCipher.DES_EDE3_CBC
     assert openssl_verify(ca_pem, pem(certificate), tmp_path).returncode == 0
 
 
@@ -488,15 +497,15 @@ def ec_pairs():
 
 
 @pytest.mark.parametrize("curve", list(CURVES))
-@pytest.mark.parametrize("cipher", list(cms.ContentCipher))
+@pytest.mark.parametrize("cipher", list(enveloped.ContentCipher))
 def test_envelope_to_an_ec_certificate_round_trip(ec_pairs, curve, cipher):
     cert, key = ec_pairs[curve]
-    sealed = cms.build_enveloped(b"agreed" * 20, cert, cipher)
+    sealed = enveloped.build_enveloped(b"agreed" * 20, cert, cipher)
     info = asn1_cms.ContentInfo.load(sealed)["content"]["recipient_infos"][0]
     assert info.name == "kari"
     wrap = info.chosen["key_encryption_algorithm"]["parameters"]["algorithm"].native
     assert wrap == {8: "aes128_wrap_pad", 16: "aes128_wrap", 24: "aes192_wrap", 32: "aes256_wrap"}[cipher.key_size]
-    opened = cms.decrypt_enveloped(sealed, [(cert, key)])
+    opened = enveloped.decrypt_enveloped(sealed, [(cert, key)])
     assert (opened.content, opened.cipher, opened.key_transport) == (b"agreed" * 20, cipher, None)
 
 
@@ -505,16 +514,16 @@ def _openssl(*args, input=None) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("curve", ["P-256", "P-384"])
-@pytest.mark.parametrize("cipher", [cms.ContentCipher.AES_128_CBC, cms.ContentCipher.AES_256_CBC,
-                                    cms.ContentCipher.DES_EDE3_CBC, cms.ContentCipher.AES_256_GCM,
-                                    cms.ContentCipher.DES_CBC])
+@pytest.mark.parametrize("cipher", [enveloped.ContentCipher.AES_128_CBC, enveloped.ContentCipher.AES_256_CBC,
+                                    enveloped.ContentCipher.DES_EDE3_CBC, enveloped.ContentCipher.AES_256_GCM,
+                                    enveloped.ContentCipher.DES_CBC])
 def test_openssl_decrypts_our_envelope_to_an_ec_certificate(ec_pairs, tmp_path, curve, cipher):
     cert, key = ec_pairs[curve]
     (tmp_path / "key.pem").write_bytes(_key_pem(key))
     (tmp_path / "cert.pem").write_bytes(pem(cert))
-    sealed = cms.build_enveloped(b"hello from scepd", cert, cipher)
+    sealed = enveloped.build_enveloped(b"hello from scepd", cert, cipher)
     # Single DES is in OpenSSL 3's legacy provider.
-    providers = ["-provider", "legacy", "-provider", "default"] if cipher is cms.ContentCipher.DES_CBC else []
+    providers = ["-provider", "legacy", "-provider", "default"] if cipher is enveloped.ContentCipher.DES_CBC else []
     out = _openssl("cms", "-decrypt", *providers, "-inform", "DER", "-inkey", str(tmp_path / "key.pem"),
                    "-recip", str(tmp_path / "cert.pem"), input=sealed)
     assert out.returncode == 0, out.stderr.decode()
@@ -534,7 +543,7 @@ def test_we_open_what_openssl_encrypts_to_an_ec_certificate(ec_pairs, tmp_path, 
     sealed = _openssl("cms", "-encrypt", "-binary", "-outform", "DER", "-recip", str(tmp_path / "cert.pem"), *options,
                       input=b"hello from openssl")
     assert sealed.returncode == 0, sealed.stderr.decode()
-    assert cms.decrypt_enveloped(sealed.stdout, [(cert, key)]).content == b"hello from openssl"
+    assert enveloped.decrypt_enveloped(sealed.stdout, [(cert, key)]).content == b"hello from openssl"
 
 
 @pytest.mark.parametrize("kind", ["ec", "rsa"])
@@ -557,7 +566,7 @@ def test_recipient_named_by_subject_key_identifier_opens(tmp_path, kind):
     info = asn1_cms.ContentInfo.load(sealed.stdout)["content"]["recipient_infos"][0]
     rid = info.chosen["recipient_encrypted_keys"][0]["rid"] if kind == "ec" else info.chosen["rid"]
     assert rid.name == ("r_key_id" if kind == "ec" else "subject_key_identifier")
-    assert cms.decrypt_enveloped(sealed.stdout, [(cert, key)]).content == b"by key id"
+    assert enveloped.decrypt_enveloped(sealed.stdout, [(cert, key)]).content == b"by key id"
 
 
 def test_triple_des_key_wrap_is_refused_as_an_unsupported_algorithm(ec_pairs, tmp_path):
@@ -568,23 +577,23 @@ def test_triple_des_key_wrap_is_refused_as_an_unsupported_algorithm(ec_pairs, tm
     sealed = _openssl("cms", "-encrypt", "-binary", "-outform", "DER", "-des3", "-recip", str(tmp_path / "cert.pem"),
                       input=b"3des")
     with pytest.raises(ProtocolError) as info:
-        cms.decrypt_enveloped(sealed.stdout, [(cert, key)])
-    assert info.value.code == "UnsupportedAlgorithm" and "1.2.840.113549.1.9.16.3.6" in info.value.reason
+        enveloped.decrypt_enveloped(sealed.stdout, [(cert, key)])
+    assert info.value.code is ErrorCode.UNSUPPORTED_ALGORITHM and "1.2.840.113549.1.9.16.3.6" in info.value.reason
 
 
 def test_ec_envelope_that_does_not_open_reads_like_any_other_decryption_failure(ec_pairs):
     cert, key = ec_pairs["P-256"]
-    sealed = cms.build_enveloped(b"x", cert, cms.ContentCipher.AES_128_CBC)
+    sealed = enveloped.build_enveloped(b"x", cert, enveloped.ContentCipher.AES_128_CBC)
     wrong_key = ec.generate_private_key(ec.SECP256R1())  # the same certificate, another key
     with pytest.raises(ProtocolError) as info:
-        cms.decrypt_enveloped(sealed, [(cert, wrong_key)])
-    assert (info.value.code, info.value.reason) == ("DecryptionFailed", cms.DECRYPTION_FAILED)
+        enveloped.decrypt_enveloped(sealed, [(cert, wrong_key)])
+    assert (info.value.code, info.value.reason) == (ErrorCode.DECRYPTION_FAILED, errors.DECRYPTION_FAILED)
     value = asn1_cms.ContentInfo.load(sealed)
     rek = value["content"]["recipient_infos"][0].chosen["recipient_encrypted_keys"][0]
     rek["encrypted_key"] = bytes(b ^ 1 for b in rek["encrypted_key"].native)
     with pytest.raises(ProtocolError) as info:
-        cms.decrypt_enveloped(value.dump(force=True), [(cert, key)])
-    assert (info.value.code, info.value.reason) == ("DecryptionFailed", cms.DECRYPTION_FAILED)
+        enveloped.decrypt_enveloped(value.dump(force=True), [(cert, key)])
+    assert (info.value.code, info.value.reason) == (ErrorCode.DECRYPTION_FAILED, errors.DECRYPTION_FAILED)
 
 
 def test_reply_to_an_ec_signer_is_a_key_agreement_openssl_opens(server, ca, tmp_path):
@@ -596,7 +605,7 @@ def test_reply_to_an_ec_signer_is_a_key_agreement_openssl_opens(server, ca, tmp_
     csr = build_csr(key, name("ec-wire"), challenge=CHALLENGE).public_bytes(serialization.Encoding.DER)
     request = build_pki_message(message_type=MessageType.PKCS_REQ, transaction_id="T-ec-wire",
                                 signer_certificate=signer, signer_key=key, digest_algorithm="sha256",
-                                envelope=cms.build_enveloped(csr, ca.ra, cms.ContentCipher.AES_128_CBC))
+                                envelope=enveloped.build_enveloped(csr, ca.ra, enveloped.ContentCipher.AES_128_CBC))
     reply = parse_pki_message(_post(server, request).content, ca.all)
     assert reply.pki_status is PkiStatus.SUCCESS, reply.fail_info_text
     info = asn1_cms.ContentInfo.load(reply.envelope)["content"]["recipient_infos"][0]
@@ -608,7 +617,7 @@ def test_reply_to_an_ec_signer_is_a_key_agreement_openssl_opens(server, ca, tmp_
     out = _openssl("cms", "-decrypt", "-inform", "DER", "-inkey", str(tmp_path / "key.pem"),
                    "-recip", str(tmp_path / "signer.pem"), input=reply.envelope)
     assert out.returncode == 0, out.stderr.decode()
-    issued = cms.parse_certs_only(out.stdout)[0]
+    issued = signed.parse_certs_only(out.stdout)[0]
     assert issued.public_key().public_numbers() == key.public_key().public_numbers()
 
 
@@ -636,8 +645,8 @@ def _altered_envelope(recipient: x509.Certificate, case: str, content: bytes = b
     end with a content key we did not send use AES-GCM, whose tag check fails every time (CBC
     padding would pass by chance once in 256)."""
     with_known_key = case in ("bad-content-padding", "truncated-ciphertext")
-    cipher = cms.ContentCipher.AES_192_CBC if with_known_key else cms.ContentCipher.AES_128_GCM
-    value = asn1_cms.ContentInfo.load(cms.build_enveloped(content, recipient, cipher))
+    cipher = enveloped.ContentCipher.AES_192_CBC if with_known_key else enveloped.ContentCipher.AES_128_GCM
+    value = asn1_cms.ContentInfo.load(enveloped.build_enveloped(content, recipient, cipher))
     envelope = value["content"]
     ktri = envelope["recipient_infos"][0].chosen
     eci = envelope["auth_encrypted_content_info" if cipher.is_gcm else "encrypted_content_info"]
@@ -673,10 +682,10 @@ def test_decryption_failures_all_read_the_same(rsa_pair):
     reasons = set()
     for case in DECRYPTION_CASES:
         with pytest.raises(ProtocolError) as info:
-            cms.decrypt_enveloped(_altered_envelope(cert, case), [(cert, key)])
-        assert (info.value.code, info.value.fail_info.rfc_name) == ("DecryptionFailed", "badMessageCheck"), case
+            enveloped.decrypt_enveloped(_altered_envelope(cert, case), [(cert, key)])
+        assert (info.value.code, info.value.fail_info.rfc_name) == (ErrorCode.DECRYPTION_FAILED, "badMessageCheck"), case
         reasons.add(info.value.reason)
-    assert reasons == {cms.DECRYPTION_FAILED}
+    assert reasons == {errors.DECRYPTION_FAILED}
 
 
 def test_decryption_failures_over_http_all_read_the_same(server, ca):

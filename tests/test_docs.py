@@ -2,13 +2,13 @@
 
 from pathlib import Path
 
-from scepd import errors
+from scepd.protocol import errors
 
 DOCS = Path(__file__).parent.parent / "docs"
 
 
 def test_error_table_is_generated_from_the_error_codes():
-    assert (DOCS / "errors.md").read_text() == errors.markdown(), "run: python -m scepd.errors > docs/errors.md"
+    assert (DOCS / "errors.md").read_text() == errors.markdown(), "run: python -m scepd.protocol.errors > docs/errors.md"
 
 
 def test_every_error_code_has_a_remedy():

@@ -17,7 +17,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from scepd.client import ScepClient, parse_san
 from scepd.client.client import self_signed
-from scepd.protocol import FailInfo, MessageType, PkiStatus, cms
+from scepd.protocol import FailInfo, MessageType, PkiStatus, enveloped, signed
 from scepd.protocol.message import build_pki_message, parse_pki_message
 
 
@@ -56,7 +56,7 @@ def test_getcacert_on_every_path_returns_ra_and_ca(server, instance_dir, path):
     response = httpx.get(url, params={"operation": "GetCACert", "message": "MyProfile"})
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/x-x509-ca-ra-cert"
-    certs = cms.parse_certs_only(response.content)
+    certs = signed.parse_certs_only(response.content)
     ca = x509.load_pem_x509_certificate((instance_dir / "ca.pem").read_bytes())
     ra = x509.load_pem_x509_certificate((instance_dir / "ra.pem").read_bytes())
     assert set(certs) == {ca, ra}
@@ -96,11 +96,11 @@ def test_reply_uses_the_clients_cipher(server, client, instance_dir):
     ca = client.get_ca_certs()
     key = rsa.generate_private_key(65537, 2048)
     signer = _signer_for(key)
-    for cipher in (cms.ContentCipher.AES_256_CBC, cms.ContentCipher.DES_EDE3_CBC, cms.ContentCipher.AES_128_GCM):
+    for cipher in (enveloped.ContentCipher.AES_256_CBC, enveloped.ContentCipher.DES_EDE3_CBC, enveloped.ContentCipher.AES_128_GCM):
         body = _pkcsreq(ca, key, f"cipher-{cipher.value}", CHALLENGE, cipher=cipher, signer=signer)
         reply = parse_pki_message(_post(server, body).content, ca.all)
         assert reply.pki_status is PkiStatus.SUCCESS
-        assert cms.decrypt_enveloped(reply.envelope, [signer]).cipher is cipher
+        assert enveloped.decrypt_enveloped(reply.envelope, [signer]).cipher is cipher
 
 
 def test_subject_alternative_names_of_every_kind_are_copied(client, ca_pem, tmp_path):
@@ -207,12 +207,12 @@ def _signer_for(key):
     return self_signed(signer_key, name("signer")), signer_key
 
 
-def _pkcsreq(ca, key, cn, challenge, *, cipher=cms.ContentCipher.AES_128_CBC, signer=None) -> bytes:
+def _pkcsreq(ca, key, cn, challenge, *, cipher=enveloped.ContentCipher.AES_128_CBC, signer=None) -> bytes:
     from scepd.client import build_csr
 
     csr = build_csr(key, name(cn), challenge=challenge)
     signer_cert, signer_key = signer or _signer_for(key)
-    envelope = cms.build_enveloped(csr.public_bytes(serialization.Encoding.DER), ca.ra, cipher)
+    envelope = enveloped.build_enveloped(csr.public_bytes(serialization.Encoding.DER), ca.ra, cipher)
     return build_pki_message(
         message_type=MessageType.PKCS_REQ,
         transaction_id=f"T-{cn}",
@@ -247,9 +247,9 @@ def test_signature_by_another_key_gets_badmessagecheck(server, client):
     key = rsa.generate_private_key(65537, 2048)
     from scepd.client import build_csr
 
-    envelope = cms.build_enveloped(
+    envelope = enveloped.build_enveloped(
         build_csr(key, name("forged"), challenge=CHALLENGE).public_bytes(serialization.Encoding.DER), ca.ra,
-        cms.ContentCipher.AES_128_CBC,
+        enveloped.ContentCipher.AES_128_CBC,
     )
     other = rsa.generate_private_key(65537, 2048)
     cert_of_key = self_signed(key, name("forged"))
@@ -323,7 +323,7 @@ def test_a_certrep_sent_as_a_request_gets_a_failure(server, client):
     body = build_pki_message(
         message_type=MessageType.CERT_REP, transaction_id="REP-1", signer_certificate=signer_cert,
         signer_key=signer_key, digest_algorithm="sha256",
-        envelope=cms.build_enveloped(b"\x30\x00", ca.ra, cms.ContentCipher.AES_128_CBC),
+        envelope=enveloped.build_enveloped(b"\x30\x00", ca.ra, enveloped.ContentCipher.AES_128_CBC),
     )
     reply = parse_pki_message(_post(server, body).content, ca.all)
     assert reply.pki_status is PkiStatus.FAILURE

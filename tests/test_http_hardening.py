@@ -25,10 +25,11 @@ from joserfc.jwk import ECKey
 
 from scepd.ca.keys import load_certificate, load_key
 from scepd.challenge.base import ChallengeRequest
-from scepd.challenge.mdm import THUMBPRINT, thumbprint
+from scepd.challenge.mdm import THUMBPRINT
+from scepd.protocol.fingerprints import jose_thumbprint
 from scepd.challenge.remote import MAX_ANSWER_BYTES, BearerToken, RemoteRegistrationPoint, WebhookValidator
 from scepd.client import ScepClient, build_csr
-from scepd.errors import ErrorCode
+from scepd.protocol.errors import ErrorCode
 from scepd.peerjson import JsonRefused, loads, nesting_depth
 from scepd.protocol import FailInfo, PkiStatus
 from scepd.protocol.csr import parse_csr
@@ -145,7 +146,7 @@ def _deep_jws_header(d) -> str:
 
 def _deep_signed_claims(d) -> str:
     _, (cert, key) = _encryption_and_signing(d)
-    signed = jws.serialize_compact({"alg": "ES256", THUMBPRINT: thumbprint(cert)}, DEEP.decode(), ECKey.import_key(key))
+    signed = jws.serialize_compact({"alg": "ES256", THUMBPRINT: jose_thumbprint(cert)}, DEEP.decode(), ECKey.import_key(key))
     return _jwe(d, signed.encode())
 
 

@@ -27,10 +27,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from scepd.ca.templates import EKU_NAMES
+from scepd.protocol.names import EKU_NAMES
 from scepd.client import ScepClient, ScepClientError
 from scepd.client.client import self_signed
-from scepd.protocol import FailInfo, MessageType, PkiStatus, cms
+from scepd.protocol import FailInfo, MessageType, PkiStatus, enveloped, signed
 from scepd.protocol.message import (
     build_pki_message,
     encode_issuer_and_subject,
@@ -198,7 +198,7 @@ def _certpoll(client, signer, transaction_id):
     body = build_pki_message(
         message_type=MessageType.CERT_POLL, transaction_id=transaction_id, signer_certificate=signer[0],
         signer_key=signer[1], digest_algorithm="sha256",
-        envelope=cms.build_enveloped(encode_issuer_and_subject(ca.ca.subject, name("x")), ca.ra, cms.ContentCipher.AES_128_CBC),
+        envelope=enveloped.build_enveloped(encode_issuer_and_subject(ca.ca.subject, name("x")), ca.ra, enveloped.ContentCipher.AES_128_CBC),
     )
     response = httpx.post(f"{client.url}?operation=PKIOperation", content=body)
     return parse_pki_message(response.content, ca.all)
@@ -403,9 +403,9 @@ def test_ca_rollover_overlap_and_ra_renewal_without_restart(tmp_path):
         _wait_until(lambda: "GETNEXTCACERT" in c.get_ca_caps())
         response = httpx.get(server.url, params={"operation": "GetNextCACert"})
         assert response.headers["content-type"] == "application/x-x509-next-ca-cert"
-        signed = cms.parse_signed_data(response.content, old_ca.all)
-        assert signed.signature_error is None and signed.signer_certificate == old_ca.ra  # signed by the current RA
-        next_certs = cms.parse_certs_only(signed.content)
+        next_ca_message = signed.parse_signed_data(response.content, old_ca.all)
+        assert next_ca_message.signature_error is None and next_ca_message.signer_certificate == old_ca.ra  # signed by the current RA
+        next_certs = signed.parse_certs_only(next_ca_message.content)
         next_ca = next(cert for cert in next_certs if cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
         assert next_ca != old_ca.ca
 

@@ -17,10 +17,19 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from scepd.protocol import FailInfo, MessageType, PkiStatus, ProtocolError, cms
+from scepd.protocol import (
+    FailInfo,
+    MessageType,
+    PkiStatus,
+    ProtocolError,
+    enveloped,
+    signed,
+)
 from scepd.protocol.csr import parse_csr
+from scepd.protocol.errors import ErrorCode
 from scepd.protocol.message import (
     CertRepReply,
+    Exchange,
     build_cert_rep,
     build_pki_message,
     parse_pki_message,
@@ -79,9 +88,9 @@ def test_apple_pkcsreq_outer_layer_verifies():
 
 def test_apple_pkcsreq_decrypts_and_its_version_2_csr_is_accepted(apple_ca):
     message = parse_pki_message((APPLE / "PKCSReq.der").read_bytes())
-    opened = cms.decrypt_enveloped(message.envelope, [apple_ca])
-    assert opened.cipher is cms.ContentCipher.DES_EDE3_CBC
-    assert opened.key_transport == cms.PKCS1V15
+    opened = enveloped.decrypt_enveloped(message.envelope, [apple_ca])
+    assert opened.cipher is enveloped.ContentCipher.DES_EDE3_CBC
+    assert opened.key_transport == enveloped.PKCS1V15
     with pytest.raises(x509.InvalidVersion):  # the reason for the two-step parse
         x509.load_der_x509_csr(opened.content)
     request = parse_csr(opened.content)
@@ -93,12 +102,12 @@ def test_apple_pkcsreq_decrypts_and_its_version_2_csr_is_accepted(apple_ca):
 
 def test_apple_csr_with_altered_subject_fails_proof_of_possession(apple_ca):
     message = parse_pki_message((APPLE / "PKCSReq.der").read_bytes())
-    der = cms.decrypt_enveloped(message.envelope, [apple_ca]).content
+    der = enveloped.decrypt_enveloped(message.envelope, [apple_ca]).content
     req = asn1_csr.CertificationRequest.load(der)
     req["certification_request_info"]["subject"] = asn1_x509.Name.build({"common_name": "attacker"})
     with pytest.raises(ProtocolError) as info:
         parse_csr(req.dump(force=True))
-    assert info.value.code == "CsrSignatureInvalid"
+    assert info.value.code is ErrorCode.CSR_SIGNATURE_INVALID
     assert info.value.fail_info is FailInfo.BAD_MESSAGE_CHECK
 
 
@@ -137,12 +146,12 @@ def test_ndes_certrep_without_certificates_verifies_with_the_ra_from_getcacert()
 # --- envelopes: every cipher and key transport, both directions ---------------------------
 
 
-@pytest.mark.parametrize("cipher", list(cms.ContentCipher))
-@pytest.mark.parametrize("transport", [cms.PKCS1V15, cms.KeyTransport("rsaes_oaep", "sha1"), cms.KeyTransport("rsaes_oaep", "sha256")])
+@pytest.mark.parametrize("cipher", list(enveloped.ContentCipher))
+@pytest.mark.parametrize("transport", [enveloped.PKCS1V15, enveloped.KeyTransport("rsaes_oaep", "sha1"), enveloped.KeyTransport("rsaes_oaep", "sha256")])
 def test_envelope_round_trip(pair, cipher, transport):
     cert, key = pair
-    sealed = cms.build_enveloped(b"secret content" * 7, cert, cipher, transport)
-    opened = cms.decrypt_enveloped(sealed, [(cert, key)])
+    sealed = enveloped.build_enveloped(b"secret content" * 7, cert, cipher, transport)
+    opened = enveloped.decrypt_enveloped(sealed, [(cert, key)])
     assert opened.content == b"secret content" * 7
     assert opened.cipher is cipher
     assert opened.key_transport == transport
@@ -151,10 +160,10 @@ def test_envelope_round_trip(pair, cipher, transport):
 def test_envelope_to_someone_else_is_badmessagecheck(pair):
     cert, _ = pair
     other_key = rsa.generate_private_key(65537, 2048)
-    sealed = cms.build_enveloped(b"x", cert, cms.ContentCipher.AES_128_CBC)
+    sealed = enveloped.build_enveloped(b"x", cert, enveloped.ContentCipher.AES_128_CBC)
     with pytest.raises(ProtocolError) as info:
-        cms.decrypt_enveloped(sealed, [(_self_signed(other_key), other_key)])
-    assert info.value.code == "RecipientUnknown"
+        enveloped.decrypt_enveloped(sealed, [(_self_signed(other_key), other_key)])
+    assert info.value.code is ErrorCode.RECIPIENT_UNKNOWN
 
 
 def test_rsa_key_that_does_not_decrypt_is_replaced_by_a_substitute(pair, monkeypatch):
@@ -166,20 +175,20 @@ def test_rsa_key_that_does_not_decrypt_is_replaced_by_a_substitute(pair, monkeyp
 
     cert, key = pair
     bad_key_field = b"\x00" + os.urandom(255)  # bad PKCS #1 v1.5 padding
-    substitute = cms.rejection_key(bad_key_field, 16)
+    substitute = enveloped.rejection_key(bad_key_field, 16)
     monkeypatch.setattr(os, "urandom", lambda n, real=os.urandom: substitute if n == 16 else real(n))
-    value = asn1_cms.ContentInfo.load(cms.build_enveloped(b"sealed with K", cert, cms.ContentCipher.AES_128_GCM))
+    value = asn1_cms.ContentInfo.load(enveloped.build_enveloped(b"sealed with K", cert, enveloped.ContentCipher.AES_128_GCM))
     monkeypatch.undo()
     value["content"]["recipient_infos"][0].chosen["encrypted_key"] = bad_key_field
-    assert cms.decrypt_enveloped(value.dump(force=True), [(cert, key)]).content == b"sealed with K"
+    assert enveloped.decrypt_enveloped(value.dump(force=True), [(cert, key)]).content == b"sealed with K"
 
-    value = asn1_cms.ContentInfo.load(cms.build_enveloped(b"sealed with a real key", cert, cms.ContentCipher.AES_128_CBC))
+    value = asn1_cms.ContentInfo.load(enveloped.build_enveloped(b"sealed with a real key", cert, enveloped.ContentCipher.AES_128_CBC))
     value["content"]["recipient_infos"][0].chosen["encrypted_key"] = bad_key_field
     broken = value.dump(force=True)
     answers = set()
     for _ in range(2000):  # a fresh random key each time would let CBC padding pass ~once in 256
         try:
-            cms.decrypt_enveloped(broken, [(cert, key)])
+            enveloped.decrypt_enveloped(broken, [(cert, key)])
             answers.add("opened")
         except ProtocolError as exc:
             answers.add((exc.code, exc.reason))
@@ -204,10 +213,10 @@ def pem_files(pair, tmp_path_factory):
 @pytest.mark.parametrize(
     "options,cipher,transport",
     [
-        (["-des3"], cms.ContentCipher.DES_EDE3_CBC, "rsaes_pkcs1v15"),
-        (["-aes-256-cbc"], cms.ContentCipher.AES_256_CBC, "rsaes_pkcs1v15"),
-        (["-aes-128-cbc", "-recip", "CERT", "-keyopt", "rsa_padding_mode:oaep"], cms.ContentCipher.AES_128_CBC, "rsaes_oaep"),
-        (["-aes-128-gcm"], cms.ContentCipher.AES_128_GCM, "rsaes_pkcs1v15"),
+        (["-des3"], enveloped.ContentCipher.DES_EDE3_CBC, "rsaes_pkcs1v15"),
+        (["-aes-256-cbc"], enveloped.ContentCipher.AES_256_CBC, "rsaes_pkcs1v15"),
+        (["-aes-128-cbc", "-recip", "CERT", "-keyopt", "rsa_padding_mode:oaep"], enveloped.ContentCipher.AES_128_CBC, "rsaes_oaep"),
+        (["-aes-128-gcm"], enveloped.ContentCipher.AES_128_GCM, "rsaes_pkcs1v15"),
     ],
 )
 def test_decrypts_what_openssl_encrypts_in_ber(pair, pem_files, options, cipher, transport):
@@ -218,28 +227,28 @@ def test_decrypts_what_openssl_encrypts_in_ber(pair, pem_files, options, cipher,
     options = [cert if o == "CERT" else o for o in options]
     sealed = _openssl("cms", "-encrypt", "-stream", "-binary", "-outform", "DER", *options, input=b"hello from openssl")
     assert sealed[1] == 0x80, "expected indefinite-length BER from openssl -stream"
-    opened = cms.decrypt_enveloped(sealed, [pair])
+    opened = enveloped.decrypt_enveloped(sealed, [pair])
     assert opened.content == b"hello from openssl"
     assert opened.cipher is cipher
     assert opened.key_transport.scheme == transport
 
 
-@pytest.mark.parametrize("cipher", [cms.ContentCipher.AES_128_CBC, cms.ContentCipher.DES_EDE3_CBC, cms.ContentCipher.AES_256_GCM])
+@pytest.mark.parametrize("cipher", [enveloped.ContentCipher.AES_128_CBC, enveloped.ContentCipher.DES_EDE3_CBC, enveloped.ContentCipher.AES_256_GCM])
 def test_openssl_decrypts_what_we_encrypt(pair, pem_files, cipher):
     cert, _ = pair
-    sealed = cms.build_enveloped(b"hello from scepd", cert, cipher)
+    sealed = enveloped.build_enveloped(b"hello from scepd", cert, cipher)
     out = _openssl("cms", "-decrypt", "-inform", "DER", "-inkey", str(pem_files / "key.pem"), input=sealed)
     assert out == b"hello from scepd"
 
 
 def test_ber_signed_data_from_openssl_verifies(pair, pem_files):
     cert, _ = pair
-    signed = _openssl(
+    ber_signed = _openssl(
         "cms", "-sign", "-stream", "-binary", "-nodetach", "-outform", "DER", "-md", "sha256",
         "-signer", str(pem_files / "cert.pem"), "-inkey", str(pem_files / "key.pem"), input=b"signed payload",
     )
-    assert signed[1] == 0x80
-    message = cms.parse_signed_data(signed)
+    assert ber_signed[1] == 0x80
+    message = signed.parse_signed_data(ber_signed)
     assert message.signature_error is None
     assert message.content == b"signed payload"
     assert message.signer_certificate == cert
@@ -269,16 +278,16 @@ def test_threads_sharing_our_parsed_certificates_all_succeed(pair):
     def work(cert, envelope, barrier):
         barrier.wait()
         try:
-            assert cms.decrypt_enveloped(envelope, [(cert, key)]).content == b"hello"
-            signed = cms.build_signed_data(b"reply", cert, key, "sha256", [("scep_message_type", "3")])
-            assert cms.parse_signed_data(signed, (cert,)).signature_error is None
+            assert enveloped.decrypt_enveloped(envelope, [(cert, key)]).content == b"hello"
+            reply = signed.build_signed_data(b"reply", cert, key, "sha256", [("scep_message_type", "3")])
+            assert signed.parse_signed_data(reply, (cert,)).signature_error is None
         except Exception as exc:  # collected: an exception in a thread would be lost
             errors.append(repr(exc))
 
     try:
         for i in range(60):
             cert = _self_signed(key, f"shared {i}")
-            envelope = cms.build_enveloped(b"hello", cert, cms.ContentCipher.AES_128_CBC)
+            envelope = enveloped.build_enveloped(b"hello", cert, enveloped.ContentCipher.AES_128_CBC)
             barrier = threading.Barrier(8)
             threads = [threading.Thread(target=work, args=(cert, envelope, barrier)) for _ in range(8)]
             for t in threads:
@@ -311,17 +320,18 @@ def test_certrep_mirrors_the_request(pair):
         message_type=MessageType.PKCS_REQ, transaction_id="TX-42", signer_certificate=cert,
         signer_key=key, digest_algorithm="sha512", envelope=b"", sender_nonce=b"n" * 16,
     ))
+    exchange = Exchange(request.message_type, request.transaction_id, request.sender_nonce,
+                        request.digest_algorithm, request.signer_certificate, enveloped.ContentCipher.AES_256_CBC)
     issued = _self_signed(rsa.generate_private_key(65537, 2048), "issued")
     body = build_cert_rep(
-        request, CertRepReply(PkiStatus.SUCCESS, (issued,)), signer_certificate=ra, signer_key=ra_key,
-        cipher=cms.ContentCipher.AES_256_CBC,
+        exchange, CertRepReply(PkiStatus.SUCCESS, (issued,)), signer_certificate=ra, signer_key=ra_key,
     )
     reply = parse_pki_message(body, (ra,))
     assert reply.is_verified
     assert (reply.transaction_id, reply.recipient_nonce, reply.digest_algorithm) == ("TX-42", b"n" * 16, "sha512")
-    opened = cms.decrypt_enveloped(reply.envelope, [(cert, key)])
-    assert opened.cipher is cms.ContentCipher.AES_256_CBC
-    assert cms.parse_certs_only(opened.content)[0] == issued
+    opened = enveloped.decrypt_enveloped(reply.envelope, [(cert, key)])
+    assert opened.cipher is enveloped.ContentCipher.AES_256_CBC
+    assert signed.parse_certs_only(opened.content)[0] == issued
     # strongSwan 5.9 wants the plain rsaEncryption OID in the SignerInfo.
     from asn1crypto import cms as asn1_cms
 
@@ -333,20 +343,21 @@ def test_certrep_mirrors_the_request(pair):
 def test_garbage_is_a_protocol_error(garbage):
     with pytest.raises(ProtocolError) as info:
         parse_pki_message(garbage)
-    assert info.value.code == "MessageUndecodable"
+    assert info.value.code is ErrorCode.MESSAGE_UNDECODABLE
 
 
 def test_every_protocol_error_code_has_an_entry_in_the_error_table():
     import re
 
-    from scepd.errors import ErrorCode
+    from scepd.protocol.errors import ERRORS
 
-    source = "".join(p.read_text() for p in Path(cms.__file__).parent.glob("*.py"))
-    codes = set(re.findall(r'ProtocolError\(\s*FailInfo\.\w+,\s*"(\w+)"', source))
-    codes |= set(re.findall(r'_bad\(\s*"(\w+)"', source))
+    source = "".join(p.read_text() for p in Path(enveloped.__file__).parent.glob("*.py"))
+    codes = set(re.findall(r"(?:ProtocolError|Refusal)\(\s*ErrorCode\.(\w+)", source))
     assert codes, "no codes found: the pattern is out of date"
-    known = {c.value for c in ErrorCode}
+    known = {c.name for c in ErrorCode if c in ERRORS}
     assert codes <= known, codes - known
+    # Every ProtocolError is raised with a member of the vocabulary, none with a free string.
+    assert not re.findall(r'ProtocolError\(\s*(?:FailInfo\.|")', source)
 
 
 def test_mutated_messages_give_protocol_errors_never_crashes(pair):
@@ -363,7 +374,7 @@ def test_mutated_messages_give_protocol_errors_never_crashes(pair):
     good = build_pki_message(
         message_type=MessageType.PKCS_REQ, transaction_id="FUZZ", signer_certificate=cert, signer_key=key,
         digest_algorithm="sha256",
-        envelope=cms.build_enveloped(csr.public_bytes(serialization.Encoding.DER), ra, cms.ContentCipher.AES_128_CBC),
+        envelope=enveloped.build_enveloped(csr.public_bytes(serialization.Encoding.DER), ra, enveloped.ContentCipher.AES_128_CBC),
     )
     rng = random.Random(8894)
     mutants = [good[: rng.randrange(len(good))] for _ in range(150)]
@@ -375,7 +386,7 @@ def test_mutated_messages_give_protocol_errors_never_crashes(pair):
     for data in mutants:
         try:
             message = parse_pki_message(data)
-            opened = cms.decrypt_enveloped(message.envelope, [(ra, ra_key)])
+            opened = enveloped.decrypt_enveloped(message.envelope, [(ra, ra_key)])
             parse_csr(opened.content)
             outcomes["ok"] += 1
         except ProtocolError:

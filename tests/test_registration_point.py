@@ -19,7 +19,9 @@ from joserfc import jwe, jws
 from joserfc.jwk import ECKey
 
 from scepd.ca.keys import load_certificate, load_key
-from scepd.challenge.mdm import THUMBPRINT, ExpectedRequest, issue_challenge, thumbprint
+from scepd.challenge.mdm import THUMBPRINT, ExpectedRequest, issue_challenge
+from scepd.clock import SYSTEM_CLOCK, FixedClock
+from scepd.protocol.fingerprints import jose_thumbprint
 from scepd.client import ScepClient, parse_san
 from scepd.client.client import self_signed
 from scepd.protocol import FailInfo, PkiStatus
@@ -66,12 +68,12 @@ def local_pairs(rp_dir):
 
 
 def crafted(rp_dir, expected=ExpectedRequest(subject="CN=crafted"), *, signing=None, encryption=None,
-            now=None, lifetime=dt.timedelta(minutes=30), audience=AUDIENCE) -> str:
+            clock=SYSTEM_CLOCK, lifetime=dt.timedelta(minutes=30), audience=AUDIENCE) -> str:
     (cert, key), enc = local_pairs(rp_dir)
     if signing:
         cert, key = signing
     return issue_challenge(signing_certificate=cert, signing_key=key, encryption_certificate=encryption or enc,
-                           expected=expected, issuer="test-mdm", audience=audience, lifetime=lifetime, now=now)[0]
+                           expected=expected, issuer="test-mdm", audience=audience, lifetime=lifetime, clock=clock)[0]
 
 
 def enroll(client, challenge, cn="crafted", **kwargs):
@@ -129,7 +131,7 @@ def test_a_third_party_mdm_signs_with_its_own_trusted_key(client, rp_dir, tmp_pa
     refused_with(enroll(client, challenge, "third-party"), "SigningCertThumbprintMismatch")
     assert run_scepd("registry", "trust", "add", str(tmp_path / "mdm.pem"), "--dir", str(rp_dir)).returncode == 0
     shown = json.loads(run_scepd("registry", "show", "--dir", str(rp_dir)).stdout)
-    assert thumbprint(mdm_cert) in {t["thumbprint_sha256"] for t in shown["trusted_signers"]}
+    assert jose_thumbprint(mdm_cert) in {t["thumbprint_sha256"] for t in shown["trusted_signers"]}
     time.sleep(2.5)
     challenge = crafted(rp_dir, ExpectedRequest(subject="CN=third-party"), signing=(mdm_cert, mdm_key))
     result = enroll(client, challenge, "third-party")
@@ -155,13 +157,13 @@ def _forged_signature(rp_dir) -> str:
     other = ec.generate_private_key(ec.SECP256R1())
     now = int(time.time())
     claims = {"iss": "x", "aud": AUDIENCE, "iat": now, "exp": now + 600, "jti": "forged", "req": {"subject": "CN=crafted"}}
-    signed = jws.serialize_compact({"alg": "ES256", THUMBPRINT: thumbprint(cert)}, json.dumps(claims), ECKey.import_key(other))
+    signed = jws.serialize_compact({"alg": "ES256", THUMBPRINT: jose_thumbprint(cert)}, json.dumps(claims), ECKey.import_key(other))
     return _jwe_of(rp_dir, signed.encode())
 
 
 def _unsigned_claims(rp_dir) -> str:
     (cert, key), _ = local_pairs(rp_dir)
-    signed = jws.serialize_compact({"alg": "ES256", THUMBPRINT: thumbprint(cert)}, '{"aud": "scepd-registration-point"}', ECKey.import_key(key))
+    signed = jws.serialize_compact({"alg": "ES256", THUMBPRINT: jose_thumbprint(cert)}, '{"aud": "scepd-registration-point"}', ECKey.import_key(key))
     return _jwe_of(rp_dir, signed.encode())
 
 
@@ -173,8 +175,8 @@ CASES = {
     "SignatureValidationFailed": (_forged_signature, {}),
     "SigningCertThumbprintMismatch": (
         lambda d: crafted(d, signing=(self_signed(k := ec.generate_private_key(ec.SECP256R1()), name("rogue")), k)), {}),
-    "ChallengeExpired": (lambda d: crafted(d, now=dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=2)), {}),
-    "ChallengeInvalidTimestamp": (lambda d: crafted(d, now=dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)), {}),
+    "ChallengeExpired": (lambda d: crafted(d, clock=FixedClock(SYSTEM_CLOCK.now() - dt.timedelta(hours=2))), {}),
+    "ChallengeInvalidTimestamp": (lambda d: crafted(d, clock=FixedClock(SYSTEM_CLOCK.now() + dt.timedelta(hours=1))), {}),
     "SubjectNameMismatch": (lambda d: crafted(d, ExpectedRequest(subject="CN=someone-else")), {}),
     "SubjectNameMissing": (lambda d: crafted(d, ExpectedRequest(subject="CN=crafted")),
                            {"cn": None, "sans": [parse_san("dns:x.example")]}),

@@ -26,11 +26,11 @@ from sqlalchemy import event, text
 from scepd.ca.crl import CrlPublisher
 from scepd.client import ScepClient, build_csr
 from scepd.client.client import self_signed
-from scepd.enrollment import EnrollmentService
-from scepd.protocol import FailInfo, MessageType, PkiStatus, cms
+from scepd.protocol import FailInfo, MessageType, PkiStatus, enveloped
 from scepd.protocol.message import build_pki_message, parse_pki_message
 from scepd.registry.instance import Instance, create_instance, load_key_material
 from scepd.store import Store, StoreUnavailable
+from scepd.wiring import build_services
 
 
 def name(cn: str) -> x509.Name:
@@ -274,7 +274,7 @@ def _pkcsreq(material, cn: str) -> bytes:
         signer_certificate=self_signed(key, name(cn)),
         signer_key=key,
         digest_algorithm="sha256",
-        envelope=cms.build_enveloped(csr.public_bytes(Encoding.DER), material.ra.certificate, cms.ContentCipher.AES_128_CBC),
+        envelope=enveloped.build_enveloped(csr.public_bytes(Encoding.DER), material.ra.certificate, enveloped.ContentCipher.AES_128_CBC),
     )
 
 
@@ -293,7 +293,7 @@ def test_full_database_in_process(tmp_path):
             size = dbapi_connection.execute("PRAGMA page_count").fetchone()[0]
             dbapi_connection.execute(f"PRAGMA max_page_count = {size}")
 
-    service = EnrollmentService.from_instance(instance, material, store)
+    service = build_services(instance, store, material=material).scep
     known = [material.ca.certificate, material.ra.certificate]
     try:
         full["on"] = True

@@ -2,6 +2,7 @@
 
 Every request line carries the transaction ID, client address, operation, result, error code
 and remedy, so that an administrator can find one enrollment and see why it failed.
+May import: the standard library only.
 """
 
 from __future__ import annotations

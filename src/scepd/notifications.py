@@ -4,7 +4,7 @@ Notifications are queued in the store inside the enrollment's own transaction (a
 told if and only if its certificate is recorded); a `Dispatcher` thread in each server
 process delivers them: JSON POSTs signed with an HMAC-SHA256 header, retried with
 exponential backoff, leased so that several servers never send one twice.
-May import: store, challenge.remote (for bearer tokens and the signature), httpx.
+May import: scepd.store, scepd.challenge (remote: bearer tokens and the signature), httpx.
 """
 
 from __future__ import annotations

@@ -1,17 +1,20 @@
 """Enrollment profiles an MDM can push: an Apple `.mobileconfig` SCEP payload, and the same
 settings as JSON for Android and other MDMs. Keys and structure follow Apple's
 com.apple.security.scep payload (as in tests/vectors/apple-ios-pkcsreq/sceptest.mobileconfig).
+May import: scepd.protocol (fingerprints and SAN names), cryptography.
 """
 
 from __future__ import annotations
 
-import hashlib
 import plistlib
 import uuid
 from dataclasses import dataclass, field
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
+
+from scepd.protocol.fingerprints import certificate_sha1, certificate_sha256
+from scepd.protocol.names import san_parts
 
 # Apple's "Key Usage" bit mask: 1 signing, 4 encryption.
 KEY_USAGE_BITS = {"digitalSignature": 1, "keyEncipherment": 4}
@@ -33,7 +36,7 @@ class ScepProfile:
 
     @property
     def ca_fingerprint_sha256(self) -> str:
-        return hashlib.sha256(self.ca_certificate.public_bytes(Encoding.DER)).hexdigest()
+        return certificate_sha256(self.ca_certificate)
 
     def _subject_array(self) -> list:
         # Apple wants [[["CN", "dev1"]], [["O", "Example"]]]: one array per RDN.
@@ -44,7 +47,7 @@ class ScepProfile:
     def _san_dict(self) -> dict:
         out: dict[str, list[str]] = {}
         for san in self.sans:
-            kind, _, value = san.partition(":")
+            kind, value = san_parts(san)
             if kind not in _SAN_KEYS:
                 raise ValueError(f"{san!r}: Apple profiles carry dns:, email:, uri: and upn: names")
             out.setdefault(_SAN_KEYS[kind], []).append(value)
@@ -59,7 +62,7 @@ class ScepProfile:
             "Key Type": "RSA",
             "Key Usage": sum(KEY_USAGE_BITS.get(k, 0) for k in self.key_usage),
             # Apple compares the fingerprint of the CA certificate from GetCACert with this.
-            "CAFingerprint": hashlib.sha1(self.ca_certificate.public_bytes(Encoding.DER)).digest(),  # noqa: S324
+            "CAFingerprint": certificate_sha1(self.ca_certificate),
             "Retries": 3,
             "RetryDelay": 10,
         }

@@ -9,16 +9,15 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from scepd.ca.keys import KeyPair
-from scepd.ca.templates import Template, eku_oid, key_usage_extension
+from scepd.ca.templates import Template
+from scepd.clock import SYSTEM_CLOCK, Clock
 from scepd.protocol import signatures
 from scepd.protocol.csr import CertificationRequest
+from scepd.protocol.names import eku_oid, key_usage_extension
 
 # Certificates are back-dated by this much so that a device whose clock runs a little
 # slow does not reject a certificate that is "not yet valid".
 BACKDATE = dt.timedelta(minutes=5)
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
 
 
 def _ski(public_key) -> x509.SubjectKeyIdentifier:
@@ -30,8 +29,9 @@ def _sign(builder: x509.CertificateBuilder, issuer: KeyPair | None, subject_key,
     return builder.sign(signer, signatures.hash_algorithm(hash_name))
 
 
-def create_root_ca(subject: x509.Name, key, validity_days: int = 3650, hash_name: str = "sha256") -> x509.Certificate:
-    now = _now()
+def create_root_ca(subject: x509.Name, key, validity_days: int = 3650, hash_name: str = "sha256",
+                   clock: Clock = SYSTEM_CLOCK) -> x509.Certificate:
+    now = clock.now()
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -53,10 +53,12 @@ class CertificateAuthority:
 
     `crl_base_url` (such as http://scep.example/crl) makes every issued certificate carry
     the CRL distribution point `<crl_base_url>/<key_id>.crl`, where the server publishes it.
+    `clock` dates what it issues.
     """
 
     pair: KeyPair
     crl_base_url: str | None = None
+    clock: Clock = SYSTEM_CLOCK
     _ski: x509.SubjectKeyIdentifier = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -93,7 +95,7 @@ class CertificateAuthority:
         return self.pair.certificate
 
     def _builder(self, subject: x509.Name, public_key, validity: dt.timedelta) -> x509.CertificateBuilder:
-        now = _now()
+        now = self.clock.now()
         # Never past the CA's own end: a certificate outliving its issuer cannot be verified.
         not_after = min(now + validity, self.certificate.not_valid_after_utc)
         return (

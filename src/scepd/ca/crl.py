@@ -6,7 +6,8 @@ stored; it is re-signed on every revocation and, lazily, once half of its lifeti
 
 Issuance is serialised per CA across server processes (a locked unit of work): of many
 fetches that find the CRL due at once, one signs and the others serve what it stored, and
-two signers never pick the same number.
+two signers never pick the same number. CRLs are kept in the store, and revocation is a
+state change there: this is the one module of ca/ that uses scepd.store.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from scepd.ca.authority import CertificateAuthority
+from scepd.clock import SYSTEM_CLOCK, Clock
 from scepd.protocol import signatures
 from scepd.store import CrlRecord, IntegrityError, Store
 
@@ -33,15 +35,12 @@ REASONS = {
 }
 
 
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
-
-
 @dataclass
 class CrlPublisher:
     store: Store
     validity: dt.timedelta = dt.timedelta(days=7)
     hash_name: str = "sha256"
+    clock: Clock = SYSTEM_CLOCK
 
     def issue(self, ca: CertificateAuthority, *, unless_fresh: bool = False) -> x509.CertificateRevocationList:
         """Sign and store a new CRL for `ca` listing its revoked, unexpired certificates; with
@@ -57,7 +56,7 @@ class CrlPublisher:
         if record is None:
             return False
         half_life = (record.next_update - record.this_update) / 2
-        return _now() < record.this_update + half_life
+        return self.clock.now() < record.this_update + half_life
 
     def _issue(self, ca: CertificateAuthority, unless_fresh: bool) -> x509.CertificateRevocationList:
         with self.store.unit_of_work(lock=f"crl:{ca.key_id}") as uow:
@@ -65,7 +64,7 @@ class CrlPublisher:
                 latest = uow.latest_crl(ca.key_id)
                 if self._fresh(latest):
                     return x509.load_der_x509_crl(latest.der)
-            now = _now()  # after the lock: thisUpdate grows with the number
+            now = self.clock.now()  # after the lock: thisUpdate grows with the number
             number = uow.next_crl_number(ca.key_id)
             builder = (
                 x509.CertificateRevocationListBuilder()

@@ -12,30 +12,10 @@ from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
 
-from scepd.errors import ErrorCode, Refusal
 from scepd.protocol.csr import CertificationRequest
-
-KEY_USAGE_NAMES = (
-    "digitalSignature",
-    "contentCommitment",
-    "keyEncipherment",
-    "dataEncipherment",
-    "keyAgreement",
-    "keyCertSign",
-    "cRLSign",
-)
-
-EKU_NAMES = {
-    "clientAuth": ExtendedKeyUsageOID.CLIENT_AUTH,
-    "serverAuth": ExtendedKeyUsageOID.SERVER_AUTH,
-    "codeSigning": ExtendedKeyUsageOID.CODE_SIGNING,
-    "emailProtection": ExtendedKeyUsageOID.EMAIL_PROTECTION,
-    "ipsecIKE": ExtendedKeyUsageOID.IPSEC_IKE,
-    "ipsecIKEIntermediate": ObjectIdentifier("1.3.6.1.5.5.8.2.2"),
-    "smartcardLogon": ExtendedKeyUsageOID.SMARTCARD_LOGON,
-}
+from scepd.protocol.errors import ErrorCode, Refusal
+from scepd.protocol.names import eku_oid, key_usage_extension, key_usage_names, san_text
 
 EC_CURVES = ("secp256r1", "secp384r1", "secp521r1")
 
@@ -43,46 +23,6 @@ EC_CURVES = ("secp256r1", "secp384r1", "secp521r1")
 CERTIFICATE_HASHES = ("sha256", "sha384", "sha512")
 
 DEFAULT_TEMPLATE = "IPSECIntermediateOffline"
-
-
-def key_usage_extension(names: set[str]) -> x509.KeyUsage:
-    unknown = names - set(KEY_USAGE_NAMES)
-    if unknown:
-        raise ValueError(f"unknown key usage {sorted(unknown)}; known: {', '.join(KEY_USAGE_NAMES)}")
-    return x509.KeyUsage(
-        digital_signature="digitalSignature" in names,
-        content_commitment="contentCommitment" in names,
-        key_encipherment="keyEncipherment" in names,
-        data_encipherment="dataEncipherment" in names,
-        key_agreement="keyAgreement" in names,
-        key_cert_sign="keyCertSign" in names,
-        crl_sign="cRLSign" in names,
-        encipher_only=False,
-        decipher_only=False,
-    )
-
-
-def key_usage_names(ku: x509.KeyUsage) -> set[str]:
-    """The names (as templates spell them) of the usages `ku` grants."""
-    flags = (
-        ku.digital_signature,
-        ku.content_commitment,
-        ku.key_encipherment,
-        ku.data_encipherment,
-        ku.key_agreement,
-        ku.key_cert_sign,
-        ku.crl_sign,
-    )
-    return {name for name, granted in zip(KEY_USAGE_NAMES, flags, strict=True) if granted}
-
-
-def eku_oid(name: str) -> ObjectIdentifier:
-    if name in EKU_NAMES:
-        return EKU_NAMES[name]
-    try:
-        return ObjectIdentifier(name)
-    except ValueError:
-        raise ValueError(f"unknown extended key usage {name!r}; use one of {sorted(EKU_NAMES)} or an OID") from None
 
 
 def _one_of(field: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -180,9 +120,9 @@ def widened_identity(old: x509.Certificate, old_template: str, request: Certific
     held = list(san) if san is not None else []
     extra = [name for name in request.subject_alternative_names if name not in held]
     if extra:
-        wider.append("subjectAltName " + ", ".join(f"{type(n).__name__}:{n.value}" for n in extra))
+        wider.append("subjectAltName " + ", ".join(san_text(n) for n in extra))
     ku = _extension(old, x509.KeyUsage)
-    more_usages = template.key_usages_for(request.public_key) - (key_usage_names(ku) if ku is not None else set())
+    more_usages = template.key_usages_for(request.public_key) - key_usage_names(ku)
     if more_usages:
         wider.append("key usage " + ", ".join(sorted(more_usages)))
     eku = _extension(old, x509.ExtendedKeyUsage)

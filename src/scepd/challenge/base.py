@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from scepd.errors import ErrorCode, Refusal
 from scepd.protocol.csr import CertificationRequest
+from scepd.protocol.errors import ErrorCode, Refusal
 from scepd.store import UnitOfWork
 
 

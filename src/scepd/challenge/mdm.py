@@ -15,31 +15,27 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import TypeVar
 
-from asn1crypto import core
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
 from joserfc import jwe, jws
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, RSAKey
-from joserfc.util import urlsafe_b64encode
 
 from scepd import peerjson
-from scepd.ca.templates import eku_oid
 from scepd.challenge.base import ChallengeRequest, ChallengeVerdict
-from scepd.errors import ErrorCode
+from scepd.clock import SYSTEM_CLOCK, Clock
 from scepd.protocol.csr import CertificationRequest
-from scepd.registry.config import parse_duration
-from scepd.registry.instance import Instance, InstanceError
-from scepd.registry.rp import load_rp_material
+from scepd.protocol.errors import ErrorCode
+from scepd.protocol.fingerprints import jose_thumbprint
+from scepd.protocol.names import canonical_san, eku_oid, key_usage_names, san_text
 from scepd.store import UnitOfWork
 
 log = logging.getLogger("scepd.challenge")
 
 DEVICE_ID_URI_PREFIX = "IntuneDeviceId://"
-UPN_OID = x509.ObjectIdentifier("1.3.6.1.4.1.311.20.2.3")
 # The JWS header names its signer by the SHA-256 thumbprint of the signing certificate.
 THUMBPRINT = "x5t#S256"
 # The largest JOSE header or claims set read. A challenge arrives without credentials, as a
@@ -48,10 +44,6 @@ MAX_JOSE_JSON_BYTES = 65536
 # What joserfc lets escape, besides its JoseError, for header values of the wrong type (a
 # "crit" that is a number, an "epk" member that is a list): a malformed challenge, not a bug.
 _JOSE_FAULTS = (JoseError, ValueError, TypeError, KeyError, AttributeError)
-
-
-def thumbprint(cert: x509.Certificate) -> str:
-    return urlsafe_b64encode(cert.fingerprint(hashes.SHA256())).decode("ascii")
 
 
 def _jwk(key):
@@ -68,21 +60,6 @@ def _encryption_alg(public_key) -> str:
     return "RSA-OAEP-256" if isinstance(public_key, rsa.RSAPublicKey) else "ECDH-ES+A128KW"
 
 
-def san_text(name: x509.GeneralName) -> str:
-    """A subjectAltName as the challenge claims write it: dns:, ip:, email:, uri:, upn:."""
-    if isinstance(name, x509.DNSName):
-        return f"dns:{name.value}"
-    if isinstance(name, x509.IPAddress):
-        return f"ip:{name.value}"
-    if isinstance(name, x509.RFC822Name):
-        return f"email:{name.value}"
-    if isinstance(name, x509.UniformResourceIdentifier):
-        return f"uri:{name.value}"
-    if isinstance(name, x509.OtherName) and name.type_id == UPN_OID:
-        return f"upn:{core.UTF8String.load(name.value).native}"
-    return f"other:{name!r}"
-
-
 @dataclass(frozen=True)
 class ExpectedRequest:
     """The `req` claim: what the CSR must ask for. Empty fields are not checked."""
@@ -96,6 +73,10 @@ class ExpectedRequest:
     template: str | None = None
     device_id: str | None = None
     user_id: str | None = None
+
+    def __post_init__(self) -> None:
+        for san in self.sans:
+            canonical_san(san)  # a SAN no CSR could carry would fail every device: refused now
 
     def as_claim(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items() if v not in (None, ())}
@@ -130,10 +111,10 @@ def issue_challenge(
     issuer: str,
     audience: str,
     lifetime: dt.timedelta,
-    now: dt.datetime | None = None,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> tuple[str, dict]:
     """A challenge for one enrollment: (compact JWE, its claims)."""
-    issued = int((now or dt.datetime.now(dt.timezone.utc)).timestamp())
+    issued = int(clock.now().timestamp())
     claims = {
         "iss": issuer,
         "aud": audience,
@@ -142,14 +123,14 @@ def issue_challenge(
         "jti": uuid.uuid4().hex,
         "req": expected.as_claim(),
     }
-    header = {"alg": _signing_alg(signing_key), "typ": "JWT", THUMBPRINT: thumbprint(signing_certificate)}
+    header = {"alg": _signing_alg(signing_key), "typ": "JWT", THUMBPRINT: jose_thumbprint(signing_certificate)}
     signed = jws.serialize_compact(header, json.dumps(claims, separators=(",", ":")), _jwk(signing_key))
     public = encryption_certificate.public_key()
     protected = {
         "alg": _encryption_alg(public),
         "enc": "A128GCM",
         "cty": "JWT",
-        THUMBPRINT: thumbprint(encryption_certificate),
+        THUMBPRINT: jose_thumbprint(encryption_certificate),
     }
     return jwe.encrypt_compact(protected, signed.encode("ascii"), _jwk(public)), claims
 
@@ -168,7 +149,7 @@ class MdmChallengeValidator:
     audience: str
     clock_skew: dt.timedelta = dt.timedelta(minutes=5)
     max_lifetime: dt.timedelta = dt.timedelta(minutes=60)
-    now: Callable[[], dt.datetime] = field(default=lambda: dt.datetime.now(dt.timezone.utc))
+    clock: Clock = SYSTEM_CLOCK
     name: str = "mdm"
 
     def readiness(self) -> tuple[tuple[bool, str], ...]:
@@ -182,101 +163,123 @@ class MdmChallengeValidator:
         password = request.password or ""
         if not looks_like_challenge(password):
             return ChallengeVerdict.refuse(self.name, ErrorCode.CHALLENGE_PASSWORD_INCORRECT, "the challenge password is wrong")
-        phases = _Phases(self.name, request.transaction_id)
-        try:
-            return self._verify(password, request, uow, phases)
-        except _Refused as refused:
-            return refused.verdict
-
-    def _verify(self, password: str, request: ChallengeRequest, uow: UnitOfWork, phases: "_Phases") -> ChallengeVerdict:
-        with phases("decode"):
-            try:
-                header = _jose_json(_b64decode(password.split(".", 1)[0]))
-                if not isinstance(header, dict) or "alg" not in header or "enc" not in header:
-                    raise ValueError("the JWE header lacks alg or enc")
-            except ValueError as exc:
-                phases.refuse(ErrorCode.CHALLENGE_DECODING_ERROR, f"the challenge is not a compact JWE: {exc}")
-
-        with phases("decrypt"):
-            if self.encryption is None:
-                phases.refuse(
-                    ErrorCode.REGISTRATION_POINT_KEY_MISSING,
-                    "the registration point has no encryption key; run 'scepd doctor --fix' or restart 'scepd serve'",
-                )
-            cert, key = self.encryption
-            sent_to = header.get(THUMBPRINT)
-            if sent_to is not None and sent_to != thumbprint(cert):
-                phases.refuse(
-                    ErrorCode.CHALLENGE_DECRYPTION_ERROR,
-                    f"the challenge is encrypted to certificate {sent_to}, not to this registration point's "
-                    f"{thumbprint(cert)} (was the encryption pair re-created? issue a new challenge)",
-                )
-            try:
-                inner = jwe.decrypt_compact(password, _jwk(key)).plaintext.decode("ascii")
-            except _JOSE_FAULTS as exc:
-                phases.refuse(ErrorCode.CHALLENGE_DECRYPTION_ERROR, f"the challenge does not decrypt: {exc.__class__.__name__}")
-
-        with phases("signature"):
-            try:
-                signed_header = _jose_json(_b64decode(inner.split(".", 1)[0]))
-                if inner.count(".") != 2 or not isinstance(signed_header, dict):
-                    raise ValueError("not a compact JWS")
-            except ValueError as exc:
-                phases.refuse(ErrorCode.CHALLENGE_DESERIALIZATION_ERROR, f"the decrypted challenge is not a JWS: {exc}")
-            signer_thumbprint = signed_header.get(THUMBPRINT)
-            signer = next((c for c in self.trusted_signers if thumbprint(c) == signer_thumbprint), None)
-            if signer is None:
-                trusted = ", ".join(thumbprint(c) for c in self.trusted_signers) or "none"
-                phases.refuse(
-                    ErrorCode.SIGNING_CERT_THUMBPRINT_MISMATCH,
-                    f"the challenge is signed by {signer_thumbprint}, which is not a trusted signing certificate "
-                    f"(trusted: {trusted}); see 'scepd registry show' and 'scepd doctor'",
-                )
-            try:
-                payload = jws.deserialize_compact(inner, _jwk(signer.public_key())).payload
-            except _JOSE_FAULTS as exc:
-                phases.refuse(ErrorCode.SIGNATURE_VALIDATION_FAILED, f"the challenge's signature does not verify: {exc.__class__.__name__}")
-            try:
-                claims = _jose_json(payload)
-                expected = ExpectedRequest.from_claim(claims.get("req", {}))
-                for claim in ("iat", "exp"):
-                    if not isinstance(claims.get(claim), int):
-                        raise ValueError(f"{claim} must be an integer")
-                if not isinstance(claims.get("jti"), str) or not claims["jti"]:
-                    raise ValueError("jti is missing")
-            except (ValueError, TypeError, AttributeError) as exc:
-                phases.refuse(ErrorCode.CHALLENGE_DESERIALIZATION_ERROR, f"the challenge's claims are malformed: {exc}")
-            audience = claims.get("aud")
-            if audience != self.audience and not (isinstance(audience, list) and self.audience in audience):
-                phases.refuse(
-                    ErrorCode.CHALLENGE_DESERIALIZATION_ERROR,
-                    f"the challenge is for audience {audience!r}, not {self.audience!r}",
-                )
-
-        with phases("time"):
-            now = int(self.now().timestamp())
-            skew = int(self.clock_skew.total_seconds())
-            iat, exp = claims["iat"], claims["exp"]
-            if iat > now + skew or exp <= iat or exp - iat > self.max_lifetime.total_seconds():
-                phases.refuse(
-                    ErrorCode.CHALLENGE_INVALID_TIMESTAMP,
-                    f"iat {iat} / exp {exp} are not a valid lifetime of at most "
-                    f"{int(self.max_lifetime.total_seconds())} s ending after now {now}",
-                )
-            if exp + skew < now:
-                phases.refuse(ErrorCode.CHALLENGE_EXPIRED, f"the challenge expired {now - exp} s ago")
-
-        with phases("compare"):
-            mismatch = compare(expected, request.csr)
-            if mismatch:
-                phases.refuse(*mismatch)
-
-        with phases("replay"):
-            # Last, so that a challenge is only spent on a request that qualifies; inside the
-            # caller's unit of work, so that it is spent only if the certificate is recorded.
-            if not uow.use_challenge(claims["jti"], request.transaction_id, dt.datetime.fromtimestamp(exp, dt.timezone.utc)):
-                phases.refuse(ErrorCode.CHALLENGE_REPLAYED, f"challenge {claims['jti']} has been used already")
+        # Each phase returns its result or a refusal (a ChallengeVerdict); the first refusal ends it.
+        phases = _Phases(request.transaction_id)
+        header = phases.run("decode", self._decode, password)
+        if isinstance(header, ChallengeVerdict):
+            return header
+        inner = phases.run("decrypt", self._decrypt, password, header)
+        if isinstance(inner, ChallengeVerdict):
+            return inner
+        signed = phases.run("signature", self._signed_claims, inner)
+        if isinstance(signed, ChallengeVerdict):
+            return signed
+        claims, expected = signed
+        refused = phases.run("time", self._check_time, claims["iat"], claims["exp"])
+        if isinstance(refused, ChallengeVerdict):
+            return refused
+        refused = phases.run("compare", self._compare, expected, request.csr)
+        if isinstance(refused, ChallengeVerdict):
+            return refused
+        # Last, so that a challenge is only spent on a request that qualifies.
+        refused = phases.run("replay", self._spend, claims, request.transaction_id, uow)
+        if isinstance(refused, ChallengeVerdict):
+            return refused
         return ChallengeVerdict(self.name, template=expected.template, claims=claims)
+
+    def _refuse(self, code: ErrorCode, reason: str) -> ChallengeVerdict:
+        return ChallengeVerdict.refuse(self.name, code, reason)
+
+    def _decode(self, password: str) -> dict | ChallengeVerdict:
+        try:
+            header = _jose_json(_b64decode(password.split(".", 1)[0]))
+            if not isinstance(header, dict) or "alg" not in header or "enc" not in header:
+                raise ValueError("the JWE header lacks alg or enc")
+        except ValueError as exc:
+            return self._refuse(ErrorCode.CHALLENGE_DECODING_ERROR, f"the challenge is not a compact JWE: {exc}")
+        return header
+
+    def _decrypt(self, password: str, header: dict) -> str | ChallengeVerdict:
+        if self.encryption is None:
+            return self._refuse(
+                ErrorCode.REGISTRATION_POINT_KEY_MISSING,
+                "the registration point has no encryption key; run 'scepd doctor --fix' or restart 'scepd serve'",
+            )
+        cert, key = self.encryption
+        sent_to = header.get(THUMBPRINT)
+        if sent_to is not None and sent_to != jose_thumbprint(cert):
+            return self._refuse(
+                ErrorCode.CHALLENGE_DECRYPTION_ERROR,
+                f"the challenge is encrypted to certificate {sent_to}, not to this registration point's "
+                f"{jose_thumbprint(cert)} (was the encryption pair re-created? issue a new challenge)",
+            )
+        try:
+            return jwe.decrypt_compact(password, _jwk(key)).plaintext.decode("ascii")
+        except _JOSE_FAULTS as exc:
+            return self._refuse(ErrorCode.CHALLENGE_DECRYPTION_ERROR, f"the challenge does not decrypt: {exc.__class__.__name__}")
+
+    def _signed_claims(self, inner: str) -> tuple[dict, ExpectedRequest] | ChallengeVerdict:
+        """The claims of the JWS `inner`, once its signer is trusted and its signature verifies."""
+        try:
+            signed_header = _jose_json(_b64decode(inner.split(".", 1)[0]))
+            if inner.count(".") != 2 or not isinstance(signed_header, dict):
+                raise ValueError("not a compact JWS")
+        except ValueError as exc:
+            return self._refuse(ErrorCode.CHALLENGE_DESERIALIZATION_ERROR, f"the decrypted challenge is not a JWS: {exc}")
+        signer_thumbprint = signed_header.get(THUMBPRINT)
+        signer = next((c for c in self.trusted_signers if jose_thumbprint(c) == signer_thumbprint), None)
+        if signer is None:
+            trusted = ", ".join(jose_thumbprint(c) for c in self.trusted_signers) or "none"
+            return self._refuse(
+                ErrorCode.SIGNING_CERT_THUMBPRINT_MISMATCH,
+                f"the challenge is signed by {signer_thumbprint}, which is not a trusted signing certificate "
+                f"(trusted: {trusted}); see 'scepd registry show' and 'scepd doctor'",
+            )
+        try:
+            payload = jws.deserialize_compact(inner, _jwk(signer.public_key())).payload
+        except _JOSE_FAULTS as exc:
+            return self._refuse(ErrorCode.SIGNATURE_VALIDATION_FAILED, f"the challenge's signature does not verify: {exc.__class__.__name__}")
+        try:
+            claims = _jose_json(payload)
+            expected = ExpectedRequest.from_claim(claims.get("req", {}))
+            for claim in ("iat", "exp"):
+                if not isinstance(claims.get(claim), int):
+                    raise ValueError(f"{claim} must be an integer")
+            if not isinstance(claims.get("jti"), str) or not claims["jti"]:
+                raise ValueError("jti is missing")
+        except (ValueError, TypeError, AttributeError) as exc:
+            return self._refuse(ErrorCode.CHALLENGE_DESERIALIZATION_ERROR, f"the challenge's claims are malformed: {exc}")
+        audience = claims.get("aud")
+        if audience != self.audience and not (isinstance(audience, list) and self.audience in audience):
+            return self._refuse(
+                ErrorCode.CHALLENGE_DESERIALIZATION_ERROR,
+                f"the challenge is for audience {audience!r}, not {self.audience!r}",
+            )
+        return claims, expected
+
+    def _check_time(self, iat: int, exp: int) -> ChallengeVerdict | None:
+        now = int(self.clock.now().timestamp())
+        skew = int(self.clock_skew.total_seconds())
+        if iat > now + skew or exp <= iat or exp - iat > self.max_lifetime.total_seconds():
+            return self._refuse(
+                ErrorCode.CHALLENGE_INVALID_TIMESTAMP,
+                f"iat {iat} / exp {exp} are not a valid lifetime of at most "
+                f"{int(self.max_lifetime.total_seconds())} s ending after now {now}",
+            )
+        if exp + skew < now:
+            return self._refuse(ErrorCode.CHALLENGE_EXPIRED, f"the challenge expired {now - exp} s ago")
+        return None
+
+    def _compare(self, expected: ExpectedRequest, csr: CertificationRequest) -> ChallengeVerdict | None:
+        mismatch = compare(expected, csr)
+        return self._refuse(*mismatch) if mismatch else None
+
+    def _spend(self, claims: dict, transaction_id: str, uow: UnitOfWork) -> ChallengeVerdict | None:
+        # Inside the caller's unit of work, so that it is spent only if the certificate is recorded.
+        expires = dt.datetime.fromtimestamp(claims["exp"], dt.timezone.utc)
+        if not uow.use_challenge(claims["jti"], transaction_id, expires):
+            return self._refuse(ErrorCode.CHALLENGE_REPLAYED, f"challenge {claims['jti']} has been used already")
+        return None
 
 
 def compare(expected: ExpectedRequest, csr: CertificationRequest) -> tuple[ErrorCode, str] | None:
@@ -296,19 +299,14 @@ def compare(expected: ExpectedRequest, csr: CertificationRequest) -> tuple[Error
         if device_uri not in actual_sans:
             return ErrorCode.BAD_DEVICE_ID_IN_CHALLENGE, f"the CSR does not carry the device ID {expected.device_id} as {DEVICE_ID_URI_PREFIX}"
         actual_sans.discard(device_uri)
-    wanted_sans = set(expected.sans)
+    wanted_sans = {canonical_san(s) for s in expected.sans}
     if wanted_sans:
         if not actual_sans:
             return ErrorCode.SUBJECT_ALT_NAME_MISSING, f"the CSR has no subjectAltName; expected {sorted(wanted_sans)}"
         if actual_sans != wanted_sans:
             return ErrorCode.SUBJECT_ALT_NAME_MISMATCH, f"the CSR asks for {sorted(actual_sans)}, expected {sorted(wanted_sans)}"
     if expected.key_usage:
-        ku = csr.key_usage
-        names = set()
-        if ku is not None:
-            names = {n for n, flag in (("digitalSignature", ku.digital_signature), ("keyEncipherment", ku.key_encipherment),
-                                       ("dataEncipherment", ku.data_encipherment), ("keyAgreement", ku.key_agreement),
-                                       ("contentCommitment", ku.content_commitment)) if flag}
+        names = key_usage_names(csr.key_usage)
         if names != set(expected.key_usage):
             return ErrorCode.KEY_USAGE_MISMATCH, f"the CSR asks for key usage {sorted(names)}, expected {sorted(expected.key_usage)}"
     key = csr.public_key
@@ -339,68 +337,26 @@ def _b64decode(part: str) -> bytes:
         raise ValueError(f"bad base64url: {exc}") from None
 
 
-class _Refused(Exception):
-    def __init__(self, verdict: ChallengeVerdict) -> None:
-        self.verdict = verdict
+_Result = TypeVar("_Result")
 
 
 class _Phases:
-    """Times and logs each verification phase; `refuse` ends verification with a verdict."""
+    """Times and logs each verification phase: passed, or refused with the refusal's code and reason."""
 
-    def __init__(self, validator: str, transaction_id: str) -> None:
-        self.validator = validator
+    def __init__(self, transaction_id: str) -> None:
         self.transaction_id = transaction_id
-        self.current = ""
 
-    def __call__(self, phase: str) -> "_Phases":
-        self.current = phase
-        return self
-
-    def __enter__(self) -> "_Phases":
-        self.started = time.perf_counter()
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        refused = isinstance(exc, _Refused)
-        if exc_type is None or refused:
-            fields = {
-                "transaction_id": self.transaction_id,
-                "phase": self.current,
-                "result": "fail" if refused else "pass",
-                "duration_ms": round((time.perf_counter() - self.started) * 1000, 3),
-            }
-            if refused:
-                fields.update(code=exc.verdict.refusal.code.value, reason=exc.verdict.refusal.reason)
-            log.log(logging.WARNING if refused else logging.INFO, "challenge phase", extra={"fields": fields})
-        return False
-
-    def refuse(self, code: ErrorCode, reason: str):
-        raise _Refused(ChallengeVerdict.refuse(self.validator, code, reason))
-
-
-__all__ = ["ExpectedRequest", "MdmChallengeValidator", "issue_challenge", "looks_like_challenge", "thumbprint"]
-
-
-def issue_local_challenge(instance: Instance, expected: ExpectedRequest, lifetime: dt.timedelta | None = None) -> tuple[str, dict]:
-    """A challenge from scepd's own MDM side, signed with the instance's local signing pair
-    and encrypted to its registration point. Raises InstanceError naming a missing entry."""
-    rp = instance.config.registration_point
-    material = load_rp_material(instance)
-    for entry, pair in (("encryption", material.encryption), ("signing", material.signing)):
-        if pair is None:
-            raise InstanceError(
-                f"[registration_point] {entry}_certificate", f"the {entry} pair is missing or unreadable", "scepd doctor --fix"
-            )
-    maximum = parse_duration(rp.challenge_lifetime)
-    lifetime = lifetime or maximum
-    if lifetime > maximum:
-        raise ValueError(f"the validity may not exceed [registration_point] challenge_lifetime ({rp.challenge_lifetime})")
-    return issue_challenge(
-        signing_certificate=material.signing.certificate,
-        signing_key=material.signing.key,
-        encryption_certificate=material.encryption.certificate,
-        expected=expected,
-        issuer=rp.issuer,
-        audience=rp.audience,
-        lifetime=lifetime,
-    )
+    def run(self, phase: str, step: Callable[..., _Result], *args) -> _Result:
+        started = time.perf_counter()
+        outcome = step(*args)
+        refused = isinstance(outcome, ChallengeVerdict)
+        fields = {
+            "transaction_id": self.transaction_id,
+            "phase": phase,
+            "result": "fail" if refused else "pass",
+            "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+        }
+        if refused:
+            fields.update(code=outcome.refusal.code.value, reason=outcome.refusal.reason)
+        log.log(logging.WARNING if refused else logging.INFO, "challenge phase", extra={"fields": fields})
+        return outcome

@@ -12,7 +12,7 @@ import secrets
 from dataclasses import dataclass
 
 from scepd.challenge.base import ChallengeRequest, ChallengeVerdict
-from scepd.errors import ErrorCode
+from scepd.protocol.errors import ErrorCode
 from scepd.store import OtpOutcome, Store, UnitOfWork
 
 
@@ -21,9 +21,10 @@ def password_digest(password: str) -> str:
 
 
 def new_one_time_password(store: Store, validity: dt.timedelta) -> tuple[str, dt.datetime]:
-    """Create, store (hashed) and return a fresh password with its expiry."""
+    """Create, store (hashed) and return a fresh password with its expiry. The expiry is read
+    off the store's clock, the one that decides when the password is consumed too."""
     password = secrets.token_hex(16)
-    expires_at = dt.datetime.now(dt.timezone.utc) + validity
+    expires_at = store.clock.now() + validity
     store.add_otp(password_digest(password), expires_at)
     return password, expires_at
 

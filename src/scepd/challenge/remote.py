@@ -17,7 +17,7 @@ import httpx
 
 from scepd import peerjson
 from scepd.challenge.base import ChallengeRequest, ChallengeVerdict
-from scepd.errors import ErrorCode
+from scepd.protocol.errors import ErrorCode
 from scepd.store import UnitOfWork
 
 CALLER_INFO = "scepd"

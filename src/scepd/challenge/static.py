@@ -6,7 +6,7 @@ import hmac
 from dataclasses import dataclass, field
 
 from scepd.challenge.base import ChallengeRequest, ChallengeVerdict
-from scepd.errors import ErrorCode
+from scepd.protocol.errors import ErrorCode
 from scepd.store import UnitOfWork
 
 

@@ -10,7 +10,9 @@ from scepd.client.client import (
     ScepClient,
     ScepClientError,
     build_csr,
-    parse_san,
+)
+from scepd.protocol.names import (
+    parse_san,  # SANs as text (dns:NAME, ...), the protocol's one spelling
 )
 
 __all__ = ["EnrollmentResult", "ScepClient", "ScepClientError", "build_csr", "parse_san"]

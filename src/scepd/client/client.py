@@ -4,22 +4,21 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import ipaddress
 import secrets
 import time
 from dataclasses import dataclass
 from urllib.parse import quote
 
 import httpx
-from asn1crypto import core
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from cryptography.x509.oid import AttributeOID, ObjectIdentifier
+from cryptography.x509.oid import AttributeOID
 
-from scepd.protocol import MessageType, PkiStatus, cms
+from scepd.protocol import MessageType, PkiStatus
 from scepd.protocol.caps import parse_caps
+from scepd.protocol.enveloped import ContentCipher, build_enveloped, decrypt_enveloped
 from scepd.protocol.message import (
     build_pki_message,
     encode_issuer_and_serial,
@@ -27,42 +26,22 @@ from scepd.protocol.message import (
     new_nonce,
     parse_pki_message,
 )
+from scepd.protocol.signed import parse_certs_and_crls, parse_certs_only
 from scepd.protocol.types import FailInfo
 
-UPN_OID = ObjectIdentifier("1.3.6.1.4.1.311.20.2.3")
-
 CIPHERS = {
-    "aes": cms.ContentCipher.AES_128_CBC,  # what the GetCACaps keyword "AES" means (RFC 8894)
-    "aes128": cms.ContentCipher.AES_128_CBC,
-    "aes192": cms.ContentCipher.AES_192_CBC,
-    "aes256": cms.ContentCipher.AES_256_CBC,
-    "aes-gcm": cms.ContentCipher.AES_128_GCM,
-    "des3": cms.ContentCipher.DES_EDE3_CBC,
-    "des": cms.ContentCipher.DES_CBC,
+    "aes": ContentCipher.AES_128_CBC,  # what the GetCACaps keyword "AES" means (RFC 8894)
+    "aes128": ContentCipher.AES_128_CBC,
+    "aes192": ContentCipher.AES_192_CBC,
+    "aes256": ContentCipher.AES_256_CBC,
+    "aes-gcm": ContentCipher.AES_128_GCM,
+    "des3": ContentCipher.DES_EDE3_CBC,
+    "des": ContentCipher.DES_CBC,
 }
 
 
 class ScepClientError(Exception):
     pass
-
-
-def parse_san(text: str) -> x509.GeneralName:
-    """dns:NAME, ip:ADDRESS, email:ADDRESS, uri:URI or upn:USER@REALM."""
-    kind, sep, value = text.partition(":")
-    kind = kind.lower()
-    if not sep or not value:
-        raise ValueError(f"{text!r}: expected TYPE:VALUE with TYPE dns, ip, email, uri or upn")
-    if kind == "dns":
-        return x509.DNSName(value)
-    if kind == "ip":
-        return x509.IPAddress(ipaddress.ip_address(value))
-    if kind == "email":
-        return x509.RFC822Name(value)
-    if kind == "uri":
-        return x509.UniformResourceIdentifier(value)
-    if kind == "upn":
-        return x509.OtherName(UPN_OID, core.UTF8String(value).dump())
-    raise ValueError(f"{text!r}: unknown SAN type {kind!r} (dns, ip, email, uri, upn)")
 
 
 def build_csr(
@@ -196,7 +175,7 @@ class ScepClient:
         if content_type == "application/x-x509-ca-cert":
             certs = [x509.load_der_x509_certificate(response.content)]
         else:
-            certs = cms.parse_certs_only(response.content)
+            certs = parse_certs_only(response.content)
         return pick_ca_and_ra(certs)
 
     def enroll(
@@ -262,11 +241,11 @@ class ScepClient:
 
     def _retrieve(self, message_type, issuer, serial, signer, ca):
         ca = ca or self.get_ca_certs()
-        exchange = _Exchange(self, ca, signer, cms.ContentCipher.AES_128_CBC, "sha256", False, secrets.token_hex(20).upper())
+        exchange = _Exchange(self, ca, signer, ContentCipher.AES_128_CBC, "sha256", False, secrets.token_hex(20).upper())
         reply = exchange.send(message_type, encode_issuer_and_serial(issuer, serial))
         if reply.pki_status is not PkiStatus.SUCCESS:
             raise ScepClientError(f"{message_type.name} refused: {reply.fail_info_text or reply.pki_status}")
-        return cms.parse_certs_and_crls(exchange.open(reply))
+        return parse_certs_and_crls(exchange.open(reply))
 
     def _post(self, request: bytes) -> bytes:
         response = self.http.post(
@@ -286,7 +265,7 @@ class _Exchange:
     client: ScepClient
     ca: CaCertificates
     signer: tuple[x509.Certificate, object]
-    cipher: cms.ContentCipher
+    cipher: ContentCipher
     digest: str
     use_get: bool
     transaction_id: str
@@ -300,7 +279,7 @@ class _Exchange:
             signer_certificate=signer_cert,
             signer_key=signer_key,
             digest_algorithm=self.digest,
-            envelope=cms.build_enveloped(content, self.ca.ra, self.cipher),
+            envelope=build_enveloped(content, self.ca.ra, self.cipher),
             sender_nonce=nonce,
         )
         if self.use_get:
@@ -319,7 +298,7 @@ class _Exchange:
         return reply
 
     def open(self, reply) -> bytes:
-        return cms.decrypt_enveloped(reply.envelope, [self.signer]).content
+        return decrypt_enveloped(reply.envelope, [self.signer]).content
 
     def certificate_for(self, key, reply) -> EnrollmentResult:
         if reply.pki_status is not PkiStatus.SUCCESS:
@@ -327,7 +306,7 @@ class _Exchange:
                 reply.pki_status or PkiStatus.FAILURE, self.transaction_id, None, reply.fail_info, reply.fail_info_text
             )
         wanted = key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-        for cert in cms.parse_certs_only(self.open(reply)):
+        for cert in parse_certs_only(self.open(reply)):
             if cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo) == wanted:
                 return EnrollmentResult(PkiStatus.SUCCESS, self.transaction_id, cert)
         raise ScepClientError("the CertRep holds no certificate for our key")

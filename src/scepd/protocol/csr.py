@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtensionOID
 
 from scepd.protocol import signatures
-from scepd.protocol.types import FailInfo, ProtocolError
+from scepd.protocol.errors import ErrorCode, ProtocolError
 
 
 @dataclass(frozen=True)
@@ -53,8 +53,8 @@ class CertificationRequest:
         return f"EC {key.curve.name}"
 
 
-def _bad(code: str, reason: str, fail_info: FailInfo = FailInfo.BAD_REQUEST) -> ProtocolError:
-    return ProtocolError(fail_info, code, reason)
+def _malformed(reason: str) -> ProtocolError:
+    return ProtocolError(ErrorCode.CSR_MALFORMED, f"the PKCS#10 request cannot be parsed: {reason}")
 
 
 def _normalised(request: asn1_csr.CertificationRequest, version: int) -> bytes:
@@ -93,7 +93,7 @@ def without_challenge_password(der: bytes) -> bytes:
         copy["certification_request_info"]["attributes"] = asn1_csr.CRIAttributes(kept)
         return copy.dump(force=True)
     except Exception as exc:
-        raise _bad("CsrMalformed", f"the PKCS#10 request cannot be parsed: {exc}") from None
+        raise _malformed(str(exc)) from None
 
 
 def parse_csr(der: bytes, *, verified: bool = False) -> CertificationRequest:
@@ -116,7 +116,7 @@ def parse_csr(der: bytes, *, verified: bool = False) -> CertificationRequest:
         hash_name = request["signature_algorithm"].hash_algo
         signature = request["signature"].native
     except Exception as exc:
-        raise _bad("CsrMalformed", f"the PKCS#10 request cannot be parsed: {exc}") from None
+        raise _malformed(str(exc)) from None
     try:
         public_key, subject, extensions = _typed_view(der)
     except Exception:
@@ -124,23 +124,22 @@ def parse_csr(der: bytes, *, verified: bool = False) -> CertificationRequest:
         try:
             public_key, subject, extensions = _typed_view(_normalised(request, version))
         except Exception as exc:
-            raise _bad("CsrMalformed", f"the PKCS#10 request cannot be parsed: {exc}") from None
+            raise _malformed(str(exc)) from None
     if not isinstance(public_key, (rsa.RSAPublicKey, ec.EllipticCurvePublicKey)):
-        raise _bad("KeyTypeNotAllowed", f"{type(public_key).__name__} keys are not supported", FailInfo.BAD_ALG)
+        raise ProtocolError(ErrorCode.KEY_TYPE_NOT_ALLOWED, f"{type(public_key).__name__} keys are not supported")
 
     if hash_name not in signatures.HASHES:
-        raise _bad("UnsupportedAlgorithm", f"the PKCS#10 request is signed with {hash_name}", FailInfo.BAD_ALG)
+        raise ProtocolError(ErrorCode.UNSUPPORTED_ALGORITHM, f"the PKCS#10 request is signed with {hash_name}")
     try:
         valid = verified or signatures.verify_signature(public_key, scheme, hash_name, info_bytes, signature)
     except ProtocolError:
         raise
     except Exception as exc:
-        raise _bad("CsrMalformed", f"the PKCS#10 signature cannot be checked: {exc}") from None
+        raise ProtocolError(ErrorCode.CSR_MALFORMED, f"the PKCS#10 signature cannot be checked: {exc}") from None
     if not valid:
-        raise _bad(
-            "CsrSignatureInvalid",
+        raise ProtocolError(
+            ErrorCode.CSR_SIGNATURE_INVALID,
             "the PKCS#10 signature does not verify with the request's own key (no proof of possession)",
-            FailInfo.BAD_MESSAGE_CHECK,
         )
 
     return CertificationRequest(

@@ -11,7 +11,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from scepd.protocol.types import FailInfo, ProtocolError
+from scepd.protocol.errors import unsupported
 
 HASHES: dict[str, type[hashes.HashAlgorithm]] = {
     "md5": hashes.MD5,
@@ -27,9 +27,7 @@ def hash_algorithm(name: str) -> hashes.HashAlgorithm:
     try:
         return HASHES[name]()
     except KeyError:
-        raise ProtocolError(
-            FailInfo.BAD_ALG, "UnsupportedAlgorithm", f"digest algorithm {name!r} is not supported"
-        ) from None
+        raise unsupported(f"digest algorithm {name!r}") from None
 
 
 def digest(name: str, data: bytes) -> bytes:
@@ -52,11 +50,7 @@ def verify_signature(public_key, scheme: str, hash_name: str, data: bytes, signa
         elif isinstance(public_key, ec.EllipticCurvePublicKey):
             public_key.verify(signature, data, ec.ECDSA(algorithm))
         else:
-            raise ProtocolError(
-                FailInfo.BAD_ALG,
-                "UnsupportedAlgorithm",
-                f"signatures by {type(public_key).__name__} keys are not supported",
-            )
+            raise unsupported(f"signatures by {type(public_key).__name__} keys")
     except InvalidSignature:
         return False
     return True

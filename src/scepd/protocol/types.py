@@ -46,20 +46,6 @@ class FailInfo(enum.Enum):
         }[self.value]
 
 
-class ProtocolError(Exception):
-    """Something a peer sent that the protocol cannot accept.
-
-    `fail_info` is what a CertRep FAILURE should carry; `reason` is a sentence a human can act on.
-    `code` is a stable machine name for logs (the service layer maps it to its error table).
-    """
-
-    def __init__(self, fail_info: FailInfo, code: str, reason: str) -> None:
-        super().__init__(reason)
-        self.fail_info = fail_info
-        self.code = code
-        self.reason = reason
-
-
 # --- the SCEP signed attributes, registered with asn1crypto -------------------------------
 
 SCEP_ATTRIBUTE_OIDS = {

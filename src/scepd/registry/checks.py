@@ -11,6 +11,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from scepd.ca.templates import DEFAULT_TEMPLATE
+from scepd.clock import SYSTEM_CLOCK, Clock
 from scepd.registry.instance import Instance, KeyMaterial
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
@@ -25,9 +26,9 @@ class CheckResult:
     fix: str = ""
 
 
-def certificate_validity(name: str, cert: x509.Certificate, fix: str) -> CheckResult:
+def certificate_validity(name: str, cert: x509.Certificate, fix: str, clock: Clock = SYSTEM_CLOCK) -> CheckResult:
     """FAIL when expired or not yet valid, WARN within 30 days of expiry, else PASS."""
-    now = dt.datetime.now(dt.timezone.utc)
+    now = clock.now()
     if cert.not_valid_after_utc <= now:
         return CheckResult(name, FAIL, f"expired on {cert.not_valid_after_utc:%Y-%m-%d}", fix)
     if cert.not_valid_before_utc > now:
@@ -39,9 +40,10 @@ def certificate_validity(name: str, cert: x509.Certificate, fix: str) -> CheckRe
 
 def check_material(instance: Instance, material: KeyMaterial) -> list[CheckResult]:
     ca_cert, ra_cert = material.ca.certificate, material.ra.certificate
+    clock = material.ca.clock
     results = [
-        certificate_validity("ca.validity", ca_cert, "scepd ca rollover, then scepd ca activate-next"),
-        certificate_validity("ra.validity", ra_cert, "scepd ra renew"),
+        certificate_validity("ca.validity", ca_cert, "scepd ca rollover, then scepd ca activate-next", clock),
+        certificate_validity("ra.validity", ra_cert, "scepd ra renew", clock),
     ]
     try:
         ku = ra_cert.extensions.get_extension_for_class(x509.KeyUsage).value

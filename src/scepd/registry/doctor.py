@@ -13,6 +13,7 @@ import stat
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
+from scepd.clock import SYSTEM_CLOCK, Clock
 from scepd.registry.checks import (
     FAIL,
     PASS,
@@ -55,8 +56,8 @@ def _key_permissions(instance: Instance, fix: bool) -> list[CheckResult]:
     return results
 
 
-def _clock(instance: Instance, store, material) -> CheckResult:
-    now = dt.datetime.now(dt.timezone.utc)
+def _clock(clock: Clock, store, material) -> CheckResult:
+    now = clock.now()
     if material is not None and material.ca.certificate.not_valid_before_utc > now + CLOCK_TOLERANCE:
         return CheckResult("clock", FAIL, "the CA certificate starts in the future: the system clock is behind",
                            "set the clock (NTP) before serving")
@@ -113,10 +114,11 @@ def startup_checks(instance: Instance, material, store, validators: BuildValidat
     ]
 
 
-def run_doctor(instance: Instance, validators: BuildValidators, fix: bool = False) -> list[CheckResult]:
+def run_doctor(instance: Instance, validators: BuildValidators, fix: bool = False,
+               clock: Clock = SYSTEM_CLOCK) -> list[CheckResult]:
     results: list[CheckResult] = []
     try:
-        material = load_key_material(instance)
+        material = load_key_material(instance, clock)
     except InstanceError as exc:
         material = None
         results.append(CheckResult(f"keys {exc.entry}", FAIL, exc.reason, exc.fix))
@@ -142,7 +144,7 @@ def run_doctor(instance: Instance, validators: BuildValidators, fix: bool = Fals
     try:
         results.append(check_store(instance, store, repair=fix))
         results.append(check_database_permissions(store, repair=fix))
-        results.append(_clock(instance, store, material))
+        results.append(_clock(clock, store, material))
     finally:
         store.dispose()
     results.append(_urls(instance))

@@ -1,7 +1,8 @@
 """An instance directory: scepd.toml, the CA and RA key pairs, the database, the log.
 
-`create_instance` makes one; `Instance.open` reads one; `load_key_material` loads the keys
-once and says exactly which file is missing or wrong, and which command mends it.
+`create_instance` makes one (with the registration point's two pairs, which `doctor --fix`
+re-creates the same way); `Instance.open` reads one; `load_key_material` loads the keys once
+and says exactly which file is missing or wrong, and which command mends it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import tomli_w
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from scepd.ca.authority import CertificateAuthority, create_root_ca
@@ -24,6 +26,7 @@ from scepd.ca.keys import (
     save_key,
     write_private,
 )
+from scepd.clock import SYSTEM_CLOCK, Clock
 from scepd.registry.config import (
     CONFIG_FILE,
     ChallengeConfig,
@@ -36,6 +39,8 @@ from scepd.registry.config import (
 from scepd.store import Store
 
 DEFAULT_DIR = "instance"
+# The registration point's encryption and signing certificates (renewed by re-creating them).
+SERVICE_VALIDITY_DAYS = 730
 
 
 def default_directory() -> Path:
@@ -87,10 +92,10 @@ class Instance:
         value = os.environ.get(self.config.keys.passphrase_env)
         return value.encode("utf-8") if value else None
 
-    def open_store(self) -> Store:
+    def open_store(self, clock: Clock = SYSTEM_CLOCK) -> Store:
         # The store creates a missing SQLite file 0600 itself, whichever command opens it first.
         busy_timeout = parse_duration(self.config.database.busy_timeout).total_seconds()
-        return Store(self.database_url, busy_timeout=busy_timeout)
+        return Store(self.database_url, busy_timeout=busy_timeout, clock=clock)
 
 
 @dataclass(frozen=True)
@@ -160,12 +165,13 @@ def load_pair(instance: Instance, role: str, cert_name: str, key_name: str) -> K
     return pair
 
 
-def load_key_material(instance: Instance) -> KeyMaterial:
+def load_key_material(instance: Instance, clock: Clock = SYSTEM_CLOCK) -> KeyMaterial:
+    """Every pair the configuration names; the CAs issue by `clock`."""
     config = instance.config
     crl_base = f"{config.server.base_url}/crl"
 
     def authority(cert_name: str, key_name: str) -> CertificateAuthority:
-        return CertificateAuthority(load_pair(instance, "ca", cert_name, key_name), crl_base)
+        return CertificateAuthority(load_pair(instance, "ca", cert_name, key_name), crl_base, clock)
 
     ca = authority(config.ca.certificate, config.ca.key)
     ra = load_pair(instance, "ra", config.ra.certificate, config.ra.key) if config.ra.certificate else ca.pair
@@ -222,9 +228,6 @@ def create_instance(
     # scepd.toml holds the static challenge, so it is as private as the keys.
     write_private(directory / CONFIG_FILE, tomli_w.dumps(config_as_toml_tables(config)).encode("utf-8"))
     instance = Instance(directory, config)
-    # registry.rp builds on Instance, hence the import here rather than at the top.
-    from scepd.registry.rp import create_encryption_pair, create_signing_pair
-
     create_encryption_pair(instance, ca)
     create_signing_pair(instance, ca)
     store = instance.open_store()
@@ -236,3 +239,33 @@ def create_instance(
 def ca_subject_cn(subject: x509.Name) -> str:
     cns = subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     return str(cns[0].value) if cns else "scepd"
+
+
+def _create_pair(instance: Instance, ca: CertificateAuthority, cert_name: str, key_name: str, cn: str, usage: set[str]) -> KeyPair:
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    cert = ca.issue_service_certificate(subject, key.public_key(), usage, SERVICE_VALIDITY_DAYS)
+    key_path, cert_path = instance.path(key_name), instance.path(cert_name)
+    key_path.parent.mkdir(parents=True, exist_ok=True)
+    for p in (key_path, cert_path):
+        if p.exists():
+            # Keep what was there for the record; never overwrite key material in place.
+            p.rename(p.with_name(f"{p.name}.replaced-{ca.clock.now():%Y%m%dT%H%M%S}"))
+    save_key(key, key_path, instance.passphrase)
+    save_certificate(cert, cert_path)
+    return KeyPair(cert, key)
+
+
+def create_encryption_pair(instance: Instance, ca: CertificateAuthority) -> KeyPair:
+    """The registration point's encryption pair (MDM challenges are encrypted to it), issued
+    by `ca`; a pair already there is kept beside it, renamed."""
+    rp = instance.config.registration_point
+    return _create_pair(instance, ca, rp.encryption_certificate, rp.encryption_key,
+                        "scepd registration point encryption", {"keyAgreement"})
+
+
+def create_signing_pair(instance: Instance, ca: CertificateAuthority) -> KeyPair:
+    """The local MDM side's signing pair (`scepd challenge issue` signs with it)."""
+    rp = instance.config.registration_point
+    return _create_pair(instance, ca, rp.signing_certificate, rp.signing_key,
+                        "scepd MDM challenge signing", {"digitalSignature"})

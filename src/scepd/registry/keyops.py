@@ -9,7 +9,6 @@ and certificates issued by the old CA stay valid, renewable and covered by its C
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -21,8 +20,9 @@ from scepd.registry.config import CONFIG_FILE, KeyFiles, update_config_file
 from scepd.registry.instance import Instance, InstanceError, KeyMaterial
 
 
-def _stamp() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+def _stamp(ca: CertificateAuthority) -> str:
+    """Names new key files by the time of the CA that issues them."""
+    return ca.clock.now().strftime("%Y%m%dT%H%M%S")
 
 
 def _key_spec_like(key) -> str:
@@ -48,13 +48,13 @@ def rollover(instance: Instance, material: KeyMaterial, key_spec: str | None = N
     """Create the next CA (and an RA under it). GetCACaps then offers GetNextCACert."""
     if material.next_ca is not None:
         raise InstanceError("[ca] next_certificate", "a next CA exists already", "scepd ca activate-next")
-    stamp = _stamp()
+    stamp = _stamp(material.ca)
     key = generate_key(key_spec or _key_spec_like(material.ca.pair.key))
-    certificate = create_root_ca(material.ca.certificate.subject, key)
+    certificate = create_root_ca(material.ca.certificate.subject, key, clock=material.ca.clock)
     ca_cert, ca_key = _write_pair(instance, f"ca-{stamp}", key, certificate)
     changes: dict = {"ca": {"next_certificate": ca_cert, "next_key": ca_key}}
     if instance.config.ra.certificate:
-        next_ca = CertificateAuthority(KeyPair(certificate, key))
+        next_ca = CertificateAuthority(KeyPair(certificate, key), clock=material.ca.clock)
         ra_key = generate_key(_key_spec_like(material.ra.key))
         ra_certificate = next_ca.issue_ra_certificate(_ra_subject(material.ca, material.ra), ra_key)
         ra_cert, ra_key_name = _write_pair(instance, f"ra-{stamp}", ra_key, ra_certificate)
@@ -93,7 +93,7 @@ def renew_ra(instance: Instance, material: KeyMaterial, validity_days: int = 730
         raise InstanceError("[ra] certificate", "this instance has no separate RA (the CA acts as RA)", "nothing to renew")
     key = generate_key(_key_spec_like(material.ra.key))
     certificate = material.ca.issue_ra_certificate(material.ra.certificate.subject, key, validity_days)
-    cert_name, key_name = _write_pair(instance, f"ra-{_stamp()}", key, certificate)
+    cert_name, key_name = _write_pair(instance, f"ra-{_stamp(material.ca)}", key, certificate)
     update_config_file(instance.path(CONFIG_FILE), {"ra": _supersede(ra, cert_name, key_name)})
     return instance.path(cert_name)
 

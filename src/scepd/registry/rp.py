@@ -6,6 +6,7 @@ and where it fails with `m_safeCertContext is an invalid handle` when an entry i
 Here loading never raises: a missing entry is None, the validator answers with a named code,
 `check_registration_point` says what is wrong and, with `repair`, re-creates what can be
 re-created safely (the encryption pair, the local signing pair and its trust).
+`issue_local_challenge` is scepd's own MDM side: it signs challenges with the local pair.
 """
 
 from __future__ import annotations
@@ -19,21 +20,27 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from scepd.ca.authority import CertificateAuthority
-from scepd.ca.keys import (
-    KeyPair,
-    load_certificate,
-    save_certificate,
-    save_key,
-)
+from scepd.ca.keys import KeyPair, load_certificate, save_certificate
+from scepd.challenge.mdm import ExpectedRequest, issue_challenge
+from scepd.clock import SYSTEM_CLOCK, Clock
+from scepd.protocol.fingerprints import jose_thumbprint
 from scepd.registry.checks import FAIL, PASS, WARN, CheckResult, certificate_validity
-from scepd.registry.config import CONFIG_FILE, load_config, update_config_file
-from scepd.registry.instance import Instance, InstanceError, load_pair
-
-SERVICE_VALIDITY_DAYS = 730
+from scepd.registry.config import (
+    CONFIG_FILE,
+    ConfigError,
+    load_config,
+    parse_duration,
+    update_config_file,
+)
+from scepd.registry.instance import (
+    Instance,
+    InstanceError,
+    create_encryption_pair,
+    create_signing_pair,
+    load_pair,
+)
 
 
 @dataclass(frozen=True)
@@ -70,31 +77,31 @@ def load_rp_material(instance: Instance) -> RegistrationPointMaterial:
     )
 
 
-def _create_pair(instance: Instance, ca: CertificateAuthority, cert_name: str, key_name: str, cn: str, usage: set[str]) -> KeyPair:
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    cert = ca.issue_service_certificate(subject, key.public_key(), usage, SERVICE_VALIDITY_DAYS)
-    key_path, cert_path = instance.path(key_name), instance.path(cert_name)
-    key_path.parent.mkdir(parents=True, exist_ok=True)
-    for p in (key_path, cert_path):
-        if p.exists():
-            # Keep what was there for the record; never overwrite key material in place.
-            p.rename(p.with_name(f"{p.name}.replaced-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}"))
-    save_key(key, key_path, instance.passphrase)
-    save_certificate(cert, cert_path)
-    return KeyPair(cert, key)
-
-
-def create_encryption_pair(instance: Instance, ca: CertificateAuthority) -> KeyPair:
+def issue_local_challenge(instance: Instance, expected: ExpectedRequest, lifetime: dt.timedelta | None = None,
+                          clock: Clock = SYSTEM_CLOCK) -> tuple[str, dict]:
+    """A challenge from scepd's own MDM side, signed with the instance's local signing pair
+    and encrypted to its registration point. Raises InstanceError naming a missing entry."""
     rp = instance.config.registration_point
-    return _create_pair(instance, ca, rp.encryption_certificate, rp.encryption_key,
-                        "scepd registration point encryption", {"keyAgreement"})
-
-
-def create_signing_pair(instance: Instance, ca: CertificateAuthority) -> KeyPair:
-    rp = instance.config.registration_point
-    return _create_pair(instance, ca, rp.signing_certificate, rp.signing_key,
-                        "scepd MDM challenge signing", {"digitalSignature"})
+    material = load_rp_material(instance)
+    for entry, pair in (("encryption", material.encryption), ("signing", material.signing)):
+        if pair is None:
+            raise InstanceError(
+                f"[registration_point] {entry}_certificate", f"the {entry} pair is missing or unreadable", "scepd doctor --fix"
+            )
+    maximum = parse_duration(rp.challenge_lifetime)
+    lifetime = lifetime or maximum
+    if lifetime > maximum:
+        raise ValueError(f"the validity may not exceed [registration_point] challenge_lifetime ({rp.challenge_lifetime})")
+    return issue_challenge(
+        signing_certificate=material.signing.certificate,
+        signing_key=material.signing.key,
+        encryption_certificate=material.encryption.certificate,
+        expected=expected,
+        issuer=rp.issuer,
+        audience=rp.audience,
+        lifetime=lifetime,
+        clock=clock,
+    )
 
 
 def check_registration_point(instance: Instance, ca: CertificateAuthority, repair: bool) -> list[CheckResult]:
@@ -105,12 +112,12 @@ def check_registration_point(instance: Instance, ca: CertificateAuthority, repai
 
     def pair_check(name, pair, create, what):
         fix = "scepd doctor --fix (or restart scepd serve) re-creates it; challenges issued before must be re-issued"
-        if pair is None or pair.certificate.not_valid_after_utc <= dt.datetime.now(dt.timezone.utc):
+        if pair is None or pair.certificate.not_valid_after_utc <= ca.clock.now():
             if repair:
                 create(instance, ca)
                 return CheckResult(name, WARN, f"{what} was missing or expired and has been re-created")
             return CheckResult(name, FAIL, f"{what} is missing, expired, unreadable or does not match its certificate", fix)
-        return certificate_validity(name, pair.certificate, fix)
+        return certificate_validity(name, pair.certificate, fix, ca.clock)
 
     results.append(pair_check("registration_point.encryption", material.encryption, create_encryption_pair,
                               f"the encryption pair ({rp.encryption_certificate}, {rp.encryption_key})"))
@@ -150,7 +157,7 @@ def check_registration_point(instance: Instance, ca: CertificateAuthority, repai
             ))
         else:
             results.append(certificate_validity(f"registration_point.trust.{Path(name).name}", cert,
-                                   "get the MDM's new signing certificate and 'scepd registry trust add' it"))
+                                   "get the MDM's new signing certificate and 'scepd registry trust add' it", ca.clock))
     return results
 
 
@@ -232,3 +239,87 @@ def token_accepted(token: str, digests: tuple[str, ...]) -> bool:
     """Constant-time comparison against every stored digest."""
     digest = token_digest(token)
     return any([hmac.compare_digest(digest, d) for d in digests])  # a list: no short-circuit
+
+
+# --- trusted signing certificates and settable entries ----------------------------------------
+
+
+# Where `trust_add` keeps the certificates it is given, named by their thumbprint.
+TRUSTED_DIR = "rp/trusted"
+
+
+class TrustError(ValueError):
+    """A name or thumbprint that names none of the trusted signing certificates."""
+
+
+class EntryError(ConfigError):
+    """An entry `set_entry` does not know, or a template mapping to a template that does not exist."""
+
+
+@dataclass(frozen=True)
+class TrustedSigner:
+    name: str  # as listed in [registration_point] trusted_signers
+    certificate: x509.Certificate
+    newly_listed: bool  # False: it was trusted already (its file is rewritten all the same)
+
+
+def trust_add(instance: Instance, certificate: x509.Certificate) -> TrustedSigner:
+    """Trust MDM challenges signed by `certificate`'s key: keep a copy under TRUSTED_DIR and
+    list it in trusted_signers (once). Running servers reload scepd.toml within seconds."""
+    name = f"{TRUSTED_DIR}/{jose_thumbprint(certificate)[:16]}.pem"
+    path = instance.path(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_certificate(certificate, path)
+    listed = instance.config.registration_point.trusted_signers
+    if name not in listed:
+        update_config_file(instance.path(CONFIG_FILE), {"registration_point": {"trusted_signers": (*listed, name)}})
+    return TrustedSigner(name, certificate, name not in listed)
+
+
+def _names_signer(instance: Instance, name: str, which: str) -> bool:
+    """Is `which` the trusted_signers entry `name`: the entry itself, its file name, or the
+    thumbprint of the certificate in it?"""
+    path = instance.path(name)
+    if which in (name, path.name):
+        return True
+    cert = _try_certificate(instance, name)
+    return cert is not None and jose_thumbprint(cert) == which
+
+
+def trust_remove(instance: Instance, which: str) -> tuple[str, ...]:
+    """Stop trusting the signing certificates `which` names (an entry of trusted_signers, its
+    file name, or its certificate's thumbprint); returns the entries removed. Their files stay,
+    for the record. TrustError when `which` names none."""
+    listed = instance.config.registration_point.trusted_signers
+    removed = tuple(name for name in listed if _names_signer(instance, name, which))
+    if not removed:
+        raise TrustError(f"no trusted signer {which!r}; trusted: {', '.join(listed) or 'none'}")
+    kept = tuple(name for name in listed if name not in removed)
+    update_config_file(instance.path(CONFIG_FILE), {"registration_point": {"trusted_signers": kept}})
+    return removed
+
+
+# What `scepd registry set` may change: the name an administrator types -> (section, key) in
+# scepd.toml. The rest of the registry is made by commands (trust, token) or by scepd init.
+SETTABLE = {
+    "challenge_lifetime": ("registration_point", "challenge_lifetime"),
+    "clock_skew": ("registration_point", "clock_skew"),
+    "audience": ("registration_point", "audience"),
+    "issuer": ("registration_point", "issuer"),
+    "SignatureTemplate": ("template_mapping", "SignatureTemplate"),
+    "EncryptionTemplate": ("template_mapping", "EncryptionTemplate"),
+    "GeneralPurposeTemplate": ("template_mapping", "GeneralPurposeTemplate"),
+}
+
+
+def set_entry(instance: Instance, entry: str, value: str) -> tuple[str, str]:
+    """Set one SETTABLE entry in scepd.toml; returns its (section, key). EntryError for an
+    unknown entry or a mapping to no template, ConfigError for a value the configuration
+    refuses (the file is then left as it was)."""
+    if entry not in SETTABLE:
+        raise EntryError(f"unknown entry {entry!r}; settable: {', '.join(SETTABLE)}")
+    section, key = SETTABLE[entry]
+    if section == "template_mapping" and value not in instance.config.templates:
+        raise EntryError(f"no template {value!r}; known: {', '.join(sorted(instance.config.templates))}")
+    update_config_file(instance.path(CONFIG_FILE), {section: {key: value}})
+    return section, key

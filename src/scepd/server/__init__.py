@@ -1,7 +1,16 @@
-"""The HTTP binding: SCEP routes (and their NDES aliases), transport decoding, size limits.
+"""The HTTP binding: the SCEP routes (and their NDES aliases), the registration point's JSON
+APIs, CRLs and the health check.
 
-Only HTTP lives here: it turns requests into bytes for `scepd.enrollment.EnrollmentService`
-and its results into responses, and writes one log line per request. No protocol or policy
-decisions are made in this package.
-May import: every other package of scepd.
+Only HTTP lives here: requests become bytes or parsed JSON for the services `scepd.wiring`
+builds (`Services`), and their answers and refusals become responses (statuses from the error
+table), with one log line per SCEP request. No protocol or policy decision is made here.
+- app: create_app (routes, thread pool, lifespan), create_app_for_directory, ReloadingServices
+- scep: GET and POST on the SCEP paths: query parsing, base64 quirks, size limits
+- api: /api/v1/challenges and /ScepActions/{action} (service/rp_api.py decides)
+- crl: /crl/{key_id}.crl
+- framing: RequestFraming, bodies read within the limit, refusals as text, log fields
+- run: uvicorn with the connection handling scepd needs
+May import: scepd.service, scepd.wiring (which builds everything from the instance
+directory), scepd.protocol (its error vocabulary, the refusals written here), scepd.peerjson
+(hostile JSON) and scepd.logs.
 """

@@ -4,8 +4,8 @@ connection handling a server facing the internet needs and uvicorn lacks (ScepdH
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-import os
 import socket
 from pathlib import Path
 
@@ -14,7 +14,8 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.supervisors import Multiprocess
 
-from scepd.errors import ErrorCode, Refusal
+from scepd.protocol.errors import ErrorCode, Refusal
+from scepd.server.app import create_app_for_directory
 
 log = logging.getLogger("scepd.server")
 
@@ -156,22 +157,14 @@ class ScepdH11Protocol(H11Protocol):
         self._header_timer = None
 
 
-def _configured_header_timeout() -> float:
-    """[server] header_timeout of the instance in SCEPD_DIR (set by `scepd serve`)."""
-    from scepd.registry.config import CONFIG_FILE, load_config
-
-    directory = os.environ.get("SCEPD_DIR")
-    if not directory:
-        return DEFAULT_HEADER_TIMEOUT
-    return load_config(Path(directory) / CONFIG_FILE).server.header_timeout_seconds
-
-
-def serve(host: str, port: int, workers: int, max_request_bytes: int, header_timeout: float | None = None) -> None:
-    """Serve `create_app_from_environment` (it reads SCEPD_DIR) until interrupted.
-    `header_timeout`: seconds a connection has to send a request's headers; None: the
-    instance's [server] header_timeout."""
+def serve(directory: Path, *, host: str, port: int, workers: int, max_request_bytes: int,
+          header_timeout: float = DEFAULT_HEADER_TIMEOUT) -> None:
+    """Serve the instance in `directory` until interrupted. Each worker process builds its own
+    app from the directory (`create_app_for_directory`): the factory is a picklable partial,
+    because it travels in the Config, which is what uvicorn sends to the processes it spawns.
+    `header_timeout`: seconds a connection has to send a request's headers."""
     config = uvicorn.Config(
-        "scepd.server.app:create_app_from_environment",
+        functools.partial(create_app_for_directory, Path(directory)),
         factory=True,
         host=host,
         port=port,
@@ -187,7 +180,7 @@ def serve(host: str, port: int, workers: int, max_request_bytes: int, header_tim
     )
     # Read by each connection's protocol; an attribute of the Config, because the Config is
     # what reaches every worker process.
-    config.scepd_header_timeout = _configured_header_timeout() if header_timeout is None else header_timeout
+    config.scepd_header_timeout = header_timeout
     if workers <= 1:
         uvicorn.Server(config).run()
         return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import enum
 
 from sqlalchemy import (
     DateTime,
@@ -15,6 +16,8 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from scepd.store.states import CertificateState, NotificationKind, TransactionState
 
 
 class UTCDateTime(TypeDecorator):
@@ -30,6 +33,24 @@ class UTCDateTime(TypeDecorator):
 
     def process_result_value(self, value, dialect):
         return value.replace(tzinfo=dt.timezone.utc) if value is not None else None
+
+
+class StateString(TypeDecorator):
+    """A state enum stored as its value in a VARCHAR(16), the column type every migration
+    made: what is written must be a member's value, what is read comes back as the member."""
+
+    impl = String
+    cache_ok = True
+
+    def __init__(self, states: type[enum.StrEnum]) -> None:
+        super().__init__(16)
+        self.states = states
+
+    def process_bind_param(self, value, dialect):
+        return None if value is None else self.states(value).value
+
+    def process_result_value(self, value, dialect):
+        return None if value is None else self.states(value)
 
 
 class Base(DeclarativeBase):
@@ -49,7 +70,7 @@ class IssuedCertificate(Base):
     der: Mapped[bytes] = mapped_column(LargeBinary)
     transaction_id: Mapped[str | None] = mapped_column(String(128), index=True)
     renewal_of: Mapped[str | None] = mapped_column(String(64))  # serial of the renewed certificate
-    status: Mapped[str] = mapped_column(String(16), default="valid")  # valid | revoked
+    status: Mapped[CertificateState] = mapped_column(StateString(CertificateState), default=CertificateState.VALID)
     revoked_at: Mapped[dt.datetime | None]
     revocation_reason: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[dt.datetime]
@@ -70,7 +91,7 @@ class ScepTransaction(Base):
     transaction_id: Mapped[str] = mapped_column(String(128), index=True)
     request_sha256: Mapped[str] = mapped_column(String(64))
     message_type: Mapped[str] = mapped_column(String(16))
-    status: Mapped[str] = mapped_column(String(16), index=True)  # pending | issued | denied
+    status: Mapped[TransactionState] = mapped_column(StateString(TransactionState), index=True)
     subject: Mapped[str] = mapped_column(String(1024))
     template: Mapped[str] = mapped_column(String(128))
     public_key_sha256: Mapped[str] = mapped_column(String(64))  # the key being certified
@@ -126,7 +147,7 @@ class Notification(Base):
     __tablename__ = "notifications"
 
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
-    kind: Mapped[str] = mapped_column(String(16))  # success | failure | received
+    kind: Mapped[NotificationKind] = mapped_column(StateString(NotificationKind))
     transaction_id: Mapped[str] = mapped_column(String(128), index=True)
     payload: Mapped[str] = mapped_column(Text)  # JSON
     created_at: Mapped[dt.datetime]

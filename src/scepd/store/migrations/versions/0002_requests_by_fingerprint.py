@@ -19,7 +19,7 @@ from alembic import op
 
 import scepd.store.models
 from scepd.protocol.csr import without_challenge_password
-from scepd.protocol.types import ProtocolError
+from scepd.protocol.errors import ProtocolError
 
 revision = '0002'
 down_revision = '0001'

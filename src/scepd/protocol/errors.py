@@ -1,9 +1,12 @@
-"""The stable error codes of scepd, each with the SCEP failInfo it answers with and a remedy.
+"""The one error vocabulary of scepd: every stable code with the SCEP failInfo it answers
+with, the HTTP status it takes where no CertRep can carry it, and a remedy.
 
 A refused request is a value (`Refusal`) that travels up to the edge: `server/` turns it into
-a CertRep FAILURE (failInfo + failInfoText) or an HTTP 4xx, and the log line carries the same
-code. The codes are public: admins search logs for them and docs/errors.md lists them.
-May import: scepd.protocol only.
+a CertRep FAILURE (failInfo + failInfoText) or an HTTP status, the CLI into a message and an
+exit code, and the log line carries the same code. The protocol's own refusals are members
+too, which is why the table lives here, in the lowest layer. The codes are public: admins
+search logs for them and docs/errors.md lists them.
+May import: scepd.protocol.types only.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from scepd.protocol import FailInfo
+from scepd.protocol.types import FailInfo
 
 
 class ErrorCode(enum.Enum):
@@ -50,6 +53,11 @@ class ErrorCode(enum.Enum):
     POLL_SIGNER_MISMATCH = "PollSignerMismatch"
     REQUEST_DENIED = "RequestDenied"
     CERTIFICATE_UNKNOWN = "CertificateUnknown"
+    # administrators' decisions
+    REQUEST_NOT_PENDING = "RequestNotPending"
+    REVOCATION_REASON_UNKNOWN = "RevocationReasonUnknown"
+    CERTIFICATE_ALREADY_REVOKED = "CertificateAlreadyRevoked"
+    CA_NOT_CONFIGURED = "CaNotConfigured"
     # the PKCS#10 request and the template
     CSR_MALFORMED = "CsrMalformed"
     CSR_SIGNATURE_INVALID = "CsrSignatureInvalid"
@@ -91,6 +99,9 @@ class ErrorCode(enum.Enum):
 class ErrorInfo:
     fail_info: FailInfo
     remedy: str
+    # Where the refusal is an HTTP answer (no CertRep can carry it: a broken message, the
+    # JSON APIs, CRLs); a refused PKIOperation is a 200 carrying a signed FAILURE.
+    http_status: int = 400
 
 
 _BR, _BMC, _BA, _BT, _BCI = (
@@ -103,13 +114,13 @@ _BR, _BMC, _BA, _BT, _BCI = (
 
 ERRORS: dict[ErrorCode, ErrorInfo] = {
     ErrorCode.MESSAGE_UNDECODABLE: ErrorInfo(_BR, "Send a DER or BER pkiMessage (RFC 8894); check the client's base64 encoding for GET."),
-    ErrorCode.REQUEST_TOO_LARGE: ErrorInfo(_BR, "Shrink the request, or raise [server] max_request_bytes in scepd.toml."),
-    ErrorCode.API_UNAUTHORIZED: ErrorInfo(_BR, "Send 'Authorization: Bearer <token>' with a token from 'scepd registry token new' (listed by 'scepd registry token list')."),
-    ErrorCode.API_ACTION_UNKNOWN: ErrorInfo(_BR, "Use /ScepActions/validateRequest, successNotification or failureNotification."),
+    ErrorCode.REQUEST_TOO_LARGE: ErrorInfo(_BR, "Shrink the request, or raise [server] max_request_bytes in scepd.toml.", http_status=413),
+    ErrorCode.API_UNAUTHORIZED: ErrorInfo(_BR, "Send 'Authorization: Bearer <token>' with a token from 'scepd registry token new' (listed by 'scepd registry token list').", http_status=401),
+    ErrorCode.API_ACTION_UNKNOWN: ErrorInfo(_BR, "Use /ScepActions/validateRequest, successNotification or failureNotification.", http_status=404),
     ErrorCode.REQUEST_MALFORMED: ErrorInfo(_BR, "Send one well-formed request: Content-Length or Transfer-Encoding but never both (RFC 9112 6.3), and for the HTTP APIs a JSON body of the documented shape, nested at most 32 levels."),
     ErrorCode.OPERATION_UNKNOWN: ErrorInfo(_BR, "Use GetCACaps, GetCACert or PKIOperation as the operation parameter."),
     ErrorCode.MESSAGE_MISSING: ErrorInfo(_BR, "PKIOperation by GET needs a base64 message parameter; by POST a body."),
-    ErrorCode.NO_NEXT_CA: ErrorInfo(_BR, "GetNextCACert answers only between 'scepd ca rollover' and 'scepd ca activate-next'."),
+    ErrorCode.NO_NEXT_CA: ErrorInfo(_BR, "GetNextCACert answers only between 'scepd ca rollover' and 'scepd ca activate-next'.", http_status=404),
     ErrorCode.MESSAGE_SIGNATURE_INVALID: ErrorInfo(_BMC, "The request was altered or signed with a key that does not match its signer certificate; regenerate it."),
     ErrorCode.MESSAGE_SIGNER_UNKNOWN: ErrorInfo(_BMC, "Include the signer certificate in the pkiMessage."),
     ErrorCode.MESSAGE_TYPE_UNSUPPORTED: ErrorInfo(_BR, "Send PKCSReq, RenewalReq, CertPoll, GetCert or GetCRL."),
@@ -133,6 +144,10 @@ ERRORS: dict[ErrorCode, ErrorInfo] = {
     ErrorCode.POLL_SIGNER_MISMATCH: ErrorInfo(_BMC, "Sign the CertPoll with the same key and certificate as the original request."),
     ErrorCode.REQUEST_DENIED: ErrorInfo(_BR, "An administrator denied the request (reason in the text); enroll anew if that was a mistake."),
     ErrorCode.CERTIFICATE_UNKNOWN: ErrorInfo(_BCI, "Ask for a certificate (issuer and serial) this CA issued."),
+    ErrorCode.REQUEST_NOT_PENDING: ErrorInfo(_BR, "The request was decided already (by another administrator or server): see 'scepd requests show'."),
+    ErrorCode.REVOCATION_REASON_UNKNOWN: ErrorInfo(_BR, "Use an RFC 5280 reason: unspecified, keyCompromise, cACompromise, affiliationChanged, superseded, cessationOfOperation, certificateHold, privilegeWithdrawn."),
+    ErrorCode.CERTIFICATE_ALREADY_REVOKED: ErrorInfo(_BR, "Nothing to do: the certificate (and its renewals) is revoked already; 'scepd certs show' gives the reason."),
+    ErrorCode.CA_NOT_CONFIGURED: ErrorInfo(_BR, "Configure the issuing CA again ([ca] previous_certificates) so that its CRL can be signed."),
     ErrorCode.CSR_MALFORMED: ErrorInfo(_BR, "Send a valid PKCS#10 request."),
     ErrorCode.CSR_SIGNATURE_INVALID: ErrorInfo(_BMC, "Sign the PKCS#10 request with the private key of the public key it carries."),
     ErrorCode.KEY_TYPE_NOT_ALLOWED: ErrorInfo(_BA, "Use a key type and curve the template allows (key_types, ec_curves)."),
@@ -158,14 +173,14 @@ ERRORS: dict[ErrorCode, ErrorInfo] = {
     ErrorCode.BAD_DEVICE_ID_IN_CHALLENGE: ErrorInfo(_BR, "The request must carry the device ID of the challenge as a URI SAN IntuneDeviceId://<id>."),
     ErrorCode.CHALLENGE_DENIED: ErrorInfo(_BR, "The MDM (its webhook or a remote registration point) refused the request; the text gives its reason."),
     ErrorCode.CHALLENGE_REPLAYED: ErrorInfo(_BR, "A challenge works once: have the MDM issue a new one."),
-    ErrorCode.REGISTRATION_POINT_KEY_MISSING: ErrorInfo(_BR, "The registration point's encryption pair is missing: 'scepd doctor --fix' or restart 'scepd serve' re-creates it; then issue new challenges."),
+    ErrorCode.REGISTRATION_POINT_KEY_MISSING: ErrorInfo(_BR, "The registration point's encryption pair is missing: 'scepd doctor --fix' or restart 'scepd serve' re-creates it; then issue new challenges.", http_status=503),
     ErrorCode.REGISTRATION_POINT_UNAVAILABLE: ErrorInfo(_BR, "The remote registration point did not answer: check [challenge] remote_url and its token; no certificate is issued without a verdict."),
     ErrorCode.CHALLENGE_PASSWORD_INCORRECT: ErrorInfo(_BR, "Use the static challenge from scepd.toml or a fresh one from 'scepd otp new'."),
     ErrorCode.ONE_TIME_PASSWORD_EXPIRED: ErrorInfo(_BR, "Get a fresh password with 'scepd otp new'."),
     ErrorCode.ONE_TIME_PASSWORD_USED: ErrorInfo(_BR, "One-time passwords work once; get a fresh one with 'scepd otp new'."),
     # A signed FAILURE, not HTTP 503: every SCEP client reads a CertRep and shows its text,
     # while a 503 reaches most as a bare transport error; devices and MDMs retry on their own.
-    ErrorCode.STORE_UNAVAILABLE: ErrorInfo(_BR, "Transient: send the request again later. The database was locked past [database] busy_timeout, full or unreachable; if it persists, check free disk space, processes holding the database (backups, sqlite3 sessions) or the database server."),
+    ErrorCode.STORE_UNAVAILABLE: ErrorInfo(_BR, "Transient: send the request again later. The database was locked past [database] busy_timeout, full or unreachable; if it persists, check free disk space, processes holding the database (backups, sqlite3 sessions) or the database server.", http_status=503),
     ErrorCode.INTERNAL_ERROR: ErrorInfo(_BR, "A bug in scepd: the log line with this transaction ID has the traceback; please report it."),
 }
 
@@ -182,6 +197,10 @@ class Refusal:
         return ERRORS[self.code].fail_info
 
     @property
+    def http_status(self) -> int:
+        return ERRORS[self.code].http_status
+
+    @property
     def remedy(self) -> str:
         return ERRORS[self.code].remedy
 
@@ -196,28 +215,62 @@ class Refusal:
         return f"{self.fail_info_text}\nRemedy: {self.remedy}\n"
 
 
-def refusal_from_protocol(exc) -> Refusal:
-    """Map a scepd.protocol.ProtocolError to its Refusal."""
-    try:
-        code = ErrorCode(exc.code)
-    except ValueError:
-        code = ErrorCode.MESSAGE_UNDECODABLE
-    return Refusal(code, exc.reason)
+class ProtocolError(Exception):
+    """Something a peer sent that the protocol cannot accept, raised where it is found and
+    caught where the message is opened (`open_request`), which hands it up as a `Refusal`
+    (`refusal_from_protocol`).
+
+    `code` names it (its failInfo comes from the table); `reason` is a sentence a human can
+    act on."""
+
+    def __init__(self, code: ErrorCode, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+    @property
+    def fail_info(self) -> FailInfo:
+        return ERRORS[self.code].fail_info
+
+
+def refusal_from_protocol(exc: ProtocolError) -> Refusal:
+    """The refusal a ProtocolError stands for, as a value to hand up."""
+    return Refusal(exc.code, exc.reason)
+
+
+def undecodable(what: str) -> ProtocolError:
+    return ProtocolError(ErrorCode.MESSAGE_UNDECODABLE, what)
+
+
+def unsupported(what: str) -> ProtocolError:
+    return ProtocolError(ErrorCode.UNSUPPORTED_ALGORITHM, f"{what} is not supported")
+
+
+# Every way an envelope fails to open once it is read (a wrong key, bad RSA padding, a
+# content key of the wrong length, corrupt ciphertext, bad content padding) ends in these
+# words: which step failed is what a padding-oracle attack needs to know.
+DECRYPTION_FAILED = "the encrypted content does not decrypt (wrong key, corrupt data or bad padding)"
+
+
+def decryption_failed() -> ProtocolError:
+    return ProtocolError(ErrorCode.DECRYPTION_FAILED, DECRYPTION_FAILED)
 
 
 def markdown() -> str:
-    """docs/errors.md, generated: `python -m scepd.errors > docs/errors.md`."""
+    """docs/errors.md, generated: `python -m scepd.protocol.errors > docs/errors.md`."""
     lines = [
         "# Error codes",
         "",
         "Every refused request carries one of these codes: the first word of the CertRep's",
         "failInfoText, `code` in the JSON log line, and the first line of an HTTP 4xx body.",
-        "The codes are stable. Generated by `python -m scepd.errors > docs/errors.md`.",
+        "The codes are stable. Generated by `python -m scepd.protocol.errors > docs/errors.md`.",
         "",
-        "| code | failInfo | remedy |",
-        "|---|---|---|",
+        "| code | failInfo | HTTP | remedy |",
+        "|---|---|---|---|",
     ]
-    lines += [f"| `{code.value}` | {info.fail_info.rfc_name} | {info.remedy} |" for code, info in ERRORS.items()]
+    lines += [
+        f"| `{code.value}` | {info.fail_info.rfc_name} | {info.http_status} | {info.remedy} |" for code, info in ERRORS.items()
+    ]
     return "\n".join(lines) + "\n"
 
 

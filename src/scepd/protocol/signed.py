@@ -1,0 +1,311 @@
+"""SignedData (RFC 5652 section 5): read and verify a peer's, sign our own, and the
+degenerate certs-only form that carries certificates and CRLs (RFC 8894 section 3.4).
+
+Our own are built bottom-up from frozen parts, cached per signer (see `ber.frozen`); a
+peer's are read through `ber.read_ber`, and their signature is checked over the signed
+attributes as sent, then in DER (some clients sign them unsorted).
+May import: asn1crypto, cryptography and scepd.protocol's ber, certificates, errors, signatures.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from asn1crypto import cms, core
+from asn1crypto import crl as asn1_crl
+from asn1crypto import parser as asn1_parser
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
+
+from scepd.protocol import ber, signatures
+from scepd.protocol.certificates import (
+    issuer_and_serial,
+    known_asn1,
+    names_certificate,
+    to_asn1,
+    to_cryptography,
+)
+from scepd.protocol.errors import undecodable
+
+
+@dataclass(frozen=True)
+class SignedMessage:
+    """A parsed SignedData with one signer.
+
+    `signature_error` is None when the signature (and messageDigest) verified against
+    `signer_certificate`; otherwise it says why not. Attributes are returned either way, so
+    that a FAILURE can still be addressed to the sender.
+    """
+
+    content: bytes
+    content_type: str
+    digest_algorithm: str
+    signer_certificate: x509.Certificate | None
+    signed_attributes: dict[str, list] = field(repr=False)
+    certificates: tuple[x509.Certificate, ...] = ()
+    signature_error: str | None = None
+
+    def attribute(self, name: str):
+        values = self.signed_attributes.get(name)
+        return values[0] if values else None
+
+
+def parse_signed_data(der: bytes, known_certificates: tuple[x509.Certificate, ...] = ()) -> SignedMessage:
+    """Parse and verify a SignedData with exactly one SignerInfo.
+
+    The signer's certificate is looked up among the certificates the message carries and then
+    among `known_certificates` (NDES, for one, sends a CertRep without certificates).
+    """
+    return ber.with_rewriting(der, lambda data: _parse_signed_data(data, known_certificates, der))
+
+
+def _parse_signed_data(der: bytes, known_certificates: tuple[x509.Certificate, ...], sent: bytes) -> SignedMessage:
+    """parse_signed_data on `der`: what the peer `sent`, or the same value rewritten."""
+    _, signed_data = ber.load_content(der, "signed_data")
+    with ber.decoding("the SignedData cannot be read"):
+        infos = signed_data["signer_infos"]
+        if len(infos) != 1:
+            raise undecodable(f"expected one SignerInfo, found {len(infos)}")
+        signer = infos[0]
+        certificates, signer_cert = _certificates(signed_data, signer["sid"], known_certificates)
+        content_type, content = _encapsulated(signed_data["encap_content_info"])
+        attributes, signed_set = _signed_attributes(signer["signed_attrs"])
+        digest_name = signer["digest_algorithm"]["algorithm"].native
+        scheme = signer["signature_algorithm"].signature_algo
+        signature = signer["signature"].native
+
+    with ber.decoding("the SignerInfo cannot be checked"):
+        if signer_cert is None:
+            error = "the signer's certificate is neither in the message nor known to us"
+        else:
+            error = _check_signer_info(
+                signer_cert, scheme, signature, digest_name, content_type, content, attributes, signed_set,
+                # Only a rewritten copy (another object than the bytes sent) needs this.
+                (lambda: _signed_attributes_as_sent(sent)) if der is not sent else None,
+            )
+
+    return SignedMessage(
+        content=content,
+        content_type=content_type,
+        digest_algorithm=digest_name,
+        signer_certificate=signer_cert,
+        signed_attributes=attributes,
+        certificates=certificates,
+        signature_error=error,
+    )
+
+
+def _certificates(signed_data: cms.SignedData, sid: cms.SignerIdentifier, known: tuple[x509.Certificate, ...]):
+    """(the certificates the message carries, the signer's among them or `known`, or None)."""
+    carried = [c.chosen for c in (signed_data["certificates"] or []) if c.name == "certificate"]
+    certificates = tuple(to_cryptography(c) for c in carried)
+    candidates = list(zip(carried, certificates, strict=True)) + [(known_asn1(c), c) for c in known]
+    return certificates, next((cert for asn1, cert in candidates if names_certificate(asn1, sid)), None)
+
+
+def _encapsulated(encap: cms.EncapsulatedContentInfo) -> tuple[str, bytes]:
+    content = encap["content"].native if encap["content"] else b""
+    if isinstance(content, core.Asn1Value):  # a parsable content type other than data
+        content = content.dump()
+    return encap["content_type"].native, content or b""
+
+
+def _signed_attributes(signed_attrs: cms.CMSAttributes | None) -> tuple[dict[str, list], bytes | None]:
+    """The attributes by name, and what the signature covers: the attributes as a SET OF (tag
+    0x31), as they were sent (their contents under a universal SET header, which is what
+    untag().dump() gives, without copying); None when there are none."""
+    attributes: dict[str, list] = {}
+    for attr in signed_attrs or []:
+        attributes[attr["type"].native] = [v.native if isinstance(v, core.Asn1Value) else v for v in attr["values"]]
+    return attributes, asn1_parser.emit(0, 1, 17, signed_attrs.contents) if signed_attrs else None
+
+
+def _check_signer_info(
+    signer_cert: x509.Certificate,
+    scheme: str,
+    signature: bytes,
+    digest_name: str,
+    content_type: str,
+    content: bytes,
+    attributes: dict[str, list],
+    signed_set: bytes | None,
+    as_sent: Callable[[], bytes | None] | None,
+) -> str | None:
+    """Why the SignerInfo does not verify, or None. `signed_set` is the signed attributes as
+    read; `as_sent` finds them as the peer sent them, when what was read is a rewritten copy."""
+    public_key = signer_cert.public_key()
+    if signed_set is None:
+        if signatures.verify_signature(public_key, scheme, digest_name, content, signature):
+            return None
+        return "the signature does not verify with the signer's certificate"
+    if (attributes.get("content_type") or [None])[0] != content_type:
+        return "the contentType signed attribute does not match the content"
+    if (attributes.get("message_digest") or [None])[0] != signatures.digest(digest_name, content):
+        return "the messageDigest signed attribute does not match the content"
+    # RFC 5652 5.4: the signature covers the DER of the attributes. Nearly every client sends
+    # exactly that; some sign their attributes unsorted, as they send them; BER attributes are
+    # signed in their DER form. So: as read (the bytes sent, unless rewritten), as sent, DER.
+    if signatures.verify_signature(public_key, scheme, digest_name, signed_set, signature):
+        return None
+    for data in _other_encodings(signed_set, as_sent):
+        if signatures.verify_signature(public_key, scheme, digest_name, data, signature):
+            return None
+    return "the signature does not verify with the signer's certificate"
+
+
+def _other_encodings(signed_set: bytes, as_sent: Callable[[], bytes | None] | None):
+    """The signed attributes as sent (when `signed_set` is a rewritten copy), then in DER:
+    each once, and only when it differs from what was tried before."""
+    tried = {signed_set}
+    sent = as_sent() if as_sent else None
+    if sent is not None and sent not in tried:
+        tried.add(sent)
+        yield sent
+    try:
+        der = ber.readable_ber(signed_set, der=True)
+    except ValueError:  # nested too deeply to rewrite: not a signature worth checking again
+        return
+    if der not in tried:
+        yield der
+
+
+def _signed_attributes_as_sent(der: bytes) -> bytes | None:
+    """The signed attributes of the (one) SignerInfo as a SET OF, found in the message as the
+    peer sent it: ContentInfo, its [0], the SignedData, its last element (signerInfos), the
+    SignerInfo, its fourth element when that is the [0] of signedAttrs."""
+    try:
+        content_info = asn1_parser.parse(der)
+        signed_data = ber.elements(ber.elements(content_info[4])[1][4])[0]
+        signer_info = ber.elements(ber.elements(signed_data[4])[-1][4])[0]
+        attrs = ber.elements(signer_info[4])[3]
+    except (ValueError, IndexError):
+        return None
+    if attrs[:3] != (2, 1, 0):
+        return None
+    return asn1_parser.emit(0, 1, 17, attrs[4])
+
+
+@functools.lru_cache(maxsize=64)
+def _signer_identity(certificate: x509.Certificate) -> tuple[cms.SignerIdentifier, cms.CertificateSet]:
+    """The SignerIdentifier and certificate set of a signer, built once per certificate.
+    asn1crypto is slow at building a structure from Python values and costs nothing when it
+    embeds one already built; these never change for the server's RA."""
+    sid = issuer_and_serial(certificate, cms.SignerIdentifier)
+    # Kept as parsed, not as built: a built value counts as changed and is encoded again
+    # every time; a parsed one hands out its bytes. The set carries SignedData's [0] tag,
+    # so that embedding it does not copy it.
+    certificate_set = cms.CertificateSet([to_asn1(certificate)], implicit=0)
+    return ber.frozen(sid), ber.frozen(certificate_set, implicit=0)
+
+
+@functools.lru_cache(maxsize=256)
+def _fixed_attribute(name: str, value: str) -> cms.CMSAttribute:
+    """An attribute whose value comes from a short list (contentType, messageType, pkiStatus,
+    failInfo), built once."""
+    return ber.frozen(cms.CMSAttribute({"type": name, "values": [value]}))
+
+
+@functools.lru_cache(maxsize=64)
+def _digest_algorithms(digest_algorithm: str) -> tuple[cms.DigestAlgorithm, cms.DigestAlgorithms]:
+    """The SignerInfo's digestAlgorithm and the SignedData's set of them, built once."""
+    return (
+        ber.frozen(cms.DigestAlgorithm({"algorithm": digest_algorithm})),
+        ber.frozen(cms.DigestAlgorithms([{"algorithm": digest_algorithm}])),
+    )
+
+
+_FIXED_ATTRIBUTES = {"content_type", "scep_message_type", "scep_pki_status", "scep_fail_info"}
+
+
+def _attribute(name: str, value) -> cms.CMSAttribute:
+    if name in _FIXED_ATTRIBUTES:
+        return _fixed_attribute(name, value)
+    return ber.frozen(cms.CMSAttribute({"type": name, "values": [value]}))
+
+
+def build_signed_data(
+    content: bytes,
+    signer_certificate: x509.Certificate,
+    signer_key,
+    digest_algorithm: str,
+    attributes: list[tuple[str, object]],
+    certificates: tuple[x509.Certificate, ...] = (),
+    *,
+    signing_time: dt.datetime | None = None,
+) -> bytes:
+    """A DER SignedData over `content` (type data), signed with SCEP attributes.
+
+    `attributes` are (asn1crypto attribute name, value) pairs added after contentType,
+    signingTime and messageDigest. `signing_time`: the caller's clock (the server passes its
+    own); None, the system clock (a client's messages, the tests').
+    """
+    sid, signer_set = _signer_identity(signer_certificate)
+    digest_id, digest_ids = _digest_algorithms(digest_algorithm)
+    attrs = [
+        _attribute("content_type", "data"),
+        _attribute("signing_time", cms.Time({"utc_time": signing_time or dt.datetime.now(dt.timezone.utc)})),
+        _attribute("message_digest", signatures.digest(digest_algorithm, content)),
+    ]
+    attrs += [_attribute(name, value) for name, value in attributes]
+    # Built with SignerInfo's [0] tag; the signature covers the same contents under the
+    # SET OF tag (RFC 5652 5.4), which asn1crypto's encoder writes around them.
+    signed_attrs = ber.frozen(cms.CMSAttributes(attrs, implicit=0), implicit=0)
+    set_of = asn1_parser.emit(0, 1, 17, signed_attrs.contents)  # universal, constructed, SET
+    signature = signatures.sign(signer_key, digest_algorithm, set_of)
+    signer_info = ber.frozen(cms.SignerInfo(
+        {
+            "version": "v1",
+            "sid": sid,
+            "digest_algorithm": digest_id,
+            "signed_attrs": signed_attrs,
+            "signature_algorithm": signatures.signature_algorithm_id(signer_key, digest_algorithm),
+            "signature": signature,
+        }
+    ))
+    certs = signer_set
+    if certificates:
+        certs = cms.CertificateSet([to_asn1(signer_certificate)] + [to_asn1(c) for c in certificates], implicit=0)
+    signed_data = {
+        "version": "v1",
+        "digest_algorithms": digest_ids,
+        "encap_content_info": {"content_type": "data", "content": content},
+        "certificates": certs,
+        "signer_infos": [signer_info],
+    }
+    return cms.ContentInfo({"content_type": "signed_data", "content": signed_data}).dump()
+
+
+def build_certs_only(
+    certificates: list[x509.Certificate], crls: list[x509.CertificateRevocationList] = ()
+) -> bytes:
+    """A degenerate SignedData: certificates (or CRLs) and no signers (RFC 8894 section 3.4)."""
+    if not crls:
+        return pkcs7.serialize_certificates(list(certificates), Encoding.DER)
+    # cryptography's writer takes no CRLs (GetCRL's reply): built here.
+    signed_data = cms.SignedData({
+        "version": "v1",
+        "digest_algorithms": [],
+        "encap_content_info": {"content_type": "data"},
+        "certificates": [to_asn1(c) for c in certificates],
+        "signer_infos": [],
+        "crls": [asn1_crl.CertificateList.load(c.public_bytes(Encoding.DER)) for c in crls],
+    })
+    return cms.ContentInfo({"content_type": "signed_data", "content": signed_data}).dump()
+
+
+def parse_certs_only(der: bytes) -> list[x509.Certificate]:
+    return parse_certs_and_crls(der)[0]
+
+
+def parse_certs_and_crls(der: bytes) -> tuple[list[x509.Certificate], list[x509.CertificateRevocationList]]:
+    def read(data: bytes):
+        _, signed_data = ber.load_content(data, "signed_data")
+        certs = [to_cryptography(c.chosen) for c in (signed_data["certificates"] or []) if c.name == "certificate"]
+        crls = [x509.load_der_x509_crl(c.chosen.dump()) for c in (signed_data["crls"] or []) if c.name == "crl"]
+        return certs, crls
+
+    return ber.read_ber(der, "a certificate or CRL in the certs-only message cannot be read", read)
+

@@ -1,0 +1,165 @@
+"""PKCSReq and RenewalReq: a resend gets its stored answer; a first enrollment passes the
+registration point; a renewal is authenticated by the certificate that signed it and gets no
+more than that certificate holds. Either ends issued (or pending) in one unit of work."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from scepd.ca.templates import Template
+from scepd.challenge import ChallengeRequest, ChallengeValidator, ChallengeVerdict
+from scepd.clock import Clock
+from scepd.protocol import PkiStatus
+from scepd.protocol.csr import CertificationRequest, without_challenge_password
+from scepd.protocol.errors import ErrorCode, Refusal
+from scepd.protocol.fingerprints import public_key_sha256
+from scepd.protocol.message import Exchange
+from scepd.protocol.requests import PkcsReq, RenewalReq
+from scepd.service.authorities import Authorities
+from scepd.service.issuance import Issuance
+from scepd.service.outcome import Outcome
+from scepd.service.renew import renewal_refusal, signer_record, widening_refusal
+from scepd.service.selection import TemplateChoice
+from scepd.store import (
+    CertificateRecord,
+    IntegrityError,
+    Store,
+    TransactionRecord,
+    UnitOfWork,
+)
+from scepd.store.states import TransactionState
+
+log = logging.getLogger("scepd.service")
+
+
+def request_fingerprint(exchange: Exchange, stored_csr: bytes) -> str:
+    """What makes a request the same request: its message type, its PKCS#10 request (as
+    stored, without the challenge) and the certificate that signed it. Only a request with
+    the same fingerprint under the same transactionID is a resend."""
+    h = hashlib.sha256()
+    for part in (exchange.message_type.value.encode(), stored_csr, exchange.signer.public_bytes(Encoding.DER)):
+        h.update(len(part).to_bytes(8, "big"))
+        h.update(part)
+    return h.hexdigest()
+
+
+class Enrollment:
+    def __init__(self, *, store: Store, validator: ChallengeValidator, choice: TemplateChoice,
+                 issuance: Issuance, authorities: Authorities, clock: Clock) -> None:
+        self.store = store
+        self.validator = validator
+        self.choice = choice
+        self.issuance = issuance
+        self.authorities = authorities
+        self.clock = clock
+
+    def decide(self, request: PkcsReq | RenewalReq, client: str | None, details: dict) -> Outcome:
+        csr, exchange = request.csr, request.exchange
+        details["subject"] = csr.subject.rfc4514_string()
+        refusal = self.choice.subject_refusal(csr)
+        if refusal:
+            return Outcome.failure(refusal)
+        stored_csr = without_challenge_password(csr.der)  # no challenge is kept in clear
+        fingerprint = request_fingerprint(exchange, stored_csr)
+        resent = self._stored(exchange.transaction_id, fingerprint)
+        if resent is not None:
+            return self.issuance.status_of(resent)
+        # Anything but a resend is a new request, even under a transactionID seen before: a
+        # same-key renewal repeats the enrollment's ID (clients derive it from the key).
+        renewed = signer_record(self.store, self.authorities, exchange.signer, self.clock)
+        if isinstance(renewed, Refusal):
+            return Outcome.failure(renewed)
+        if isinstance(request, RenewalReq) and renewed is None:
+            return Outcome.refuse(
+                ErrorCode.RENEWAL_SIGNER_UNKNOWN,
+                "a RenewalReq must be signed by a valid certificate this CA issued; this one is signed by "
+                f"'{exchange.signer.subject.rfc4514_string()}'",
+            )
+        if renewed is not None:
+            details["renewal_of"] = renewed.serial
+        new = TransactionRecord(
+            transaction_id=exchange.transaction_id, message_type=exchange.message_type.name,
+            status=TransactionState.ISSUED, subject=csr.subject.rfc4514_string(), template="",
+            public_key_sha256=public_key_sha256(csr.public_key), signer_key_sha256=public_key_sha256(exchange.signer.public_key()),
+            csr_der=stored_csr, renewal_of=renewed.serial if renewed else None, client=client, request_sha256=fingerprint,
+        )
+        try:
+            outcome, template = self._record(new, csr, renewed, details)
+        except IntegrityError:
+            # The same request was committed meanwhile (a resend racing the original,
+            # perhaps on another server): answer with what was stored.
+            resent = self._stored(exchange.transaction_id, fingerprint)
+            if resent is None:
+                raise
+            return self.issuance.status_of(resent)
+        if renewed is not None and outcome.reply.status is PkiStatus.SUCCESS and template.revoke_on_renewal:
+            self.issuance.publish_crl_after_renewal(renewed)
+        return outcome
+
+    def _stored(self, transaction_id: str, fingerprint: str) -> TransactionRecord | None:
+        """The stored request this one resends, if it is one."""
+        return next((r for r in self.store.find_requests(transaction_id) if r.request_sha256 == fingerprint), None)
+
+    def _record(self, new: TransactionRecord, csr: CertificationRequest, renewed: CertificateRecord | None,
+                details: dict) -> tuple[Outcome, Template | None]:
+        """Judge and, when the request qualifies, issue (or hold for approval) in one unit of
+        work. A refusal rolls it back: a refused request spends no one-time password and no
+        challenge."""
+        with self.store.unit_of_work() as uow:
+            template = self._judge(new.transaction_id, csr, renewed, uow, details)
+            if isinstance(template, Refusal):
+                uow.rollback()
+                return Outcome.failure(template), None
+            if template.approval == "manual":
+                uow.add_transaction(_with(new, template, TransactionState.PENDING))
+                return Outcome.pending(), template
+            cert = self.issuance.issue_in(uow, _with(new, template, TransactionState.ISSUED), csr, template)
+            if isinstance(cert, Refusal):
+                uow.rollback()
+                return Outcome.failure(cert), None
+            return Outcome.success(cert), template
+
+    def _judge(self, transaction_id: str, csr: CertificationRequest, renewed: CertificateRecord | None,
+               uow: UnitOfWork, details: dict) -> Template | Refusal:
+        """The template to issue from, or why not."""
+        named = None
+        if renewed is None:
+            # The challenge first: it may name the template (an MDM challenge can).
+            verdict = self._verdict(transaction_id, csr, uow, details)
+            if isinstance(verdict, Refusal):
+                return verdict
+            named = verdict.template
+        template = self.choice.select(csr, named, details)
+        if isinstance(template, Refusal) or renewed is None:
+            return template
+        return self._renewal_template(transaction_id, csr, renewed, template, uow, details)
+
+    def _renewal_template(self, transaction_id: str, csr: CertificationRequest, renewed: CertificateRecord,
+                          template: Template, uow: UnitOfWork, details: dict) -> Template | Refusal:
+        """A renewal gets no more than the certificate it renews holds; whatever it asks for
+        beyond that is the registration point's to allow, as for a first enrollment."""
+        refusal = renewal_refusal(renewed, template, self.clock)
+        if refusal:
+            return refusal
+        wider = widening_refusal(renewed, csr, template, details)
+        if wider is None:
+            return template
+        if csr.challenge_password is None:
+            return wider
+        verdict = self._verdict(transaction_id, csr, uow, details)
+        if isinstance(verdict, Refusal):
+            return verdict
+        return self.choice.select(csr, verdict.template, details) if verdict.template else template
+
+    def _verdict(self, transaction_id: str, csr: CertificationRequest, uow: UnitOfWork, details: dict) -> ChallengeVerdict | Refusal:
+        verdict = self.validator.verify(ChallengeRequest(transaction_id, csr.challenge_password, csr), uow)
+        details["validator"] = verdict.validator
+        return verdict if verdict.accepted else verdict.refusal
+
+
+def _with(record: TransactionRecord, template: Template, status: TransactionState) -> TransactionRecord:
+    return dataclasses.replace(record, template=template.name, status=status)

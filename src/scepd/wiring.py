@@ -1,0 +1,205 @@
+"""The composition root: the only module that turns an instance directory and its
+configuration into validators, tokens, a store and the services. `server/` and the CLI call
+`build_services`; nothing else assembles these parts.
+May import: every package (it is the top of the stack, below server/ and cli/ only).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+
+from scepd.ca.crl import CrlPublisher
+from scepd.ca.templates import Template, TemplateMapping
+from scepd.challenge import (
+    ChallengeValidator,
+    FirstAccepting,
+    OneTimePasswordValidator,
+    StaticChallengeValidator,
+)
+from scepd.challenge.mdm import MdmChallengeValidator
+from scepd.challenge.remote import (
+    BearerToken,
+    RemoteRegistrationPoint,
+    WebhookValidator,
+)
+from scepd.clock import SYSTEM_CLOCK, Clock
+from scepd.notifications import Dispatcher
+from scepd.protocol.requests import RequestPolicy
+from scepd.registry.config import CONFIG_FILE, parse_duration
+from scepd.registry.instance import Instance, KeyMaterial, load_key_material
+from scepd.registry.rp import load_rp_material
+from scepd.service.admin import Administration
+from scepd.service.authorities import Authorities
+from scepd.service.ca_certs import CaCertificates
+from scepd.service.enroll import Enrollment
+from scepd.service.issuance import Issuance
+from scepd.service.pki import ScepService
+from scepd.service.retrieve import Retrieval
+from scepd.service.rp_api import RegistrationPointApi
+from scepd.service.selection import TemplateChoice
+from scepd.store import Store
+from scepd.store.states import NotificationKind
+
+
+def remote_token(instance: Instance) -> BearerToken:
+    c = instance.config.challenge
+    return BearerToken(c.remote_token, c.token_url, c.client_id, c.client_secret, c.scope, c.remote_timeout)
+
+
+def build_local_validator(instance: Instance, clock: Clock = SYSTEM_CLOCK) -> ChallengeValidator:
+    """The registration point in this process: MDM challenges, the static challenge,
+    one-time passwords and the MDM webhook, as configured; the first that accepts wins."""
+    rp = instance.config.registration_point
+    challenge = instance.config.challenge
+    material = load_rp_material(instance)
+    validators: list[ChallengeValidator] = [
+        MdmChallengeValidator(
+            encryption=(material.encryption.certificate, material.encryption.key) if material.encryption else None,
+            trusted_signers=material.trusted,
+            audience=rp.audience,
+            clock_skew=parse_duration(rp.clock_skew),
+            max_lifetime=parse_duration(rp.challenge_lifetime),
+            clock=clock,
+        )
+    ]
+    if challenge.static:
+        validators.append(StaticChallengeValidator(challenge.static))
+    if challenge.one_time_passwords:
+        validators.append(OneTimePasswordValidator())
+    if challenge.webhook_url:
+        validators.append(WebhookValidator(challenge.webhook_url, instance.config.notifications.hmac_secret,
+                                           challenge.remote_timeout))
+    return FirstAccepting(tuple(validators))
+
+
+def build_validator(instance: Instance, local: ChallengeValidator, token: BearerToken | None = None) -> ChallengeValidator:
+    """What the SCEP server asks: the `local` registration point, or a remote one (with
+    `token`, shared by the caller so that an OAuth2 token is fetched once per process)."""
+    challenge = instance.config.challenge
+    if challenge.mode == "remote":
+        return RemoteRegistrationPoint(challenge.remote_url, token or remote_token(instance), challenge.remote_timeout)
+    return local
+
+
+def build_validators(instance: Instance) -> ChallengeValidator:
+    """What the SCEP server of `instance` asks, as `scepd serve` builds it (start-up checks
+    and doctor read its readiness)."""
+    return build_validator(instance, build_local_validator(instance))
+
+
+def notification_targets(instance: Instance) -> dict[str, tuple[str, ...]]:
+    """Where successes and failures are told: the webhooks and, in remote mode, the
+    registration point's notification endpoints (as Intune expects them)."""
+    config = instance.config
+    kinds = (NotificationKind.SUCCESS.value, NotificationKind.FAILURE.value)
+    targets = {kind: config.notifications.webhooks for kind in kinds}
+    if config.challenge.mode == "remote":
+        base = config.challenge.remote_url.rstrip("/")
+        targets = {kind: (*urls, f"{base}/{kind}Notification") for kind, urls in targets.items()}
+    return targets
+
+
+def authorities_of(material: KeyMaterial) -> Authorities:
+    return Authorities(ca=material.ca, ra=material.ra, all_cas=material.all_cas, all_ras=material.all_ras)
+
+
+def ca_certificates_of(material: KeyMaterial) -> CaCertificates:
+    following = [p.certificate for p in (material.next_ra, material.next_ca) if p is not None] if material.next_ca else []
+    return CaCertificates(offered=material.ca_ra_certificates, ca=material.ca.certificate, ra=material.ra,
+                          overlapping=bool(material.previous_cas), next_certificates=following)
+
+
+@dataclass(frozen=True)
+class Services:
+    """Everything the HTTP routes and the CLI call, built from one instance."""
+
+    instance: Instance
+    store: Store
+    scep: ScepService
+    admin: Administration
+    rp_api: RegistrationPointApi
+
+
+def build_services(instance: Instance, store: Store, token: BearerToken | None = None, *,
+                   material: KeyMaterial | None = None, clock: Clock = SYSTEM_CLOCK) -> Services:
+    """The services of `instance` on `store`. `token` is shared by the caller across rebuilds
+    (one OAuth2 token per process); `material` when the caller has loaded the keys already."""
+    config = instance.config
+    local = build_local_validator(instance, clock)  # reads the registration point's files once
+    scep, admin = build_deciders(
+        material=material or load_key_material(instance, clock), store=store,
+        validator=build_validator(instance, local, token), templates=config.templates, mapping=config.template_mapping,
+        policy=RequestPolicy(max_clock_skew=parse_duration(config.scep.max_clock_skew),
+                             allow_md5=config.scep.allow_md5, allow_des=config.scep.allow_des),
+        crl_validity=parse_duration(config.crl.validity), notify=notification_targets(instance), clock=clock,
+    )
+    return Services(instance=instance, store=store, scep=scep, admin=admin,
+                    rp_api=RegistrationPointApi.from_instance(instance, local, store))
+
+
+def build_deciders(*, material: KeyMaterial, store: Store, validator: ChallengeValidator, templates: dict[str, Template],
+                   mapping: TemplateMapping, policy: RequestPolicy, crl_validity: dt.timedelta = dt.timedelta(days=7),
+                   notify: dict[str, tuple[str, ...]] | None = None,
+                   clock: Clock = SYSTEM_CLOCK) -> tuple[ScepService, Administration]:
+    """The SCEP service and the administration from their parts, with no instance directory
+    (tests and the benchmark assemble them this way, from keys they hold)."""
+    notify = notify or {}
+    authorities = authorities_of(material)
+    crls = CrlPublisher(store, crl_validity, clock=clock)
+    issuance = Issuance(authorities=authorities, crls=crls, notify=notify, clock=clock)
+    choice = TemplateChoice(templates=templates, mapping=mapping, authorities=authorities)
+    enrollment = Enrollment(store=store, validator=validator, choice=choice, issuance=issuance,
+                            authorities=authorities, clock=clock)
+    retrieval = Retrieval(store=store, authorities=authorities, crls=crls, issuance=issuance, clock=clock)
+    scep = ScepService(authorities=authorities, ca_certificates=ca_certificates_of(material), policy=policy,
+                       enrollment=enrollment, retrieval=retrieval, crls=crls, store=store, notify=notify, clock=clock)
+    admin = Administration(store=store, templates=templates, authorities=authorities, issuance=issuance,
+                           crls=crls, clock=clock)
+    return scep, admin
+
+
+def watched_files(directory: Path) -> list[Path]:
+    """The files whose change makes a running server rebuild its services: scepd.toml and the
+    registration point's keys and trusted signers, as the current configuration names them."""
+    rp = Instance.open(directory).config.registration_point
+    names = [rp.encryption_certificate, rp.encryption_key, *rp.trusted_signers]
+    return [directory / CONFIG_FILE, *(directory / n for n in names)]
+
+
+class ServedInstance:
+    """One instance directory as `scepd serve` runs it in one worker process: one store (one
+    database pool), the services rebuilt from the directory's files, one bearer token per
+    remote-token setting kept across rebuilds (an OAuth2 token is fetched once and reused
+    until it expires), and the notification dispatcher."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.instance = Instance.open(directory)
+        self.store = self.instance.open_store()
+        self._tokens: dict[tuple, BearerToken] = {}
+
+    @property
+    def log_file(self) -> Path | None:
+        file = self.instance.config.logging.file
+        return self.instance.path(file) if file else None
+
+    def token_for(self, instance: Instance) -> BearerToken:
+        c = instance.config.challenge
+        key = (c.remote_token, c.token_url, c.client_id, c.client_secret, c.scope)
+        return self._tokens.setdefault(key, remote_token(instance))
+
+    def build(self) -> Services:
+        """The services as the directory's files are now."""
+        fresh = Instance.open(self.directory)
+        return build_services(fresh, self.store, self.token_for(fresh))
+
+    def watched(self) -> list[Path]:
+        return watched_files(self.directory)
+
+    def dispatcher(self) -> Dispatcher:
+        notifications, challenge = self.instance.config.notifications, self.instance.config.challenge
+        tokens = {challenge.remote_url: self.token_for(self.instance)} if challenge.remote_url else {}
+        return Dispatcher(self.store, hmac_secret=notifications.hmac_secret,
+                          max_attempts=notifications.max_attempts, tokens=tokens)
