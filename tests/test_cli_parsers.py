@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import pickle
 
 import pytest
@@ -162,7 +163,10 @@ def test_serve_gives_the_workers_a_picklable_factory_of_the_directory(tmp_path, 
             pass
 
     monkeypatch.setattr(run, "Multiprocess", Supervisor)
-    run.serve(tmp_path, host="127.0.0.1", port=0, workers=2, max_request_bytes=65536, header_timeout=3.5)
+    given = {"SCEPD_SERVER_PORT": "0", "SCEPD_DATABASE_URL": "sqlite:///elsewhere.db"}
+    run.serve(tmp_path, host="127.0.0.1", port=0, workers=2, max_request_bytes=65536, header_timeout=3.5, overrides=given)
     config = seen["config"]
-    assert config.factory and config.app.func is create_app_for_directory and config.app.args == (tmp_path,)
+    # The overrides travel in the factory, not in this process's environment.
+    assert config.factory and config.app.func is create_app_for_directory and config.app.args == (tmp_path, given)
+    assert "SCEPD_DATABASE_URL" not in os.environ
     assert config.scepd_header_timeout == 3.5

@@ -7,6 +7,7 @@ May import: every package (it is the top of the stack, below server/ and cli/ on
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,10 +161,10 @@ def build_deciders(*, material: KeyMaterial, store: Store, validator: ChallengeV
     return scep, admin
 
 
-def watched_files(directory: Path) -> list[Path]:
+def watched_files(directory: Path, overrides: Mapping[str, str] | None = None) -> list[Path]:
     """The files whose change makes a running server rebuild its services: scepd.toml and the
     registration point's keys and trusted signers, as the current configuration names them."""
-    rp = Instance.open(directory).config.registration_point
+    rp = Instance.open(directory, overrides).config.registration_point
     names = [rp.encryption_certificate, rp.encryption_key, *rp.trusted_signers]
     return [directory / CONFIG_FILE, *(directory / n for n in names)]
 
@@ -174,9 +175,10 @@ class ServedInstance:
     remote-token setting kept across rebuilds (an OAuth2 token is fetched once and reused
     until it expires), and the notification dispatcher."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, overrides: Mapping[str, str] | None = None) -> None:
         self.directory = directory
-        self.instance = Instance.open(directory)
+        self.overrides = dict(overrides or {})  # SCEPD_* settings `scepd serve` was given
+        self.instance = Instance.open(directory, self.overrides)
         self.store = self.instance.open_store()
         self._tokens: dict[tuple, BearerToken] = {}
 
@@ -192,11 +194,11 @@ class ServedInstance:
 
     def build(self) -> Services:
         """The services as the directory's files are now."""
-        fresh = Instance.open(self.directory)
+        fresh = Instance.open(self.directory, self.overrides)
         return build_services(fresh, self.store, self.token_for(fresh))
 
     def watched(self) -> list[Path]:
-        return watched_files(self.directory)
+        return watched_files(self.directory, self.overrides)
 
     def dispatcher(self) -> Dispatcher:
         notifications, challenge = self.instance.config.notifications, self.instance.config.challenge

@@ -19,7 +19,18 @@ from __future__ import annotations
 
 import argparse
 
-from scepd.cli import ca, certs, challenge, client, doctor, instance, otp, registry, requests, templates
+from scepd.cli import (
+    ca,
+    certs,
+    challenge,
+    client,
+    doctor,
+    instance,
+    otp,
+    registry,
+    requests,
+    templates,
+)
 from scepd.cli.common import EXIT_CODES, EXIT_UNREACHABLE, EXIT_USAGE, err, shown
 
 # In the order `scepd --help` lists them.

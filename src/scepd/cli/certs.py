@@ -7,7 +7,18 @@ import sys
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from scepd.cli.common import EXIT_OK, actions, admin, command, err, json_flag, listing, open_instance, print_json, usage
+from scepd.cli.common import (
+    EXIT_OK,
+    actions,
+    admin,
+    command,
+    err,
+    json_flag,
+    listing,
+    open_instance,
+    print_json,
+    usage,
+)
 from scepd.protocol.errors import Refusal
 
 # What the table of `list` shows (--json: every field).

@@ -10,7 +10,17 @@ from pathlib import Path
 
 from cryptography import x509
 
-from scepd.cli.common import EXIT_OK, actions, command, err, json_flag, open_instance, print_json, single_use, usage
+from scepd.cli.common import (
+    EXIT_OK,
+    actions,
+    command,
+    err,
+    json_flag,
+    open_instance,
+    print_json,
+    single_use,
+    usage,
+)
 
 
 def _listed(text: str | None) -> tuple[str, ...]:

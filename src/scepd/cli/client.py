@@ -8,7 +8,16 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from scepd.cli.common import EXIT_OK, EXIT_PENDING, EXIT_REFUSED, actions, command, err, say, usage
+from scepd.cli.common import (
+    EXIT_OK,
+    EXIT_PENDING,
+    EXIT_REFUSED,
+    actions,
+    command,
+    err,
+    say,
+    usage,
+)
 from scepd.protocol.fingerprints import certificate_sha256_display
 
 
@@ -55,8 +64,8 @@ def _renewal_signer(args):
 
 def _request(args, signer) -> dict:
     """What the CSR asks for: subject (a renewal keeps the old one), SANs, key usage."""
-    from scepd.protocol.names import key_usage_extension
     from scepd.client import parse_san
+    from scepd.protocol.names import key_usage_extension
 
     try:
         if args.subject is not None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import unicodedata
 from pathlib import Path
@@ -79,15 +78,16 @@ def instance_dir(args) -> Path:
     return args.dir or default_directory()
 
 
+def overrides(args) -> dict[str, str]:
+    """The configuration settings the command line gives (--db, where the command has it)."""
+    return {"SCEPD_DATABASE_URL": args.db} if getattr(args, "db", None) else {}
+
+
 def open_instance(args):
     """The instance the command names (--dir), with --db applied where the command has it."""
     from scepd.registry.instance import Instance
 
-    if getattr(args, "db", None):
-        # As the SCEPD_DATABASE_URL override, which every reload of the configuration (and
-        # every worker process of `scepd serve`) reads too.
-        os.environ["SCEPD_DATABASE_URL"] = args.db
-    return Instance.open(instance_dir(args))
+    return Instance.open(instance_dir(args), overrides(args))
 
 
 def scep_url(host: str, port: int) -> str:

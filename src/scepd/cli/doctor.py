@@ -5,7 +5,15 @@ from __future__ import annotations
 import datetime as dt
 import json
 
-from scepd.cli.common import EXIT_OK, command, json_flag, open_instance, print_json, say, usage
+from scepd.cli.common import (
+    EXIT_OK,
+    command,
+    json_flag,
+    open_instance,
+    print_json,
+    say,
+    usage,
+)
 
 _LOGGED = ("transaction_id", "status", "result", "code", "reason", "serial", "remedy")
 

@@ -4,8 +4,19 @@ from __future__ import annotations
 
 import os
 
-from scepd.cli.common import (EXIT_OK, actions, command, err, instance_dir, json_flag, open_instance, print_json,
-                              scep_url, usage)
+from scepd.cli.common import (
+    EXIT_OK,
+    actions,
+    command,
+    err,
+    instance_dir,
+    json_flag,
+    open_instance,
+    overrides,
+    print_json,
+    scep_url,
+    usage,
+)
 from scepd.protocol.fingerprints import certificate_sha256_display
 
 
@@ -92,12 +103,12 @@ def cmd_serve(args) -> int:
     err(f"serving SCEP on {scep_url(host, port)}")
     print_info(instance, material, False, scep_url(host, port))
     # The workers read the configuration themselves, and again at each reload: hand them the
-    # address actually served, as the configuration's own overrides (it makes the CRL
-    # distribution point of issued certificates when public_url is empty).
-    os.environ["SCEPD_SERVER_HOST"], os.environ["SCEPD_SERVER_PORT"] = host, str(port)
+    # address actually served (it makes the CRL distribution point of issued certificates when
+    # public_url is empty) and --db, as overrides of the configuration.
+    given = {**overrides(args), "SCEPD_SERVER_HOST": host, "SCEPD_SERVER_PORT": str(port)}
     configure(instance.path(instance.config.logging.file) if instance.config.logging.file else None)
     serve(instance.directory.resolve(), host=host, port=port, workers=args.workers or server.workers,
-          max_request_bytes=server.max_request_bytes, header_timeout=server.header_timeout_seconds)
+          max_request_bytes=server.max_request_bytes, header_timeout=server.header_timeout_seconds, overrides=given)
     return EXIT_OK
 
 

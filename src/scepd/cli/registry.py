@@ -8,7 +8,17 @@ from pathlib import Path
 
 from cryptography import x509
 
-from scepd.cli.common import EXIT_OK, actions, command, emit, err, json_flag, open_instance, print_json, usage
+from scepd.cli.common import (
+    EXIT_OK,
+    actions,
+    command,
+    emit,
+    err,
+    json_flag,
+    open_instance,
+    print_json,
+    usage,
+)
 from scepd.protocol.fingerprints import jose_thumbprint
 
 
@@ -76,7 +86,12 @@ def cmd_registry_trust_remove(args) -> int:
 
 
 def cmd_registry_token_new(args) -> int:
-    from scepd.registry.rp import TOKEN_ID_DIGITS, TOKENS_ENV, new_api_token, token_digest
+    from scepd.registry.rp import (
+        TOKEN_ID_DIGITS,
+        TOKENS_ENV,
+        new_api_token,
+        token_digest,
+    )
 
     token = new_api_token(open_instance(args))
     print(token)

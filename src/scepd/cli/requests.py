@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from scepd.cli.common import EXIT_OK, actions, admin, command, err, listing, open_instance, print_json, usage
+from scepd.cli.common import (
+    EXIT_OK,
+    actions,
+    admin,
+    command,
+    err,
+    listing,
+    open_instance,
+    print_json,
+    usage,
+)
 from scepd.protocol.errors import Refusal
 
 # What the table of `list` shows (--json: every field).

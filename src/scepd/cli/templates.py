@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 
-from scepd.cli.common import EXIT_OK, actions, command, emit, err, json_flag, open_instance, print_json, say, usage
+from scepd.cli.common import (
+    EXIT_OK,
+    actions,
+    command,
+    emit,
+    err,
+    json_flag,
+    open_instance,
+    print_json,
+    say,
+    usage,
+)
 
 _PURPOSES = ("SignatureTemplate", "EncryptionTemplate", "GeneralPurposeTemplate")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -64,14 +65,18 @@ class Instance:
     config: Config
 
     @classmethod
-    def open(cls, directory: Path) -> "Instance":
+    def open(cls, directory: Path, overrides: Mapping[str, str] | None = None) -> "Instance":
+        """The instance in `directory`. `overrides` are SCEPD_<SECTION>_<KEY> settings that
+        win over both scepd.toml and the environment (what `scepd serve --port` and `--db`
+        hand to every worker and every reload)."""
         directory = Path(directory)
         if not (directory / CONFIG_FILE).exists():
             raise InstanceError(
                 str(directory / CONFIG_FILE), "no instance here", f"scepd init --dir {directory}"
             )
         try:
-            return cls(directory, load_config(directory / CONFIG_FILE))
+            environ = {**os.environ, **overrides} if overrides else None
+            return cls(directory, load_config(directory / CONFIG_FILE, environ))
         except ConfigError as exc:
             raise InstanceError(str(directory / CONFIG_FILE), str(exc), f"edit {directory / CONFIG_FILE}") from None
 

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -111,13 +112,14 @@ def create_app(services, max_request_bytes: int, *, threads: int, background=Non
     return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(RequestFraming)])
 
 
-def create_app_for_directory(directory: Path) -> Starlette:
+def create_app_for_directory(directory: Path, overrides: Mapping[str, str] | None = None) -> Starlette:
     """The app `scepd serve` runs for the instance in `directory` (each worker process builds
-    its own: keys loaded once per process, one database pool per process)."""
+    its own: keys loaded once per process, one database pool per process), with the
+    configuration `overrides` it was started with."""
     from scepd.logs import configure
     from scepd.wiring import ServedInstance
 
-    served = ServedInstance(directory)
+    served = ServedInstance(directory, overrides)
     configure(served.log_file)
     config = served.instance.config
     return create_app(ReloadingServices(served.build, served.watched), config.server.max_request_bytes,

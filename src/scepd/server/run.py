@@ -7,6 +7,7 @@ import asyncio
 import functools
 import logging
 import socket
+from collections.abc import Mapping
 from pathlib import Path
 
 import h11
@@ -158,13 +159,15 @@ class ScepdH11Protocol(H11Protocol):
 
 
 def serve(directory: Path, *, host: str, port: int, workers: int, max_request_bytes: int,
-          header_timeout: float = DEFAULT_HEADER_TIMEOUT) -> None:
+          header_timeout: float = DEFAULT_HEADER_TIMEOUT, overrides: Mapping[str, str] | None = None) -> None:
     """Serve the instance in `directory` until interrupted. Each worker process builds its own
     app from the directory (`create_app_for_directory`): the factory is a picklable partial,
     because it travels in the Config, which is what uvicorn sends to the processes it spawns.
-    `header_timeout`: seconds a connection has to send a request's headers."""
+    `header_timeout`: seconds a connection has to send a request's headers; `overrides`:
+    SCEPD_* settings every worker applies over scepd.toml (the address served, --db), handed
+    over in the factory rather than through this process's environment."""
     config = uvicorn.Config(
-        functools.partial(create_app_for_directory, Path(directory)),
+        functools.partial(create_app_for_directory, Path(directory), dict(overrides or {})),
         factory=True,
         host=host,
         port=port,
