@@ -106,6 +106,19 @@ def test_ec_same_key_renewal_under_the_enrollment_transaction_id(client, rules_d
     assert openssl_verify(rules_dir / "ca.pem", pem(renewed.certificate), tmp_path).returncode == 0
 
 
+def test_an_ec_certificate_renews_with_a_new_rsa_key(client, rules_dir, tmp_path):
+    """Another key type is a new key, not a wider identity, though an RSA key gets the
+    keyEncipherment an EC key cannot have (found trying the README's renewal on an EC device)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    first = client.enroll(key, name("ec-to-rsa"), challenge=CHALLENGE)
+    assert first.status is PkiStatus.SUCCESS, first.fail_info_text
+    rsa_key = new_key()
+    renewed = client.enroll(rsa_key, name("ec-to-rsa"), signer=(first.certificate, key), renewal=True)
+    assert renewed.status is PkiStatus.SUCCESS, renewed.fail_info_text
+    assert renewed.certificate.extensions.get_extension_for_class(x509.KeyUsage).value.key_encipherment
+    assert openssl_verify(rules_dir / "ca.pem", pem(renewed.certificate), tmp_path).returncode == 0
+
+
 def test_renewal_signed_by_a_revoked_certificate_never_gets_it_back(client, rules_dir):
     """The defect: RenewalReq under the enrollment's transactionID, signed by a certificate
     revoked for keyCompromise, was answered SUCCESS with that revoked certificate."""
@@ -322,3 +335,19 @@ def test_md5_signed_pkcs10_request_is_refused(client, tmp_path):
     assert reply.pki_status is PkiStatus.FAILURE
     assert reply.fail_info_text.startswith("AlgorithmRefused"), reply.fail_info_text
     assert "PKCS#10" in reply.fail_info_text
+
+
+def test_the_cli_renews_keeping_subject_and_sans(srv, rules_dir, tmp_path):
+    """`scepd client enroll --renew-cert --renew-key` as the operations guide shows it, for an
+    EC device renewed with a new key: the subject and SANs carry over, no challenge needed."""
+    first = run_scepd("client", "enroll", srv.url, "--subject", "CN=cli-renew", "--san", "dns:cli-renew.example",
+                      "--challenge", CHALLENGE, "--key", "ec:p256", "--cert-out", str(tmp_path / "old.pem"))
+    assert first.returncode == 0, first.stderr
+    renewed = run_scepd("client", "enroll", srv.url, "--renew-cert", str(tmp_path / "old.pem"),
+                        "--renew-key", str(tmp_path / "old.key"), "--cert-out", str(tmp_path / "new.pem"))
+    assert renewed.returncode == 0, renewed.stderr
+    old = x509.load_pem_x509_certificate((tmp_path / "old.pem").read_bytes())
+    new = x509.load_pem_x509_certificate((tmp_path / "new.pem").read_bytes())
+    assert new.subject == old.subject and new.serial_number != old.serial_number
+    assert sans_of(new) == ["cli-renew.example"]
+    assert openssl_verify(rules_dir / "ca.pem", pem(new), tmp_path).returncode == 0

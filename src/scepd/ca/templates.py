@@ -122,7 +122,10 @@ def widened_identity(old: x509.Certificate, old_template: str, request: Certific
     if extra:
         wider.append("subjectAltName " + ", ".join(san_text(n) for n in extra))
     ku = _extension(old, x509.KeyUsage)
-    more_usages = template.key_usages_for(request.public_key) - key_usage_names(ku)
+    # What the template grants a key of the old certificate's type: a new key of another type
+    # gets the usages that type can have (an EC certificate renewed with an RSA key may encipher),
+    # which is not a wider identity; a template changed to grant more is.
+    more_usages = template.key_usages_for(old.public_key()) - key_usage_names(ku)
     if more_usages:
         wider.append("key usage " + ", ".join(sorted(more_usages)))
     eku = _extension(old, x509.ExtendedKeyUsage)

@@ -63,7 +63,8 @@ def _renewal_signer(args):
 
 
 def _request(args, signer) -> dict:
-    """What the CSR asks for: subject (a renewal keeps the old one), SANs, key usage."""
+    """What the CSR asks for: subject and SANs (a renewal keeps the old ones unless told
+    otherwise: asking for more would need a challenge), key usage."""
     from scepd.client import parse_san
     from scepd.protocol.names import key_usage_extension
 
@@ -75,10 +76,19 @@ def _request(args, signer) -> dict:
         else:
             raise ValueError("--subject is required (except when renewing)")
         sans = [parse_san(s) for s in args.san]
+        if not sans and signer is not None and args.subject is None:
+            sans = _sans_of(signer[0])
         key_usage = key_usage_extension(set(args.key_usage.split(","))) if args.key_usage else None
     except ValueError as exc:
         raise UsageError(f"error: {exc}") from None
     return {"subject": subject, "sans": sans, "key_usage": key_usage}
+
+
+def _sans_of(certificate: x509.Certificate) -> list[x509.GeneralName]:
+    try:
+        return list(certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+    except x509.ExtensionNotFound:
+        return []
 
 
 def _key(args) -> tuple[object, Path]:
