@@ -27,6 +27,7 @@ ALLOWED: dict[str, set[str]] = {
     "store": set(),
     "ca": {"protocol", "store"},
     "challenge": {"protocol", "store"},
+    "intune": {"protocol", "store", "challenge"},
     "registry": {"ca", "store", "protocol", "challenge"},
     "profiles": {"protocol"},
     "notifications": {"store", "challenge"},

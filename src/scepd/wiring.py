@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from scepd import __version__
 from scepd.ca.crl import CrlPublisher
 from scepd.ca.templates import Template, TemplateMapping
 from scepd.challenge import (
@@ -26,6 +27,7 @@ from scepd.challenge.remote import (
     WebhookValidator,
 )
 from scepd.clock import SYSTEM_CLOCK, Clock
+from scepd.intune import Discovery, IntuneValidator, TokenSource
 from scepd.notifications import Dispatcher
 from scepd.protocol.requests import RequestPolicy
 from scepd.registry.config import CONFIG_FILE, parse_duration
@@ -75,12 +77,42 @@ def build_local_validator(instance: Instance, clock: Clock = SYSTEM_CLOCK) -> Ch
     return FirstAccepting(tuple(validators))
 
 
+def build_intune_validator(instance: Instance) -> IntuneValidator:
+    """[challenge] mode = "intune": Intune validates every request. Its tokens and service
+    endpoints are cached in the process, not in the validator, so rebuilding the services
+    after a configuration change fetches neither again."""
+    c = instance.config.intune
+    files, problems = {}, []
+    for key in ("client_certificate", "client_key"):
+        name = getattr(c, key)
+        try:
+            files[key] = instance.path(name).read_bytes() if name else b""
+        except OSError as exc:
+            files[key] = b""
+            problems.append(f"[intune] {key} {name} cannot be read: {exc.strerror}")
+    ca_bundle = str(instance.path(c.ca_bundle)) if c.ca_bundle else ""
+    timeout = float(instance.config.challenge.remote_timeout)
+    tokens = TokenSource(c.authority_url, c.tenant_id, c.client_id, c.client_secret,
+                         files["client_certificate"], files["client_key"], ca_bundle, timeout)
+    if tokens.client_certificate and tokens.client_key:
+        try:
+            tokens.client_assertion()  # signs nothing that is sent: it proves the pair loads
+        except (ValueError, TypeError) as exc:
+            problems.append(f"[intune] client_certificate and client_key cannot sign an assertion: {exc}")
+    if ca_bundle and not Path(ca_bundle).is_file():
+        problems.append(f"[intune] ca_bundle {ca_bundle} does not exist")
+    return IntuneValidator(tokens, Discovery(c.graph_url, tokens, timeout),
+                           c.caller_info or f"scepd/{__version__}", timeout, problems=tuple(problems))
+
+
 def build_validator(instance: Instance, local: ChallengeValidator, token: BearerToken | None = None) -> ChallengeValidator:
     """What the SCEP server asks: the `local` registration point, or a remote one (with
     `token`, shared by the caller so that an OAuth2 token is fetched once per process)."""
     challenge = instance.config.challenge
     if challenge.mode == "remote":
         return RemoteRegistrationPoint(challenge.remote_url, token or remote_token(instance), challenge.remote_timeout)
+    if challenge.mode == "intune":
+        return build_intune_validator(instance)
     return local
 
 

@@ -83,6 +83,14 @@ class ErrorCode(enum.Enum):
     ENHANCED_KEY_USAGE_MISMATCH = "EnhancedKeyUsageMismatch"
     ENHANCED_KEY_USAGE_MISSING = "EnhancedKeyUsageMissing"
     BAD_DEVICE_ID_IN_CHALLENGE = "BadDeviceIdInChallenge"
+    # the rest of Intune's ErrorCode names (validateRequest's answers in mode = "intune")
+    CERTIFICATE_REQUEST_DECODING_FAILED = "CertificateRequestDecodingFailed"
+    AAD_KEY_IDENTIFIER_LIST_MISSING = "AadKeyIdentifierListMissing"
+    REGISTERED_KEY_MISMATCH = "RegisteredKeyMismatch"
+    SCEP_PROFILE_NO_LONGER_TARGETED = "ScepProfileNoLongerTargetedToTheClient"
+    BAD_CERTIFICATE_REQUEST_ID_IN_CHALLENGE = "BadCertificateRequestIdInChallenge"
+    BAD_USER_ID_IN_CHALLENGE = "BadUserIdInChallenge"
+    INTUNE_UNKNOWN = "Unknown"
     CHALLENGE_REPLAYED = "ChallengeReplayed"
     CHALLENGE_DENIED = "ChallengeDenied"
     REGISTRATION_POINT_KEY_MISSING = "RegistrationPointKeyMissing"
@@ -171,6 +179,13 @@ ERRORS: dict[ErrorCode, ErrorInfo] = {
     ErrorCode.ENHANCED_KEY_USAGE_MISMATCH: ErrorInfo(_BR, "The request's extended key usages differ from the challenge's: align profile and challenge."),
     ErrorCode.ENHANCED_KEY_USAGE_MISSING: ErrorInfo(_BR, "The challenge expects extended key usages the request does not ask for: add them to the profile."),
     ErrorCode.BAD_DEVICE_ID_IN_CHALLENGE: ErrorInfo(_BR, "The request must carry the device ID of the challenge as a URI SAN IntuneDeviceId://<id>."),
+    ErrorCode.CERTIFICATE_REQUEST_DECODING_FAILED: ErrorInfo(_BR, "Intune could not decode the PKCS#10 request scepd passed on: check the device's SCEP profile (key size, subject variables) and send a new request."),
+    ErrorCode.AAD_KEY_IDENTIFIER_LIST_MISSING: ErrorInfo(_BR, "Intune found no Entra key identifiers for the device: re-register the device with Entra ID, then let the profile retry."),
+    ErrorCode.REGISTERED_KEY_MISMATCH: ErrorInfo(_BR, "The request's key is not the one Intune registered for this challenge: let the device generate a new key and request again."),
+    ErrorCode.SCEP_PROFILE_NO_LONGER_TARGETED: ErrorInfo(_BR, "The SCEP profile is no longer assigned to this device or user: assign it again in Intune, or leave the device without it."),
+    ErrorCode.BAD_CERTIFICATE_REQUEST_ID_IN_CHALLENGE: ErrorInfo(_BR, "The challenge names another certificate request than Intune expects: let the device fetch a new challenge (sync the device)."),
+    ErrorCode.BAD_USER_ID_IN_CHALLENGE: ErrorInfo(_BR, "The challenge names another user than the one enrolling: check the profile's user assignment and sync the device."),
+    ErrorCode.INTUNE_UNKNOWN: ErrorInfo(_BR, "Intune refused with a code it does not explain (or one scepd does not know, given in the text): look the transaction ID up in Intune's certificate reports."),
     ErrorCode.CHALLENGE_DENIED: ErrorInfo(_BR, "The MDM (its webhook or a remote registration point) refused the request; the text gives its reason."),
     ErrorCode.CHALLENGE_REPLAYED: ErrorInfo(_BR, "A challenge works once: have the MDM issue a new one."),
     ErrorCode.REGISTRATION_POINT_KEY_MISSING: ErrorInfo(_BR, "The registration point's encryption pair is missing: 'scepd doctor --fix' or restart 'scepd serve' re-creates it; then issue new challenges.", http_status=503),

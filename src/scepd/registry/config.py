@@ -141,8 +141,28 @@ class ChallengeConfig:
     webhook_url: str = ""  # a third-party MDM's allow/deny endpoint for every challenge
 
     def __post_init__(self) -> None:
-        if self.mode not in ("local", "remote"):
-            raise ValueError(f"mode must be local or remote, not {self.mode!r}")
+        if self.mode not in ("local", "remote", "intune"):
+            raise ValueError(f"mode must be local, remote or intune, not {self.mode!r}")
+
+
+@dataclass(frozen=True)
+class IntuneConfig:
+    """Microsoft Intune as the registration point ([challenge] mode = "intune"): scepd is
+    Intune's third-party SCEP CA and asks Intune's ScepRequestValidationFEService, found
+    through Graph, to validate each challenge (docs/configuration.md)."""
+
+    tenant_id: str = ""  # Entra tenant ID or domain
+    client_id: str = ""  # the app registration's application ID
+    client_secret: str = ""  # or a certificate credential (SCEPD_INTUNE_CLIENT_SECRET; never logged):
+    client_certificate: str = ""  # PEM path; the key beside it (client_key), for a JWT client assertion
+    client_key: str = ""
+    # {authority_url}/{tenant_id}/oauth2/v2.0/token; authority_url, graph_url and ca_bundle
+    # let the whole exchange be pointed at a local HTTPS emulator.
+    authority_url: str = "https://login.microsoftonline.com"
+    graph_url: str = "https://graph.microsoft.com"
+    ca_bundle: str = ""  # extra trusted roots (PEM) for these HTTPS calls: tests, TLS-inspecting proxies
+    caller_info: str = ""  # what Intune's reports show as the caller; empty: scepd/<its version>
+    revocation_poll_interval: str = "5m"  # 0 turns the revocation loop off
 
 
 @dataclass(frozen=True)
@@ -198,6 +218,7 @@ class Config:
     challenge: ChallengeConfig = field(default_factory=ChallengeConfig)
     registration_point: RegistrationPointConfig = field(default_factory=RegistrationPointConfig)
     notifications: NotificationsConfig = field(default_factory=NotificationsConfig)
+    intune: IntuneConfig = field(default_factory=IntuneConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
@@ -213,7 +234,7 @@ class Config:
         database server are waited on, and then more threads keep the core busy."""
         if self.server.threads:
             return self.server.threads
-        waits = self.challenge.mode == "remote" or bool(self.challenge.webhook_url) or not self.database.url.startswith("sqlite")
+        waits = self.challenge.mode in ("remote", "intune") or bool(self.challenge.webhook_url) or not self.database.url.startswith("sqlite")
         return 16 if waits else 2
 
 
@@ -312,6 +333,8 @@ def load_config(path: Path, environ: typing.Mapping[str, str] | None = None) -> 
         raise ConfigError("[database] busy_timeout must be longer than 0s")
     parse_duration(config.registration_point.challenge_lifetime)
     parse_duration(config.registration_point.clock_skew)
+    if config.intune.revocation_poll_interval.strip() != "0":
+        parse_duration(config.intune.revocation_poll_interval)
     for role in ("ca", "ra"):
         files = getattr(config, role)
         if len(files.previous_certificates) != len(files.previous_keys):

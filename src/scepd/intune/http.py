@@ -1,0 +1,76 @@
+"""HTTPS to Entra ID, Graph and Intune: one httpx client per trust configuration, and
+answers read as JSON within a size and time budget."""
+
+from __future__ import annotations
+
+import ssl
+import threading
+import time
+
+import httpx
+
+from scepd import peerjson
+
+# Microsoft's answers are a few KiB (Graph's endpoint list is the largest); whatever answers
+# is not trusted to stop on its own.
+MAX_ANSWER_BYTES = 262144
+
+
+class IntuneUnavailable(Exception):
+    """No usable answer: no connection, a non-2xx status, or something that is not JSON.
+    `status` is the HTTP status when there was one."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+_clients: dict[str, httpx.Client] = {}
+_clients_lock = threading.Lock()
+
+
+def client_for(ca_bundle: str) -> httpx.Client:
+    """The process's client for these calls: the system's roots plus `ca_bundle` (PEM) when
+    given. Shared so that connections to Microsoft are kept alive across enrollments."""
+    with _clients_lock:
+        client = _clients.get(ca_bundle)
+        if client is None:
+            context = ssl.create_default_context()
+            if ca_bundle:
+                try:
+                    context.load_verify_locations(cafile=ca_bundle)
+                except (OSError, ssl.SSLError) as exc:
+                    raise IntuneUnavailable(f"[intune] ca_bundle {ca_bundle} cannot be read as PEM roots: {exc}") from None
+            client = _clients[ca_bundle] = httpx.Client(verify=context, follow_redirects=False)
+        return client
+
+
+def call_json(client: httpx.Client, method: str, url: str, *, timeout: float, headers: dict | None = None,
+              **content) -> object:
+    """The JSON answer of a 2xx; IntuneUnavailable otherwise (with the status of a non-2xx,
+    and the start of its body, which names Entra's and Intune's errors)."""
+    deadline = time.monotonic() + timeout
+    # identity: read as sent, so that the size limit is the size in memory.
+    headers = {**(headers or {}), "Accept-Encoding": "identity", "Accept": "application/json"}
+    try:
+        with client.stream(method, url, headers=headers, timeout=timeout, **content) as response:
+            encoding = response.headers.get("content-encoding", "identity").strip().lower()
+            if encoding not in ("", "identity"):
+                raise IntuneUnavailable(f"{url} answered {encoding}-encoded, though identity was asked for")
+            body = bytearray()
+            for chunk in response.iter_raw():
+                body += chunk
+                if len(body) > MAX_ANSWER_BYTES:
+                    raise IntuneUnavailable(f"{url} answered more than {MAX_ANSWER_BYTES} bytes")
+                if time.monotonic() > deadline:
+                    raise IntuneUnavailable(f"{url} did not answer within {timeout:g} s")
+            status = response.status_code
+    except httpx.HTTPError as exc:
+        raise IntuneUnavailable(f"{url} cannot be reached: {exc}") from None
+    if status // 100 != 2:
+        excerpt = bytes(body[:200]).decode("utf-8", "replace").strip()
+        raise IntuneUnavailable(f"{url} answered HTTP {status}" + (f": {excerpt}" if excerpt else ""), status)
+    try:
+        return peerjson.loads(bytes(body), max_bytes=MAX_ANSWER_BYTES)
+    except ValueError as exc:
+        raise IntuneUnavailable(f"{url} answered something that is not JSON: {exc}") from None
