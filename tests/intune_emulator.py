@@ -1,7 +1,8 @@
 """A Microsoft Intune emulator for the tests, written from Microsoft's published protocol
 (microsoft/Intune-Resource-Access, src/CsrValidation, and Entra ID's OAuth2 documentation),
 not from scepd's code: Entra's token endpoint, Graph's endpoint list of Intune's service
-principal and the ScepRequestValidationFEService's `ScepActions/validateRequest`, over HTTPS
+principal and the ScepRequestValidationFEService's `ScepActions/validateRequest`,
+`successNotification` and `failureNotification`, over HTTPS
 with a certificate from a test CA. It checks every header and field it is sent, answers 400
 with the reason when one is wrong (and keeps the reason in `errors`), and records the order
 of events in `events`."""
@@ -82,6 +83,8 @@ class IntuneEmulator:
         self.codes: dict[str, str] = {}
         self.service_path = "/scep-validation/a"
         self.validate_status: int | None = None  # set: validateRequest answers this status, as when Intune is down
+        self.success_status: int | None = None  # set: successNotification answers this status
+        self._validated: dict[str, tuple[str, str]] = {}  # transactionId -> (certificateRequest, code)
         self.events: list[tuple] = []
         self.errors: list[str] = []
         self._tokens: dict[str, str] = {}  # access token -> scope
@@ -210,17 +213,16 @@ class IntuneEmulator:
                           entry("scepRequestValidationFEService", service),
                           entry("PkiConnectorFEService", f"{self.base}/pki-connector")]}
 
-    def validate(self, path: str, headers, body: bytes) -> dict | None:
+    def _scep_action(self, action: str, path: str, headers, body: bytes, wrapper: str, fields: set[str]) -> tuple[dict, str] | None:
+        """The checks every ScepActions call passes: its path at the current service, its
+        headers, and a JSON body of exactly `fields` under `wrapper`; (that object, client-request-id)."""
         with self._lock:
             current = self.service_path
-        if path != f"{current}/ScepActions/validateRequest":
+        if path != f"{current}/ScepActions/{action}":
             self._record("stale", path)
             return None  # 404: not (or no longer) this tenant's service
-        if self.validate_status is not None:
-            self._record("down", self.validate_status)
-            raise Unavailable(self.validate_status)
         if self._scope_of(headers) != INTUNE_SCOPE:
-            raise Refuse("validateRequest needs a token for https://api.manage.microsoft.com/")
+            raise Refuse(f"{action} needs a token for https://api.manage.microsoft.com/")
         if headers.get("api-version") != "2018-02-20":
             raise Refuse(f"api-version {headers.get('api-version')!r}")
         request_id = headers.get("client-request-id", "")
@@ -233,15 +235,83 @@ class IntuneEmulator:
                 raise Refuse(f"client-request-id {request_id} was used before")
             self._request_ids.add(request_id)
         if not headers.get("Content-Type", "").startswith("application/json"):
-            raise Refuse(f"validateRequest sent {headers.get('Content-Type')!r}")
+            raise Refuse(f"{action} sent {headers.get('Content-Type')!r}")
         document = json.loads(body)
-        if set(document) != {"request"} or set(document["request"]) != {"transactionId", "certificateRequest", "callerInfo"}:
-            raise Refuse(f"validateRequest's body has {document!r:.200}")
-        request = document["request"]
+        if set(document) != {wrapper} or set(document[wrapper]) != fields:
+            raise Refuse(f"{action}'s body has {document!r:.300}")
+        request = document[wrapper]
         if not (isinstance(request["transactionId"], str) and request["transactionId"]):
             raise Refuse("no transactionId")
         if not (isinstance(request["callerInfo"], str) and request["callerInfo"].startswith("scepd/")):
             raise Refuse(f"callerInfo {request['callerInfo']!r}")
+        return request, request_id
+
+    def _validated_request(self, action: str, notification: dict) -> None:
+        """A notification is about a request Intune validated, and carries that request."""
+        with self._lock:
+            validated = self._validated.get(notification["transactionId"])
+        if validated is None or validated[1] != "Success":
+            raise Refuse(f"{action} for transaction {notification['transactionId']!r}, which Intune did not validate")
+        if notification["certificateRequest"] != validated[0]:
+            raise Refuse(f"{action}'s certificateRequest is not the request Intune validated")
+
+    def success_notification(self, path: str, headers, body: bytes) -> dict | None:
+        fields = {"transactionId", "certificateRequest", "certificateThumbprint", "certificateSerialNumber",
+                  "certificateExpirationDateUtc", "issuingCertificateAuthority", "caConfiguration",
+                  "certificateAuthority", "callerInfo"}
+        checked = self._scep_action("successNotification", path, headers, body, "notification", fields)
+        if checked is None:
+            return None
+        notification, request_id = checked
+        self._validated_request("successNotification", notification)
+        thumbprint, serial = notification["certificateThumbprint"], notification["certificateSerialNumber"]
+        if not (isinstance(thumbprint, str) and len(thumbprint) == 40 and thumbprint == thumbprint.upper()
+                and all(c in "0123456789ABCDEF" for c in thumbprint)):
+            raise Refuse(f"certificateThumbprint {thumbprint!r} is not an upper-case SHA-1 hex")
+        if not (isinstance(serial, str) and serial and all(c in "0123456789abcdefABCDEF" for c in serial)):
+            raise Refuse(f"certificateSerialNumber {serial!r} is not hex")
+        try:
+            expires = dt.datetime.fromisoformat(notification["certificateExpirationDateUtc"])
+        except (AttributeError, ValueError):
+            raise Refuse(f"certificateExpirationDateUtc {notification['certificateExpirationDateUtc']!r}") from None
+        if expires.utcoffset() != dt.timedelta(0) or expires <= dt.datetime.now(dt.UTC):
+            raise Refuse(f"certificateExpirationDateUtc {expires} is not a future UTC time")
+        for name in ("issuingCertificateAuthority", "caConfiguration", "certificateAuthority"):
+            if not (isinstance(notification[name], str) and notification[name]):
+                raise Refuse(f"{name} is empty")
+        if self.success_status is not None:
+            self._record("success-down", notification["transactionId"], self.success_status, time.monotonic())
+            raise Unavailable(self.success_status)
+        self._record("success", notification["transactionId"], thumbprint, serial, time.monotonic(), request_id)
+        return {"code": "Success", "errorDescription": ""}
+
+    def failure_notification(self, path: str, headers, body: bytes) -> dict | None:
+        fields = {"transactionId", "certificateRequest", "hResult", "errorDescription", "callerInfo"}
+        checked = self._scep_action("failureNotification", path, headers, body, "notification", fields)
+        if checked is None:
+            return None
+        notification, request_id = checked
+        self._validated_request("failureNotification", notification)
+        hresult, description = notification["hResult"], notification["errorDescription"]
+        # An HRESULT that reports a failure has its top bit set: a negative 32-bit number.
+        if not (isinstance(hresult, int) and not isinstance(hresult, bool) and -2**31 <= hresult < 0):
+            raise Refuse(f"hResult {hresult!r} is not a failure HRESULT")
+        if not (isinstance(description, str) and 0 < len(description) <= 255):
+            raise Refuse(f"errorDescription of {len(str(description))} characters")
+        self._record("failure", notification["transactionId"], hresult, description, request_id)
+        return {"code": "Success", "errorDescription": ""}
+
+    def validate(self, path: str, headers, body: bytes) -> dict | None:
+        with self._lock:
+            current = self.service_path
+        if path == f"{current}/ScepActions/validateRequest" and self.validate_status is not None:
+            self._record("down", self.validate_status)
+            raise Unavailable(self.validate_status)
+        checked = self._scep_action("validateRequest", path, headers, body, "request",
+                                    {"transactionId", "certificateRequest", "callerInfo"})
+        if checked is None:
+            return None
+        request, request_id = checked
         csr = x509.load_der_x509_csr(base64.b64decode(request["certificateRequest"], validate=True))
         if not csr.is_signature_valid:
             raise Refuse("the certificateRequest's signature does not verify")
@@ -251,6 +321,8 @@ class IntuneEmulator:
             challenge = None
         challenge = challenge.decode() if isinstance(challenge, bytes) else challenge
         code = "ChallengePasswordMissing" if challenge is None else self.codes.get(challenge, "ChallengeDecodingError")
+        with self._lock:
+            self._validated[request["transactionId"]] = (request["certificateRequest"], code)
         self._record("validate", request["transactionId"], code, request_id)
         return {"code": code, "errorDescription": "" if code == "Success" else f"emulated {code}"}
 
@@ -279,6 +351,10 @@ class IntuneEmulator:
                         answer = emulator.endpoints(path, self.headers)
                     elif method == "POST" and path.endswith("/ScepActions/validateRequest"):
                         answer = emulator.validate(path, self.headers, body)
+                    elif method == "POST" and path.endswith("/ScepActions/successNotification"):
+                        answer = emulator.success_notification(path, self.headers, body)
+                    elif method == "POST" and path.endswith("/ScepActions/failureNotification"):
+                        answer = emulator.failure_notification(path, self.headers, body)
                     else:
                         raise Refuse(f"{method} {path} is not part of the protocol")
                 except Unavailable as exc:

@@ -69,11 +69,12 @@ def test_intune_decides_with_one_token_per_scope_for_many_enrollments(emulator, 
     assert refused.fail_info_text.startswith("ChallengeExpired"), refused.fail_info_text
     assert local.fail_info_text.startswith("ChallengeDecodingError"), local.fail_info_text
     assert emulator.errors == []
-    # One token per scope, one discovery, then only validateRequest: in this order.
+    # One token per scope, one discovery, then only validateRequest (and successNotification
+    # for each issued certificate): in this order.
     assert emulator.events[:3] == [("token", GRAPH_SCOPE, "secret"), ("discovery", "/scep-validation/a"),
                                    ("token", INTUNE_SCOPE, "secret")]
-    validations = emulator.events[3:]
-    assert [e[0] for e in validations] == ["validate"] * 5
+    assert [e[0] for e in emulator.events[3:]] == ["validate", "success"] * 3 + ["validate"] * 2
+    validations = [e for e in emulator.events[3:] if e[0] == "validate"]
     assert [e[1] for e in validations] == [r.transaction_id for r in (*issued, refused, local)]
     assert [e[2] for e in validations] == ["Success"] * 3 + ["ChallengeExpired", "ChallengeDecodingError"]
     assert Store(f"sqlite:///{d / 'scepd.db'}").certificate_count() == 3
@@ -101,9 +102,9 @@ def test_discovery_follows_intune_when_it_moves_the_tenant(emulator, tmp_path):
     for result in (first, second, third):
         assert result.status is PkiStatus.SUCCESS, result.fail_info_text
     assert emulator.errors == []
-    assert emulator.kinds() == ["token", "discovery", "token", "validate",
-                                "moved", "stale", "discovery", "validate", "validate"]
-    assert emulator.events[6] == ("discovery", "/scep-validation/b")
+    assert emulator.kinds() == ["token", "discovery", "token", "validate", "success",
+                                "moved", "stale", "discovery", "validate", "success", "validate", "success"]
+    assert emulator.events[7] == ("discovery", "/scep-validation/b")
 
 
 def test_a_certificate_credential_works_as_well_as_a_secret(tmp_path):
@@ -255,3 +256,105 @@ def test_an_unusable_credential_or_bundle_is_named_at_start_up(emulator, tmp_pat
 
     verdict = validator.verify(_request("intune-good"), uow=None)
     assert verdict.refusal.code is ErrorCode.REGISTRATION_POINT_UNAVAILABLE and "ca_bundle" in verdict.refusal.reason
+
+
+def _log_lines(directory) -> list[dict]:
+    return [json.loads(line) for line in (directory / "scepd.log").read_text().splitlines()]
+
+
+def test_intune_is_told_of_the_certificate_before_the_client_gets_it(emulator, tmp_path):
+    import time
+
+    from scepd.protocol.fingerprints import certificate_thumbprint
+
+    d = tmp_path / "scep"
+    intune_instance(d, emulator, client_secret=SECRET)
+    server = RunningServer(d)
+    try:
+        result = ScepClient(server.url).enroll(key(), name("notified-first"), challenge="intune-good")
+        received = time.monotonic()
+    finally:
+        server.stop()
+    assert result.status is PkiStatus.SUCCESS, result.fail_info_text
+    assert emulator.errors == []  # every header and field of successNotification was as Microsoft's
+    (success,) = [e for e in emulator.events if e[0] == "success"]
+    assert success[1] == result.transaction_id
+    assert success[2] == certificate_thumbprint(result.certificate)
+    assert success[3] == format(result.certificate.serial_number, "x")
+    assert success[4] < received
+    # In the server's own log too: Intune answered before the request's line was written.
+    lines = _log_lines(d)
+    told = next(i for i, e in enumerate(lines) if e.get("client_request_id") == success[5])
+    answered = next(i for i, e in enumerate(lines) if e.get("transaction_id") == result.transaction_id
+                    and e.get("status") == "SUCCESS")
+    assert told < answered
+    assert "failure" not in emulator.kinds()
+
+
+def test_a_failed_success_notification_withholds_and_revokes_the_certificate(emulator, tmp_path):
+    import httpx
+
+    d = tmp_path / "scep"
+    intune_instance(d, emulator, client_secret=SECRET)
+    emulator.success_status = 500
+    server = RunningServer(d)
+    try:
+        c = ScepClient(server.url)
+        result = c.enroll(key(), name("not-told"), challenge="intune-good")
+        ca = c.get_ca_certs().ca
+        key_id = ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest.hex()
+        crl = x509.load_der_x509_crl(httpx.get(f"{server.url.split('/scep')[0]}/crl/{key_id}.crl").content)
+    finally:
+        server.stop()
+    assert result.status is PkiStatus.FAILURE and result.certificate is None
+    assert result.fail_info_text.startswith("IntuneNotificationFailed"), result.fail_info_text
+    assert "HTTP 500" in result.fail_info_text
+    assert emulator.errors == []
+    # Asked once, the service looked up again (the same URI: not asked twice); no failure
+    # notification about Intune's own failing call.
+    assert emulator.kinds() == ["token", "discovery", "token", "validate", "success-down", "discovery"]
+    store = Store(f"sqlite:///{d / 'scepd.db'}")
+    (record,) = store.find_requests(result.transaction_id)
+    certificate = store.find_certificate(record.certificate_serial)
+    assert certificate.status == "revoked" and certificate.revocation_reason == "cessationOfOperation"
+    assert crl.get_revoked_certificate_by_serial_number(int(certificate.serial, 16)) is not None
+    assert crl.is_signature_valid(ca.public_key())
+    assert any("withheld and revoked" in e.get("msg", "") and e.get("serial") == certificate.serial
+               for e in _log_lines(d))
+
+
+def test_intunes_refusal_is_not_answered_with_a_failure_notification(emulator, tmp_path):
+    d = tmp_path / "scep"
+    intune_instance(d, emulator, client_secret=SECRET)
+    server = RunningServer(d)
+    try:
+        refused = ScepClient(server.url).enroll(key(), name("expired"), challenge="intune-stale")
+        emulator.validate_status = 503
+        unreachable = ScepClient(server.url).enroll(key(), name("down"), challenge="intune-good")
+    finally:
+        server.stop()
+    assert refused.fail_info_text.startswith("ChallengeExpired"), refused.fail_info_text
+    assert unreachable.fail_info_text.startswith("RegistrationPointUnavailable"), unreachable.fail_info_text
+    assert emulator.errors == []
+    assert "failure" not in emulator.kinds() and "success" not in emulator.kinds()
+
+
+def test_a_template_refusal_after_intunes_success_is_notified_once(emulator, tmp_path):
+    d = tmp_path / "scep"
+    intune_instance(d, emulator, client_secret=SECRET)
+    update_config_file(d / "scepd.toml", {"templates": {"IPSECIntermediateOffline": {"min_rsa_bits": 3072}}})
+    server = RunningServer(d)
+    try:
+        result = ScepClient(server.url).enroll(key(), name("weak-key"), challenge="intune-good")  # RSA-2048
+    finally:
+        server.stop()
+    assert result.status is PkiStatus.FAILURE and result.fail_info_text.startswith("KeyTooWeak"), result.fail_info_text
+    assert emulator.errors == []
+    failures = [e for e in emulator.events if e[0] == "failure"]
+    assert len(failures) == 1
+    _, transaction_id, hresult, description, _ = failures[0]
+    assert transaction_id == result.transaction_id
+    assert hresult == -2146875375  # CERTSRV_E_KEY_LENGTH (0x80094811), not E_INVALIDARG
+    assert description.startswith("KeyTooWeak: RSA-2048") and len(description) <= 255
+    assert "success" not in emulator.kinds()
+    assert Store(f"sqlite:///{d / 'scepd.db'}").certificate_count() == 0

@@ -27,7 +27,7 @@ from scepd.challenge.remote import (
     WebhookValidator,
 )
 from scepd.clock import SYSTEM_CLOCK, Clock
-from scepd.intune import Discovery, IntuneValidator, TokenSource
+from scepd.intune import Discovery, IntuneNotifier, IntuneValidator, TokenSource
 from scepd.notifications import Dispatcher
 from scepd.protocol.requests import RequestPolicy
 from scepd.registry.config import CONFIG_FILE, parse_duration
@@ -36,7 +36,7 @@ from scepd.registry.rp import load_rp_material
 from scepd.service.admin import Administration
 from scepd.service.authorities import Authorities
 from scepd.service.ca_certs import CaCertificates
-from scepd.service.enroll import Enrollment
+from scepd.service.enroll import DeliveryGate, Enrollment
 from scepd.service.issuance import Issuance
 from scepd.service.pki import ScepService
 from scepd.service.retrieve import Retrieval
@@ -116,6 +116,14 @@ def build_validator(instance: Instance, local: ChallengeValidator, token: Bearer
     return local
 
 
+def delivery_gate(validator: ChallengeValidator) -> DeliveryGate | None:
+    """Who is told of a certificate before it is delivered: Intune, when it validates
+    (with the validator's own tokens and discovery); nobody otherwise."""
+    if isinstance(validator, IntuneValidator):
+        return IntuneNotifier(validator.tokens, validator.discovery, validator.caller_info, validator.timeout)
+    return None
+
+
 def build_validators(instance: Instance) -> ChallengeValidator:
     """What the SCEP server of `instance` asks, as `scepd serve` builds it (start-up checks
     and doctor read its readiness)."""
@@ -161,12 +169,14 @@ def build_services(instance: Instance, store: Store, token: BearerToken | None =
     (one OAuth2 token per process); `material` when the caller has loaded the keys already."""
     config = instance.config
     local = build_local_validator(instance, clock)  # reads the registration point's files once
+    validator = build_validator(instance, local, token)
     scep, admin = build_deciders(
         material=material or load_key_material(instance, clock), store=store,
-        validator=build_validator(instance, local, token), templates=config.templates, mapping=config.template_mapping,
+        validator=validator, templates=config.templates, mapping=config.template_mapping,
         policy=RequestPolicy(max_clock_skew=parse_duration(config.scep.max_clock_skew),
                              allow_md5=config.scep.allow_md5, allow_des=config.scep.allow_des),
         crl_validity=parse_duration(config.crl.validity), notify=notification_targets(instance), clock=clock,
+        gate=delivery_gate(validator),
     )
     return Services(instance=instance, store=store, scep=scep, admin=admin,
                     rp_api=RegistrationPointApi.from_instance(instance, local, store))
@@ -175,7 +185,7 @@ def build_services(instance: Instance, store: Store, token: BearerToken | None =
 def build_deciders(*, material: KeyMaterial, store: Store, validator: ChallengeValidator, templates: dict[str, Template],
                    mapping: TemplateMapping, policy: RequestPolicy, crl_validity: dt.timedelta = dt.timedelta(days=7),
                    notify: dict[str, tuple[str, ...]] | None = None,
-                   clock: Clock = SYSTEM_CLOCK) -> tuple[ScepService, Administration]:
+                   clock: Clock = SYSTEM_CLOCK, gate: DeliveryGate | None = None) -> tuple[ScepService, Administration]:
     """The SCEP service and the administration from their parts, with no instance directory
     (tests and the benchmark assemble them this way, from keys they hold)."""
     notify = notify or {}
@@ -184,7 +194,7 @@ def build_deciders(*, material: KeyMaterial, store: Store, validator: ChallengeV
     issuance = Issuance(authorities=authorities, crls=crls, notify=notify, clock=clock)
     choice = TemplateChoice(templates=templates, mapping=mapping, authorities=authorities)
     enrollment = Enrollment(store=store, validator=validator, choice=choice, issuance=issuance,
-                            authorities=authorities, clock=clock)
+                            authorities=authorities, clock=clock, gate=gate)
     retrieval = Retrieval(store=store, authorities=authorities, crls=crls, issuance=issuance, clock=clock)
     scep = ScepService(authorities=authorities, ca_certificates=ca_certificates_of(material), policy=policy,
                        enrollment=enrollment, retrieval=retrieval, crls=crls, store=store, notify=notify, clock=clock)

@@ -6,12 +6,15 @@ request, with the names and headers of Microsoft's published client library
 - tokens: OAuth2 client credentials (a secret or a signed client assertion), cached per process
 - discovery: the service endpoints Graph lists for Intune's application, cached
 - validator: IntuneValidator, a ChallengeValidator that asks validateRequest
+- notifier: IntuneNotifier, successNotification before delivery and failureNotification
+- actions: the ScepActions call they share (headers, rediscovery)
 May import: scepd.protocol (the error vocabulary), scepd.store (the unit of work),
 scepd.challenge (its base interface only), scepd.peerjson, scepd.clock, httpx, joserfc.
 """
 
 from scepd.intune.discovery import Discovery
+from scepd.intune.notifier import IntuneNotifier
 from scepd.intune.tokens import TokenSource
 from scepd.intune.validator import IntuneValidator
 
-__all__ = ["Discovery", "IntuneValidator", "TokenSource"]
+__all__ = ["Discovery", "IntuneNotifier", "IntuneValidator", "TokenSource"]

@@ -7,20 +7,16 @@ certificate is issued without Intune's verdict."""
 from __future__ import annotations
 
 import base64
-import logging
-import uuid
 from dataclasses import dataclass, field
 
 from scepd.challenge.base import ChallengeRequest, ChallengeVerdict, Readiness
-from scepd.intune.discovery import SCEP_VALIDATION_SERVICE, Discovery
-from scepd.intune.http import IntuneUnavailable, call_json, client_for
-from scepd.intune.tokens import INTUNE_SCOPE, TokenSource
+from scepd.intune.actions import post_scep_action
+from scepd.intune.discovery import Discovery
+from scepd.intune.http import IntuneUnavailable
+from scepd.intune.tokens import TokenSource
 from scepd.protocol.errors import ErrorCode
 from scepd.store import UnitOfWork
 
-log = logging.getLogger("scepd.intune")
-
-SCEP_API_VERSION = "2018-02-20"
 # The refusals of Microsoft's ErrorCode (IntuneScepServiceException.ErrorCode), each a scepd
 # error code of the same name; another answer is not taken for one of scepd's own codes.
 INTUNE_REFUSALS = frozenset(ErrorCode(name) for name in (
@@ -54,7 +50,7 @@ class IntuneValidator:
             return ((False, '[challenge] mode = "intune" needs [intune] ' + ", ".join(missing)),)
         # Said where an administrator looks (doctor, serve's start-up lines) until it is built.
         return ((True, f"Microsoft Intune of tenant {t.tenant_id} (mode = intune: it alone decides; "
-                       "not yet told of issued certificates, nor asked for revocations)"),)
+                       "told of each certificate before it is delivered; not yet asked for revocations)"),)
 
     def verify(self, request: ChallengeRequest, uow: UnitOfWork) -> ChallengeVerdict:
         body = {
@@ -83,39 +79,4 @@ class IntuneValidator:
         return ChallengeVerdict.refuse(self.name, known, f"Intune: {description or code}")
 
     def _post(self, transaction_id: str, body: dict) -> object:
-        """validateRequest at the discovered service; when that fails, the service is looked
-        up again once and, if Intune moved it, asked there."""
-        uri = self.discovery.service_uri(SCEP_VALIDATION_SERVICE)
-        try:
-            return self._post_to(uri, transaction_id, body)
-        except IntuneUnavailable as first:
-            if first.status == 401:
-                self.tokens.invalidate(INTUNE_SCOPE)
-            try:
-                moved = self.discovery.service_uri(SCEP_VALIDATION_SERVICE, refresh=True)
-            except IntuneUnavailable:
-                raise first from None
-            if moved == uri and first.status != 401:
-                raise
-            return self._post_to(moved, transaction_id, body)
-
-    def _post_to(self, uri: str, transaction_id: str, body: dict) -> object:
-        request_id = str(uuid.uuid4())
-        url = f"{uri.rstrip('/')}/ScepActions/validateRequest"
-        headers = {
-            "Authorization": f"Bearer {self.tokens.get(INTUNE_SCOPE)}",
-            "client-request-id": request_id,
-            "api-version": SCEP_API_VERSION,
-        }
-        # The client-request-id is what Microsoft's support finds a call by; the transaction
-        # ID is what scepd's own log lines carry.
-        fields = {"transaction_id": transaction_id, "client_request_id": request_id, "url": url}
-        try:
-            answer = call_json(client_for(self.tokens.ca_bundle), "POST", url, json=body,
-                               headers=headers, timeout=self.timeout)
-        except IntuneUnavailable as exc:
-            log.warning("intune validateRequest failed: %s", exc, extra={"fields": {**fields, "status": exc.status}})
-            raise
-        code = answer.get("code") if isinstance(answer, dict) else None
-        log.info("intune validateRequest answered %s", code, extra={"fields": {**fields, "intune_code": code}})
-        return answer
+        return post_scep_action(self.tokens, self.discovery, "validateRequest", transaction_id, body, self.timeout)

@@ -91,6 +91,7 @@ class ErrorCode(enum.Enum):
     BAD_CERTIFICATE_REQUEST_ID_IN_CHALLENGE = "BadCertificateRequestIdInChallenge"
     BAD_USER_ID_IN_CHALLENGE = "BadUserIdInChallenge"
     INTUNE_UNKNOWN = "Unknown"
+    INTUNE_NOTIFICATION_FAILED = "IntuneNotificationFailed"
     CHALLENGE_REPLAYED = "ChallengeReplayed"
     CHALLENGE_DENIED = "ChallengeDenied"
     REGISTRATION_POINT_KEY_MISSING = "RegistrationPointKeyMissing"
@@ -186,6 +187,7 @@ ERRORS: dict[ErrorCode, ErrorInfo] = {
     ErrorCode.BAD_CERTIFICATE_REQUEST_ID_IN_CHALLENGE: ErrorInfo(_BR, "The challenge names another certificate request than Intune expects: let the device fetch a new challenge (sync the device)."),
     ErrorCode.BAD_USER_ID_IN_CHALLENGE: ErrorInfo(_BR, "The challenge names another user than the one enrolling: check the profile's user assignment and sync the device."),
     ErrorCode.INTUNE_UNKNOWN: ErrorInfo(_BR, "Intune refused with a code it does not explain (or one scepd does not know, given in the text): look the transaction ID up in Intune's certificate reports."),
+    ErrorCode.INTUNE_NOTIFICATION_FAILED: ErrorInfo(_BR, "Intune was not told of the signed certificate (successNotification failed), so it was revoked and not delivered: check the log line for Intune's answer; the device retries with a new request."),
     ErrorCode.CHALLENGE_DENIED: ErrorInfo(_BR, "The MDM (its webhook or a remote registration point) refused the request; the text gives its reason."),
     ErrorCode.CHALLENGE_REPLAYED: ErrorInfo(_BR, "A challenge works once: have the MDM issue a new one."),
     ErrorCode.REGISTRATION_POINT_KEY_MISSING: ErrorInfo(_BR, "The registration point's encryption pair is missing: 'scepd doctor --fix' or restart 'scepd serve' re-creates it; then issue new challenges.", http_status=503),

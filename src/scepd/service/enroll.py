@@ -7,7 +7,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+from typing import Protocol
 
+from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from scepd.ca.templates import Template
@@ -28,12 +30,29 @@ from scepd.store import (
     CertificateRecord,
     IntegrityError,
     Store,
+    StoreUnavailable,
     TransactionRecord,
     UnitOfWork,
 )
 from scepd.store.states import TransactionState
 
 log = logging.getLogger("scepd.service")
+
+# Set in `details` while a request is decided when the registration point accepted it; taken
+# out before the request's log line.
+_VALIDATED = "_validated"
+
+
+class DeliveryGate(Protocol):
+    """Who must know of a certificate before it is delivered (Intune, in mode = "intune"),
+    and of a request it validated that scepd then refused."""
+
+    def delivered(self, record: TransactionRecord, certificate: x509.Certificate) -> Refusal | None:
+        """Called after the certificate is committed, before the CertRep is written; a
+        refusal withholds (and revokes) it. `record.csr_der` is the request as validated."""
+
+    def failed(self, transaction_id: str, csr_der: bytes, refusal: Refusal) -> None:
+        """Called when a request the registration point accepted is refused by scepd."""
 
 
 def request_fingerprint(exchange: Exchange, stored_csr: bytes) -> str:
@@ -49,8 +68,9 @@ def request_fingerprint(exchange: Exchange, stored_csr: bytes) -> str:
 
 class Enrollment:
     def __init__(self, *, store: Store, validator: ChallengeValidator, choice: TemplateChoice,
-                 issuance: Issuance, authorities: Authorities, clock: Clock) -> None:
+                 issuance: Issuance, authorities: Authorities, clock: Clock, gate: DeliveryGate | None = None) -> None:
         self.store = store
+        self.gate = gate
         self.validator = validator
         self.choice = choice
         self.issuance = issuance
@@ -92,13 +112,73 @@ class Enrollment:
         except IntegrityError:
             # The same request was committed meanwhile (a resend racing the original,
             # perhaps on another server): answer with what was stored.
+            details.pop(_VALIDATED, None)
             resent = self._stored(exchange.transaction_id, fingerprint)
             if resent is None:
                 raise
             return self.issuance.status_of(resent)
+        except Exception as exc:
+            if details.pop(_VALIDATED, False) and self.gate is not None:
+                self._failed_after_validation(exchange.transaction_id, csr, exc)
+            raise
+        if self.gate is not None and details.pop(_VALIDATED, False):
+            outcome = self._gated(outcome, new, template, csr)
         if renewed is not None and outcome.reply.status is PkiStatus.SUCCESS and template.revoke_on_renewal:
             self.issuance.publish_crl_after_renewal(renewed)
         return outcome
+
+    def _gated(self, outcome: Outcome, new: TransactionRecord, template: Template | None,
+               csr: CertificationRequest) -> Outcome:
+        """Notify before deliver: the MDM that validated the request is told of its certificate
+        before the client gets it (or of scepd's refusal); a certificate it was not told of is
+        withheld and revoked."""
+        if outcome.reply.status is not PkiStatus.SUCCESS:
+            if outcome.refusal is not None:
+                self.gate.failed(new.transaction_id, csr.der, outcome.refusal)
+            return outcome
+        issued = _with(new, template, TransactionState.ISSUED)
+        certificate = outcome.reply.certificates[0]
+        try:
+            # The request as it was validated (with its challenge), for the MDM to match.
+            refusal = self.gate.delivered(dataclasses.replace(issued, csr_der=csr.der), certificate)
+        except Exception:
+            # A bug in telling is still no certificate for a device nobody was told of.
+            log.exception("bug while telling of the certificate of %s", issued.transaction_id)
+            refusal = Refusal(ErrorCode.INTUNE_NOTIFICATION_FAILED, "the server failed to notify Intune")
+        if refusal is None:
+            return outcome
+        self._withdraw(certificate, refusal)
+        return Outcome.failure(refusal)
+
+    def _failed_after_validation(self, transaction_id: str, csr: CertificationRequest, exc: Exception) -> None:
+        """The MDM validated the request and scepd then failed: it is told so."""
+        if isinstance(exc, StoreUnavailable):
+            refusal = Refusal(ErrorCode.STORE_UNAVAILABLE, exc.reason)
+        else:
+            refusal = Refusal(ErrorCode.INTERNAL_ERROR, "the server failed to process the request")
+        self.gate.failed(transaction_id, csr.der, refusal)
+
+    def _withdraw(self, certificate: x509.Certificate, refusal: Refusal) -> None:
+        """Revoke a committed certificate that is not delivered, and re-sign its CRL: it stays
+        on record, and listed as revoked should it ever be seen."""
+        serial = format(certificate.serial_number, "x")
+        fields = {"serial": serial, "code": refusal.code.value}
+        try:
+            with self.store.unit_of_work() as uow:
+                uow.revoke(serial, "cessationOfOperation", self.clock.now())
+        except StoreUnavailable as exc:
+            # Still not delivered; the record stays valid until an administrator revokes it.
+            log.error("certificate %s withheld (%s) but not revoked: %s; revoke it with 'scepd certs revoke'",
+                      serial, refusal.reason, exc.reason, extra={"fields": fields})
+            return
+        log.warning("certificate %s withheld and revoked (cessationOfOperation): %s", serial, refusal.reason,
+                    extra={"fields": fields})
+        ca = next((a for a in self.authorities.all_cas if a.issued(certificate)), None)
+        if ca is not None:
+            try:
+                self.issuance.crls.issue(ca)
+            except StoreUnavailable as exc:
+                log.warning("CRL not re-signed after withholding %s: %s", serial, exc.reason)
 
     def _stored(self, transaction_id: str, fingerprint: str) -> TransactionRecord | None:
         """The stored request this one resends, if it is one."""
@@ -158,6 +238,8 @@ class Enrollment:
     def _verdict(self, transaction_id: str, csr: CertificationRequest, uow: UnitOfWork, details: dict) -> ChallengeVerdict | Refusal:
         verdict = self.validator.verify(ChallengeRequest(transaction_id, csr.challenge_password, csr), uow)
         details["validator"] = verdict.validator
+        if verdict.accepted:
+            details[_VALIDATED] = True
         return verdict if verdict.accepted else verdict.refusal
 
 

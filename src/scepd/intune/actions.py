@@ -1,0 +1,58 @@
+"""A call to one of the ScepRequestValidationFEService's `ScepActions/*` (validateRequest,
+successNotification, failureNotification): the same headers for each (a bearer token for
+Intune, a new client-request-id, api-version 2018-02-20), and the service looked up again
+once when a call fails, as Intune moves tenants between hosts."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from scepd.intune.discovery import SCEP_VALIDATION_SERVICE, Discovery
+from scepd.intune.http import IntuneUnavailable, call_json, client_for
+from scepd.intune.tokens import INTUNE_SCOPE, TokenSource
+
+log = logging.getLogger("scepd.intune")
+
+SCEP_API_VERSION = "2018-02-20"
+
+
+def post_scep_action(tokens: TokenSource, discovery: Discovery, action: str, transaction_id: str, body: dict,
+                     timeout: float) -> object:
+    """The JSON answer of `ScepActions/{action}` at the discovered service; when that fails,
+    the service is looked up again once and, if Intune moved it (or the token was refused),
+    asked there. IntuneUnavailable when neither answers."""
+    uri = discovery.service_uri(SCEP_VALIDATION_SERVICE)
+    try:
+        return _post_to(tokens, uri, action, transaction_id, body, timeout)
+    except IntuneUnavailable as first:
+        if first.status == 401:
+            tokens.invalidate(INTUNE_SCOPE)
+        try:
+            moved = discovery.service_uri(SCEP_VALIDATION_SERVICE, refresh=True)
+        except IntuneUnavailable:
+            raise first from None
+        if moved == uri and first.status != 401:
+            raise
+        return _post_to(tokens, moved, action, transaction_id, body, timeout)
+
+
+def _post_to(tokens: TokenSource, uri: str, action: str, transaction_id: str, body: dict, timeout: float) -> object:
+    request_id = str(uuid.uuid4())
+    url = f"{uri.rstrip('/')}/ScepActions/{action}"
+    headers = {
+        "Authorization": f"Bearer {tokens.get(INTUNE_SCOPE)}",
+        "client-request-id": request_id,
+        "api-version": SCEP_API_VERSION,
+    }
+    # The client-request-id is what Microsoft's support finds a call by; the transaction
+    # ID is what scepd's own log lines carry.
+    fields = {"transaction_id": transaction_id, "client_request_id": request_id, "url": url}
+    try:
+        answer = call_json(client_for(tokens.ca_bundle), "POST", url, json=body, headers=headers, timeout=timeout)
+    except IntuneUnavailable as exc:
+        log.warning("intune %s failed: %s", action, exc, extra={"fields": {**fields, "status": exc.status}})
+        raise
+    code = answer.get("code") if isinstance(answer, dict) else None
+    log.info("intune %s answered %s", action, code, extra={"fields": {**fields, "intune_code": code}})
+    return answer
