@@ -2,7 +2,8 @@
 (microsoft/Intune-Resource-Access, src/CsrValidation, and Entra ID's OAuth2 documentation),
 not from scepd's code: Entra's token endpoint, Graph's endpoint list of Intune's service
 principal and the ScepRequestValidationFEService's `ScepActions/validateRequest`,
-`successNotification` and `failureNotification`, over HTTPS
+`successNotification` and `failureNotification`, and the PkiConnectorFEService's
+`downloadRevocationRequests` and `uploadRevocationResults`, over HTTPS
 with a certificate from a test CA. It checks every header and field it is sent, answers 400
 with the reason when one is wrong (and keeps the reason in `errors`), and records the order
 of events in `events`."""
@@ -85,6 +86,10 @@ class IntuneEmulator:
         self.validate_status: int | None = None  # set: validateRequest answers this status, as when Intune is down
         self.success_status: int | None = None  # set: successNotification answers this status
         self._validated: dict[str, tuple[str, str]] = {}  # transactionId -> (certificateRequest, code)
+        # Revocation requests downloadRevocationRequests hands out (CARevocationRequest), and
+        # the results uploadRevocationResults was sent (CARevocationResult).
+        self.revocation_requests: list[dict] = []
+        self.revocation_results: list[dict] = []
         self.events: list[tuple] = []
         self.errors: list[str] = []
         self._tokens: dict[str, str] = {}  # access token -> scope
@@ -110,6 +115,15 @@ class IntuneEmulator:
         with self._lock:
             self.service_path = path
             self.events.append(("moved", path))
+
+    def queue_revocation(self, serial: str, issuer_name: str) -> str:
+        """Intune asks for the certificate `serial` of `issuer_name` to be revoked (a device
+        was wiped); the request's requestContext."""
+        context = str(uuid.uuid4())
+        with self._lock:
+            self.revocation_requests.append({"requestContext": context, "serialNumber": serial,
+                                             "issuerName": issuer_name, "caConfiguration": ""})
+        return context
 
     def kinds(self) -> list[str]:
         with self._lock:
@@ -301,6 +315,70 @@ class IntuneEmulator:
         self._record("failure", notification["transactionId"], hresult, description, request_id)
         return {"code": "Success", "errorDescription": ""}
 
+    def _pki_call(self, action: str, path: str, headers, body: bytes) -> dict:
+        """The checks of a PkiConnectorFEService call: its path, headers and JSON body."""
+        if path != f"/pki-connector/CertificateAuthorityRequests/{action}":
+            raise Refuse(f"the PkiConnectorFEService has no {path}")
+        if self._scope_of(headers) != INTUNE_SCOPE:
+            raise Refuse(f"{action} needs a token for https://api.manage.microsoft.com/")
+        if headers.get("api-version") != "5019-05-05":
+            raise Refuse(f"{action} api-version {headers.get('api-version')!r}")
+        request_id = headers.get("client-request-id", "")
+        try:
+            uuid.UUID(request_id)
+        except ValueError:
+            raise Refuse(f"client-request-id {request_id!r} is not a UUID") from None
+        with self._lock:
+            if request_id in self._request_ids:
+                raise Refuse(f"client-request-id {request_id} was used before")
+            self._request_ids.add(request_id)
+        if not headers.get("Content-Type", "").startswith("application/json"):
+            raise Refuse(f"{action} sent {headers.get('Content-Type')!r}")
+        return json.loads(body)
+
+    def download_revocations(self, path: str, headers, body: bytes) -> dict:
+        document = self._pki_call("downloadRevocationRequests", path, headers, body)
+        if set(document) != {"downloadParameters"} or set(document["downloadParameters"]) != {"maxRequests", "issuerName"}:
+            raise Refuse(f"downloadRevocationRequests' body has {document!r:.300}")
+        limit, issuer = document["downloadParameters"]["maxRequests"], document["downloadParameters"]["issuerName"]
+        if not (isinstance(limit, int) and not isinstance(limit, bool) and 1 <= limit <= 500):
+            raise Refuse(f"maxRequests {limit!r} is not 1..500")
+        if not (isinstance(issuer, str) and issuer):
+            raise Refuse(f"issuerName {issuer!r}")
+        with self._lock:
+            # Handed out until their results are uploaded, as Intune does.
+            listed = [r for r in self.revocation_requests if r["issuerName"] == issuer][:limit]
+        self._record("download-revocations", issuer, len(listed))
+        return {"value": listed}
+
+    def upload_revocation_results(self, path: str, headers, body: bytes) -> dict:
+        document = self._pki_call("uploadRevocationResults", path, headers, body)
+        results = document.get("results") if set(document) == {"results"} else None
+        if not (isinstance(results, list) and results):
+            raise Refuse(f"uploadRevocationResults' body has {document!r:.300}")
+        # Microsoft's CARequestErrorCodes, as its reference connector library names them.
+        codes = {"None", "NonRetryableServiceException", "DataSerializationError", "ParameterDataInvalidError",
+                 "CryptographyError", "CertificateNotFoundError", "ConflictError", "NotSupportedError",
+                 "PayloadTooLargeError", "RetryableServiceException", "ServiceUnavailableException",
+                 "ServiceTooBusyException", "AuthenticationException"}
+        with self._lock:
+            pending = {r["requestContext"] for r in self.revocation_requests}
+        for result in results:
+            if not isinstance(result, dict) or set(result) != {"requestContext", "succeeded", "errorCode", "errorMessage"}:
+                raise Refuse(f"a revocation result has {result!r:.300}")
+            if result["requestContext"] not in pending:
+                raise Refuse(f"a result for requestContext {result['requestContext']!r}, which was not handed out")
+            if not isinstance(result["succeeded"], bool) or result["errorCode"] not in codes:
+                raise Refuse(f"a revocation result's succeeded/errorCode: {result!r:.300}")
+            if result["succeeded"] != (result["errorCode"] == "None") or not isinstance(result["errorMessage"], str):
+                raise Refuse(f"a revocation result contradicts itself: {result!r:.300}")
+        with self._lock:
+            done = {r["requestContext"] for r in results}
+            self.revocation_requests = [r for r in self.revocation_requests if r["requestContext"] not in done]
+            self.revocation_results.extend(results)
+        self._record("upload-revocation-results", len(results))
+        return {}
+
     def validate(self, path: str, headers, body: bytes) -> dict | None:
         with self._lock:
             current = self.service_path
@@ -355,6 +433,10 @@ class IntuneEmulator:
                         answer = emulator.success_notification(path, self.headers, body)
                     elif method == "POST" and path.endswith("/ScepActions/failureNotification"):
                         answer = emulator.failure_notification(path, self.headers, body)
+                    elif method == "POST" and path.endswith("/CertificateAuthorityRequests/downloadRevocationRequests"):
+                        answer = emulator.download_revocations(path, self.headers, body)
+                    elif method == "POST" and path.endswith("/CertificateAuthorityRequests/uploadRevocationResults"):
+                        answer = emulator.upload_revocation_results(path, self.headers, body)
                     else:
                         raise Refuse(f"{method} {path} is not part of the protocol")
                 except Unavailable as exc:

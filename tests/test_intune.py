@@ -358,3 +358,62 @@ def test_a_template_refusal_after_intunes_success_is_notified_once(emulator, tmp
     assert description.startswith("KeyTooWeak: RSA-2048") and len(description) <= 255
     assert "success" not in emulator.kinds()
     assert Store(f"sqlite:///{d / 'scepd.db'}").certificate_count() == 0
+
+
+def test_intunes_revocation_requests_are_carried_out_within_one_poll(emulator, tmp_path):
+    import subprocess
+    import time
+
+    import httpx
+    from conftest import require_tool
+
+    require_tool("openssl")
+    d = tmp_path / "scep"
+    intune_instance(d, emulator, client_secret=SECRET, revocation_poll_interval="1s")
+    ca = x509.load_pem_x509_certificate((d / "ca.pem").read_bytes())
+    issuer = ca.subject.rfc4514_string()
+    server = RunningServer(d)
+    try:
+        enrolled = ScepClient(server.url).enroll(key(), name("wiped-device"), challenge="intune-good")
+        assert enrolled.status is PkiStatus.SUCCESS, enrolled.fail_info_text
+        serial = format(enrolled.certificate.serial_number, "x")
+        wiped = emulator.queue_revocation(serial.upper(), issuer)  # Intune's spelling of a serial may differ
+        unknown = emulator.queue_revocation("7e57ab1e", issuer)
+        deadline = time.monotonic() + 20
+        while len(emulator.revocation_results) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        key_id = ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest.hex()
+        served = httpx.get(f"http://127.0.0.1:{server.port}/crl/{key_id}.crl")
+    finally:
+        server.stop()
+    assert emulator.errors == []
+    results = {r["requestContext"]: r for r in emulator.revocation_results}
+    assert results[wiped] == {"requestContext": wiped, "succeeded": True, "errorCode": "None", "errorMessage": ""}
+    assert results[unknown]["succeeded"] is False and results[unknown]["errorCode"] == "CertificateNotFoundError"
+    assert emulator.revocation_requests == []  # each reported once
+    record = Store(f"sqlite:///{d / 'scepd.db'}").find_certificate(serial)
+    assert record.status.value == "revoked" and record.revocation_reason == "cessationOfOperation"
+    assert served.status_code == 200
+    crl = x509.load_der_x509_crl(served.content)
+    assert crl.get_revoked_certificate_by_serial_number(enrolled.certificate.serial_number) is not None
+    (tmp_path / "crl.pem").write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "wiped.pem").write_bytes(enrolled.certificate.public_bytes(serialization.Encoding.PEM))
+    verified = subprocess.run(["openssl", "verify", "-crl_check", "-CAfile", str(d / "ca.pem"),
+                               "-CRLfile", str(tmp_path / "crl.pem"), str(tmp_path / "wiped.pem")],
+                              check=False, capture_output=True, text=True)
+    assert verified.returncode != 0 and "revoked" in (verified.stdout + verified.stderr)
+
+
+def test_one_server_of_those_sharing_a_database_holds_the_revocation_lease(tmp_path):
+    import datetime as dt
+
+    store = Store(f"sqlite:///{tmp_path / 'shared.db'}")
+    store.upgrade()
+    minute = dt.timedelta(minutes=1)
+    assert store.take_lease("intune-revocation", "server-a", minute)
+    assert not store.take_lease("intune-revocation", "server-b", minute)
+    assert store.take_lease("intune-revocation", "server-a", minute)  # renewed by its holder
+    assert store.take_lease("intune-revocation", "server-a", -minute)  # server-a stopped: its lease lapsed
+    assert store.take_lease("intune-revocation", "server-b", minute)
+    assert not store.take_lease("intune-revocation", "server-a", minute)
+    assert store.take_lease("other-task", "server-b", minute)

@@ -28,6 +28,7 @@ from scepd.challenge.remote import (
 )
 from scepd.clock import SYSTEM_CLOCK, Clock
 from scepd.intune import Discovery, IntuneNotifier, IntuneValidator, TokenSource
+from scepd.intune.revocation import IntuneRevocations, Revoker
 from scepd.notifications import Dispatcher
 from scepd.protocol.requests import RequestPolicy
 from scepd.registry.config import CONFIG_FILE, parse_duration
@@ -211,6 +212,21 @@ def watched_files(directory: Path, overrides: Mapping[str, str] | None = None) -
     return [directory / CONFIG_FILE, *(directory / n for n in names)]
 
 
+@dataclass(frozen=True)
+class Background:
+    """Threads the app's lifespan starts and stops together."""
+
+    tasks: tuple
+
+    def start(self) -> None:
+        for task in self.tasks:
+            task.start()
+
+    def stop(self) -> None:
+        for task in self.tasks:
+            task.stop()
+
+
 class ServedInstance:
     """One instance directory as `scepd serve` runs it in one worker process: one store (one
     database pool), the services rebuilt from the directory's files, one bearer token per
@@ -241,6 +257,28 @@ class ServedInstance:
 
     def watched(self) -> list[Path]:
         return watched_files(self.directory, self.overrides)
+
+    def revocations(self) -> IntuneRevocations | None:
+        """In intune mode with a `revocation_poll_interval`: the loop that carries out Intune's
+        revocation requests, through the services as the directory's files are at each round."""
+        config = self.instance.config
+        setting = config.intune.revocation_poll_interval.strip()
+        interval = 0.0 if setting in ("", "0") else parse_duration(setting).total_seconds()
+        if config.challenge.mode != "intune" or interval <= 0:
+            return None
+        validator = build_intune_validator(self.instance)
+
+        def revoker() -> Revoker:
+            admin = self.build().admin
+            return Revoker(admin.authorities.ca.certificate.subject.rfc4514_string(), admin.revoke)
+
+        return IntuneRevocations(self.store, validator.tokens, validator.discovery, revoker,
+                                 interval=interval, timeout=validator.timeout)
+
+    def background(self) -> Background:
+        """What runs beside the HTTP routes: the notification dispatcher and, in intune mode,
+        the revocation loop."""
+        return Background(tuple(task for task in (self.dispatcher(), self.revocations()) if task is not None))
 
     def dispatcher(self) -> Dispatcher:
         notifications, challenge = self.instance.config.notifications, self.instance.config.challenge

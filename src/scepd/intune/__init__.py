@@ -7,7 +7,8 @@ request, with the names and headers of Microsoft's published client library
 - discovery: the service endpoints Graph lists for Intune's application, cached
 - validator: IntuneValidator, a ChallengeValidator that asks validateRequest
 - notifier: IntuneNotifier, successNotification before delivery and failureNotification
-- actions: the ScepActions call they share (headers, rediscovery)
+- actions: the call to an Intune service they share (headers, rediscovery)
+- revocation: IntuneRevocations, the loop that carries out Intune's revocation requests
 May import: scepd.protocol (the error vocabulary), scepd.store (the unit of work),
 scepd.challenge (its base interface only), scepd.peerjson, scepd.clock, httpx, joserfc.
 """

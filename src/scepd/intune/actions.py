@@ -1,7 +1,8 @@
-"""A call to one of the ScepRequestValidationFEService's `ScepActions/*` (validateRequest,
-successNotification, failureNotification): the same headers for each (a bearer token for
-Intune, a new client-request-id, api-version 2018-02-20), and the service looked up again
-once when a call fails, as Intune moves tenants between hosts."""
+"""A call to one of Intune's services: the ScepRequestValidationFEService's `ScepActions/*`
+(validateRequest, successNotification, failureNotification; api-version 2018-02-20) and the
+PkiConnectorFEService's revocation calls. The same headers for each (a bearer token for
+Intune, a new client-request-id, the api-version), and the service looked up again once when
+a call fails, as Intune moves tenants between hosts."""
 
 from __future__ import annotations
 
@@ -19,35 +20,46 @@ SCEP_API_VERSION = "2018-02-20"
 
 def post_scep_action(tokens: TokenSource, discovery: Discovery, action: str, transaction_id: str, body: dict,
                      timeout: float) -> object:
-    """The JSON answer of `ScepActions/{action}` at the discovered service; when that fails,
-    the service is looked up again once and, if Intune moved it (or the token was refused),
-    asked there. IntuneUnavailable when neither answers."""
-    uri = discovery.service_uri(SCEP_VALIDATION_SERVICE)
+    """The JSON answer of `ScepActions/{action}` at the discovered ScepRequestValidationFEService."""
+    return post_intune(tokens, discovery, SCEP_VALIDATION_SERVICE, f"ScepActions/{action}", SCEP_API_VERSION,
+                       body, timeout, transaction_id=transaction_id)
+
+
+def post_intune(tokens: TokenSource, discovery: Discovery, service: str, path: str, api_version: str, body: dict,
+                timeout: float, *, transaction_id: str | None = None) -> object:
+    """The JSON answer of `{path}` at the discovered `service`; when that fails, the service
+    is looked up again once and, if Intune moved it (or the token was refused), asked there.
+    IntuneUnavailable when neither answers."""
+    uri = discovery.service_uri(service)
     try:
-        return _post_to(tokens, uri, action, transaction_id, body, timeout)
+        return _post_to(tokens, uri, path, api_version, transaction_id, body, timeout)
     except IntuneUnavailable as first:
         if first.status == 401:
             tokens.invalidate(INTUNE_SCOPE)
         try:
-            moved = discovery.service_uri(SCEP_VALIDATION_SERVICE, refresh=True)
+            moved = discovery.service_uri(service, refresh=True)
         except IntuneUnavailable:
             raise first from None
         if moved == uri and first.status != 401:
             raise
-        return _post_to(tokens, moved, action, transaction_id, body, timeout)
+        return _post_to(tokens, moved, path, api_version, transaction_id, body, timeout)
 
 
-def _post_to(tokens: TokenSource, uri: str, action: str, transaction_id: str, body: dict, timeout: float) -> object:
+def _post_to(tokens: TokenSource, uri: str, path: str, api_version: str, transaction_id: str | None, body: dict,
+             timeout: float) -> object:
     request_id = str(uuid.uuid4())
-    url = f"{uri.rstrip('/')}/ScepActions/{action}"
+    url = f"{uri.rstrip('/')}/{path}"
+    action = path.rsplit("/", 1)[-1]
     headers = {
         "Authorization": f"Bearer {tokens.get(INTUNE_SCOPE)}",
         "client-request-id": request_id,
-        "api-version": SCEP_API_VERSION,
+        "api-version": api_version,
     }
     # The client-request-id is what Microsoft's support finds a call by; the transaction
     # ID is what scepd's own log lines carry.
-    fields = {"transaction_id": transaction_id, "client_request_id": request_id, "url": url}
+    fields = {"client_request_id": request_id, "url": url}
+    if transaction_id is not None:
+        fields["transaction_id"] = transaction_id
     try:
         answer = call_json(client_for(tokens.ca_bundle), "POST", url, json=body, headers=headers, timeout=timeout)
     except IntuneUnavailable as exc:

@@ -78,8 +78,8 @@ async def health(_request: Request) -> Response:
 def create_app(services, max_request_bytes: int, *, threads: int, background=None) -> Starlette:
     """`services` is a `scepd.wiring.Services`, or a callable returning the current one;
     `threads` is the number of threads that run enrollments (the configuration decides it:
-    `Config.enrollment_threads`); `background` (the notification dispatcher) runs while the
-    app does."""
+    `Config.enrollment_threads`); `background` (the notification dispatcher, the Intune
+    revocation loop) runs while the app does."""
     current = services if callable(services) else (lambda: services)
     # Enrollments run on threads of their own, so that a remote registration point's answer
     # or a database server's commit never stalls the event loop. A plain executor, not
@@ -123,7 +123,7 @@ def create_app_for_directory(directory: Path, overrides: Mapping[str, str] | Non
     configure(served.log_file)
     config = served.instance.config
     return create_app(ReloadingServices(served.build, served.watched), config.server.max_request_bytes,
-                      background=served.dispatcher(), threads=config.enrollment_threads)
+                      background=served.background(), threads=config.enrollment_threads)
 
 
 __all__ = ["ReloadingServices", "create_app", "create_app_for_directory"]

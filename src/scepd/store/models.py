@@ -167,3 +167,14 @@ class Delivery(Base):
     delivered_at: Mapped[dt.datetime | None]
     gave_up: Mapped[bool] = mapped_column(default=False)
     last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class Lease(Base):
+    """A background task that one server of those sharing the database runs at a time (the
+    Intune revocation poll): held by `holder` until `until`, then free for any."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    until: Mapped[dt.datetime]

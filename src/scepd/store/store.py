@@ -202,6 +202,22 @@ class Store:
                     claimed.append(PendingDelivery(row.id, row.target, row.attempts, row.kind, row.payload))
         return claimed
 
+    def take_lease(self, name: str, holder: str, duration: dt.timedelta) -> bool:
+        """Whether `holder` holds the lease `name` for `duration` from now: taken when free or
+        expired, renewed when `holder` has it; False while another holder's lease lasts. Taken
+        under the store's named lock, so two servers never both win it."""
+        now = self.clock.now()
+        with self._begin() as connection:
+            serialise(connection, f"lease:{name}")
+            row = connection.execute(select(t.LEASES.c.holder, t.LEASES.c.until).where(t.LEASES.c.name == name)).first()
+            if row is None:
+                connection.execute(insert(t.LEASES).values(name=name, holder=holder, until=now + duration))
+            elif row.holder == holder or row.until <= now:
+                connection.execute(update(t.LEASES).where(t.LEASES.c.name == name).values(holder=holder, until=now + duration))
+            else:
+                return False
+        return True
+
     def finish_delivery(self, delivery_id: int, *, error: str | None, retry_in: dt.timedelta | None) -> None:
         now = self.clock.now()
         values: dict = {"lease_until": None, "attempts": t.DELIVERIES.c.attempts + 1}

@@ -15,6 +15,7 @@ from sqlalchemy import bindparam, insert, select
 from scepd.store.models import (
     Delivery,
     IssuedCertificate,
+    Lease,
     Notification,
     OneTimePassword,
     RevocationList,
@@ -30,6 +31,7 @@ CRLS = RevocationList.__table__
 USED_CHALLENGES = UsedChallenge.__table__
 NOTIFICATIONS = Notification.__table__
 DELIVERIES = Delivery.__table__
+LEASES = Lease.__table__
 
 # Constructing a statement and computing its cache key cost SQLAlchemy more than SQLite takes
 # to run it (the lookup: 0.17 ms built per call, 0.05 ms prebuilt).
