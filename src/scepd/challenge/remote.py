@@ -30,6 +30,25 @@ class UnreadableAnswer(ValueError):
     """The other side's answer is too large, too slow, compressed unasked or not JSON."""
 
 
+def read_bounded(response: httpx.Response, deadline: float, timeout: float, limit: int = MAX_ANSWER_BYTES) -> bytes:
+    """A streamed answer's body, as sent (identity encoding), of at most `limit` bytes and
+    complete by `deadline` (time.monotonic()); UnreadableAnswer otherwise."""
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise UnreadableAnswer(f"the answer is {encoding}-encoded, though identity was asked for")
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise UnreadableAnswer(f"the answer has {declared} bytes, more than the {limit} read")
+    body = bytearray()
+    for chunk in response.iter_raw():
+        body += chunk
+        if len(body) > limit:
+            raise UnreadableAnswer(f"the answer has more than the {limit} bytes read")
+        if time.monotonic() > deadline:
+            raise UnreadableAnswer(f"the answer did not arrive within {timeout:g} s")
+    return bytes(body)
+
+
 def post_for_json(url: str, *, timeout: float, headers: dict | None = None, **content) -> tuple[int, object]:
     """POST and read the answer as JSON within MAX_ANSWER_BYTES and about `timeout` seconds in
     all (httpx's timeout applies to each read, so a peer trickling bytes would hold us forever).
@@ -41,19 +60,7 @@ def post_for_json(url: str, *, timeout: float, headers: dict | None = None, **co
     with httpx.stream("POST", url, headers=headers, timeout=timeout, **content) as response:
         if response.status_code // 100 != 2:
             return response.status_code, None
-        encoding = response.headers.get("content-encoding", "identity").strip().lower()
-        if encoding not in ("", "identity"):
-            raise UnreadableAnswer(f"the answer is {encoding}-encoded, though identity was asked for")
-        declared = response.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > MAX_ANSWER_BYTES:
-            raise UnreadableAnswer(f"the answer has {declared} bytes, more than the {MAX_ANSWER_BYTES} read")
-        body = bytearray()
-        for chunk in response.iter_raw():
-            body += chunk
-            if len(body) > MAX_ANSWER_BYTES:
-                raise UnreadableAnswer(f"the answer has more than the {MAX_ANSWER_BYTES} bytes read")
-            if time.monotonic() > deadline:
-                raise UnreadableAnswer(f"the answer did not arrive within {timeout:g} s")
+        body = read_bounded(response, deadline, timeout)
         try:
             return response.status_code, peerjson.loads(bytes(body), max_bytes=MAX_ANSWER_BYTES)
         except ValueError as exc:  # JsonRefused, malformed JSON, undecodable text

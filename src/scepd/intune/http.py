@@ -10,6 +10,7 @@ import time
 import httpx
 
 from scepd import peerjson
+from scepd.challenge.remote import UnreadableAnswer, read_bounded
 
 # Microsoft's answers are a few KiB (Graph's endpoint list is the largest); whatever answers
 # is not trusted to stop on its own.
@@ -54,17 +55,10 @@ def call_json(client: httpx.Client, method: str, url: str, *, timeout: float, he
     headers = {**(headers or {}), "Accept-Encoding": "identity", "Accept": "application/json"}
     try:
         with client.stream(method, url, headers=headers, timeout=timeout, **content) as response:
-            encoding = response.headers.get("content-encoding", "identity").strip().lower()
-            if encoding not in ("", "identity"):
-                raise IntuneUnavailable(f"{url} answered {encoding}-encoded, though identity was asked for")
-            body = bytearray()
-            for chunk in response.iter_raw():
-                body += chunk
-                if len(body) > MAX_ANSWER_BYTES:
-                    raise IntuneUnavailable(f"{url} answered more than {MAX_ANSWER_BYTES} bytes")
-                if time.monotonic() > deadline:
-                    raise IntuneUnavailable(f"{url} did not answer within {timeout:g} s")
+            body = read_bounded(response, deadline, timeout, MAX_ANSWER_BYTES)
             status = response.status_code
+    except UnreadableAnswer as exc:
+        raise IntuneUnavailable(f"{url}: {exc}") from None
     except httpx.HTTPError as exc:
         raise IntuneUnavailable(f"{url} cannot be reached: {exc}") from None
     if status // 100 != 2:
