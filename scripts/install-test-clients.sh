@@ -2,9 +2,11 @@
 # Install what the tests run against, when missing, from Debian: strongSwan's pki
 # (strongswan-pki) with the curl fetcher (libstrongswan-extra-plugins: without it pki cannot
 # fetch over HTTP), openssl, and a PostgreSQL server (the tests start a throwaway one with
-# its initdb; Debian keeps that in /usr/lib/postgresql/<version>/bin).
+# its initdb; Debian keeps that in /usr/lib/postgresql/<version>/bin), SoftHSM2 for the PKCS#11
+# tests (softhsm2, with opensc's pkcs11-tool to look inside a token), and headless Chromium with
+# its driver for the console's browser tests (chromium, chromium-driver).
 set -euo pipefail
-wanted=(strongswan-pki libstrongswan-extra-plugins openssl postgresql)
+wanted=(strongswan-pki libstrongswan-extra-plugins openssl postgresql softhsm2 opensc chromium chromium-driver)
 missing=()
 for pkg in "${wanted[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -14,7 +14,6 @@ import base64
 import datetime as dt
 import ipaddress
 import json
-import secrets
 import ssl
 import threading
 import time
@@ -72,6 +71,10 @@ class Unavailable(Exception):
     """validateRequest answers with this HTTP status (no JSON verdict)."""
 
 
+class Forbidden(Exception):
+    """A token without the application role the call needs: 403, in Graph's error format."""
+
+
 class IntuneEmulator:
     def __init__(self, directory: Path, *, tenant: str = "contoso.onmicrosoft.com", client_id: str | None = None,
                  client_secret: str = "", client_certificate: x509.Certificate | None = None) -> None:
@@ -92,7 +95,11 @@ class IntuneEmulator:
         self.revocation_results: list[dict] = []
         self.events: list[tuple] = []
         self.errors: list[str] = []
-        self._tokens: dict[str, str] = {}  # access token -> scope
+        # The application roles an admin granted (with admin consent), by the API's scope:
+        # Entra puts them in each access token's `roles` claim.
+        self.roles = {GRAPH_SCOPE: ["Application.Read.All"], INTUNE_SCOPE: ["scep_challenge_provider"]}
+        self._token_key = None
+        self._tokens: dict[str, tuple[str, tuple[str, ...]]] = {}  # access token -> (scope, roles)
         self._request_ids: set[str] = set()
         self._jtis: set[str] = set()
         self._lock = threading.Lock()
@@ -138,14 +145,33 @@ class IntuneEmulator:
         with self._lock:
             self.events.append(event)
 
-    def _scope_of(self, headers) -> str:
+    def _scope_of(self, headers, role: str | None = None) -> str:
         authorization = headers.get("Authorization", "")
         if not authorization.startswith("Bearer "):
             raise Refuse(f"no bearer token: Authorization = {authorization[:20]!r}")
-        scope = self._tokens.get(authorization[len("Bearer "):])
-        if scope is None:
+        issued = self._tokens.get(authorization[len("Bearer "):])
+        if issued is None:
             raise Refuse("a bearer token this tenant never issued")
+        scope, roles = issued
+        if role is not None and role not in roles:
+            raise Forbidden(f"the token has no role {role}")
         return scope
+
+    def _access_token(self, scope: str) -> str:
+        """A JWT as Entra issues them (signed with the emulator's own key: only the API it is
+        for verifies it), with the granted application roles."""
+        from joserfc import jwt
+        from joserfc.jwk import OctKey
+
+        if self._token_key is None:
+            self._token_key = OctKey.generate_key(256)
+        now = int(time.time())
+        claims = {"aud": scope.replace("/.default", "").rstrip("/"), "iss": f"https://sts.windows.net/{self.tenant}/",
+                  "appid": self.client_id, "tid": self.tenant, "iat": now, "nbf": now, "exp": now + 3599,
+                  "jti": str(uuid.uuid4())}
+        if self.roles.get(scope):
+            claims["roles"] = list(self.roles[scope])
+        return jwt.encode({"alg": "HS256", "typ": "JWT"}, claims, self._token_key)
 
     def token(self, path: str, headers, body: bytes) -> dict:
         if path != f"/{self.tenant}/oauth2/v2.0/token":
@@ -171,9 +197,9 @@ class IntuneEmulator:
             {"client_assertion", "client_assertion_type"} if method == "certificate" else {"client_secret"})
         if set(form) != expected:
             raise Refuse(f"the token request has fields {sorted(form)}")
-        token = secrets.token_urlsafe(24)
+        token = self._access_token(scope)
         with self._lock:
-            self._tokens[token] = scope
+            self._tokens[token] = (scope, tuple(self.roles.get(scope, ())))
             self.events.append(("token", scope, method))
         return {"token_type": "Bearer", "expires_in": 3599, "ext_expires_in": 3599, "access_token": token}
 
@@ -213,7 +239,7 @@ class IntuneEmulator:
     def endpoints(self, path: str, headers) -> dict:
         if path != f"/v1.0/servicePrincipals/appId={INTUNE_APP_ID}/endpoints":
             raise Refuse(f"Graph has no {path}")
-        if self._scope_of(headers) != GRAPH_SCOPE:
+        if self._scope_of(headers, "Application.Read.All") != GRAPH_SCOPE:
             raise Refuse("the endpoint list needs a token for Graph")
         with self._lock:
             service = self.base + self.service_path
@@ -235,7 +261,7 @@ class IntuneEmulator:
         if path != f"{current}/ScepActions/{action}":
             self._record("stale", path)
             return None  # 404: not (or no longer) this tenant's service
-        if self._scope_of(headers) != INTUNE_SCOPE:
+        if self._scope_of(headers, "scep_challenge_provider") != INTUNE_SCOPE:
             raise Refuse(f"{action} needs a token for https://api.manage.microsoft.com/")
         if headers.get("api-version") != "2018-02-20":
             raise Refuse(f"api-version {headers.get('api-version')!r}")
@@ -441,6 +467,11 @@ class IntuneEmulator:
                         raise Refuse(f"{method} {path} is not part of the protocol")
                 except Unavailable as exc:
                     self._answer(exc.args[0], {"error": "ServiceUnavailable"})
+                    return
+                except Forbidden as exc:
+                    emulator._record("forbidden", path, str(exc))
+                    self._answer(403, {"error": {"code": "Authorization_RequestDenied",
+                                                 "message": "Insufficient privileges to complete the operation."}})
                     return
                 except Refuse as exc:
                     with emulator._lock:

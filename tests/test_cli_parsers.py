@@ -37,7 +37,7 @@ COMMANDS = list(_commands(build_parser()))
 def test_the_tree_has_every_command_group():
     top = {words[0] for words in COMMANDS if words}
     assert top == {"init", "info", "serve", "db", "otp", "templates", "requests", "certs", "ca", "ra", "doctor",
-                   "logs", "challenge", "profile", "registry", "client"}
+                   "logs", "challenge", "profile", "registry", "intune", "client"}
     assert ("registry", "trust", "remove") in COMMANDS and ("client", "enroll") in COMMANDS
 
 

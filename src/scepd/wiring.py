@@ -28,9 +28,11 @@ from scepd.challenge.remote import (
 )
 from scepd.clock import SYSTEM_CLOCK, Clock
 from scepd.intune import Discovery, IntuneNotifier, IntuneValidator, TokenSource
+from scepd.intune.probe import IntuneProbe, probe
 from scepd.intune.revocation import IntuneRevocations, Revoker
 from scepd.notifications import Dispatcher
 from scepd.protocol.requests import RequestPolicy
+from scepd.registry.checks import FAIL, PASS, CheckResult
 from scepd.registry.config import CONFIG_FILE, parse_duration
 from scepd.registry.instance import Instance, KeyMaterial, load_key_material
 from scepd.registry.rp import load_rp_material
@@ -104,6 +106,21 @@ def build_intune_validator(instance: Instance) -> IntuneValidator:
         problems.append(f"[intune] ca_bundle {ca_bundle} does not exist")
     return IntuneValidator(tokens, Discovery(c.graph_url, tokens, timeout),
                            c.caller_info or f"scepd/{__version__}", timeout, problems=tuple(problems))
+
+
+def intune_check(instance: Instance) -> tuple[IntuneProbe | None, list[CheckResult]]:
+    """What `scepd intune check` and `scepd doctor` report in intune mode: the settings the
+    validator needs, then Entra's tokens and Graph's endpoint list (no call to Intune's
+    services: a check is neither a validation nor a notification). (None, []) in other modes."""
+    if instance.config.challenge.mode != "intune":
+        return None, []
+    validator = build_intune_validator(instance)
+    unready = [text for ready, text in validator.readiness() if not ready]
+    if unready:
+        return None, [CheckResult("intune.settings", FAIL, "; ".join(unready),
+                                  "fill in [intune] in scepd.toml (docs/intune.md, step 4)")]
+    found = probe(validator.tokens, validator.discovery)
+    return found, [CheckResult(step.name, PASS if step.passed else FAIL, step.reason, step.fix) for step in found.steps]
 
 
 def build_validator(instance: Instance, local: ChallengeValidator, token: BearerToken | None = None) -> ChallengeValidator:

@@ -8,6 +8,7 @@ it comes from peers (transaction IDs, subjects, failInfoText, log entries).
 - instance: init, info, serve, db upgrade
 - otp, templates, requests, certs, ca (ca rollover/activate-next, ra renew), challenge
   (challenge issue, profile apple), registry (show, set, trust, token), doctor (doctor, logs),
+  intune (check),
   client (getcacaps, getcacert, enroll)
 May import: scepd.wiring and scepd.service (the administrator's actions, OTPs and challenges
 issued as the registration point's API issues them), scepd.client, scepd.server.run (serve),
@@ -26,6 +27,7 @@ from scepd.cli import (
     client,
     doctor,
     instance,
+    intune,
     otp,
     registry,
     requests,
@@ -34,7 +36,7 @@ from scepd.cli import (
 from scepd.cli.common import EXIT_CODES, EXIT_UNREACHABLE, EXIT_USAGE, err, shown
 
 # In the order `scepd --help` lists them.
-GROUPS = (instance, otp, templates, requests, certs, ca, doctor, challenge, registry, client)
+GROUPS = (instance, otp, templates, requests, certs, ca, doctor, challenge, registry, intune, client)
 
 
 def build_parser() -> argparse.ArgumentParser:

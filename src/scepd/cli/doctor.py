@@ -21,9 +21,10 @@ _LOGGED = ("transaction_id", "status", "result", "code", "reason", "serial", "re
 def cmd_doctor(args) -> int:
     from scepd.registry.checks import PASS
     from scepd.registry.doctor import exit_code, run_doctor
-    from scepd.wiring import build_validators
+    from scepd.wiring import build_validators, intune_check
 
-    results = run_doctor(open_instance(args), build_validators, fix=args.fix)
+    results = run_doctor(open_instance(args), build_validators, fix=args.fix,
+                         remote=lambda instance: intune_check(instance)[1])
     if args.json:
         print_json([r.__dict__ for r in results])
     else:

@@ -50,7 +50,7 @@ class IntuneValidator:
             return ((False, '[challenge] mode = "intune" needs [intune] ' + ", ".join(missing)),)
         # Said where an administrator looks (doctor, serve's start-up lines) until it is built.
         return ((True, f"Microsoft Intune of tenant {t.tenant_id} (mode = intune: it alone decides; "
-                       "told of each certificate before it is delivered; not yet asked for revocations)"),)
+                       "told of each certificate before it is delivered; 'scepd intune check' asks Entra and Graph)"),)
 
     def verify(self, request: ChallengeRequest, uow: UnitOfWork) -> ChallengeVerdict:
         body = {

@@ -80,6 +80,23 @@ def check_material(instance: Instance, material: KeyMaterial) -> list[CheckResul
     return results
 
 
+def check_intune_approval(instance: Instance) -> list[CheckResult]:
+    """In intune mode every template must issue at once: Intune is told of a certificate
+    (successNotification, with the request as it validated it) before the device gets it, and a
+    request held for `scepd requests approve` would be issued after its challenge expired and
+    delivered without that notification. Intune's own assignment of the SCEP profile is the
+    approval there."""
+    if instance.config.challenge.mode != "intune":
+        return []
+    manual = sorted(name for name, template in instance.config.templates.items() if template.approval != "auto")
+    if manual:
+        return [CheckResult("intune.templates", FAIL,
+                            f"template(s) {', '.join(manual)} hold requests for approval, which Intune cannot be told of",
+                            f"set approval = \"auto\" in [templates.{manual[0]}] of scepd.toml; approve devices in "
+                            "Intune by assigning the SCEP profile")]
+    return [CheckResult("intune.templates", PASS, "every template issues at once, so Intune is told before delivery")]
+
+
 def check_validators(validator) -> CheckResult:
     """FAIL when nothing could accept a request, read off the validators the server builds
     (a ChallengeValidator, given by the caller that builds them), not from a second reading of

@@ -20,6 +20,7 @@ from scepd.registry.checks import (
     WARN,
     CheckResult,
     check_database_permissions,
+    check_intune_approval,
     check_material,
     check_store,
     check_template_issuers,
@@ -97,6 +98,7 @@ def _urls(instance: Instance) -> CheckResult:
 # builders belong to the layer above (they assemble challenge/ from the configuration), and
 # run after the checks here have re-created what the validators load.
 BuildValidators = Callable[[Instance], object]
+RemoteChecks = Callable[[Instance], list[CheckResult]]
 
 
 def startup_checks(instance: Instance, material, store, validators: BuildValidators) -> list[CheckResult]:
@@ -107,6 +109,7 @@ def startup_checks(instance: Instance, material, store, validators: BuildValidat
     return check_material(instance, material) + [
         check_template_mapping(instance),
         check_template_issuers(instance, material),
+        *check_intune_approval(instance),
         *check_registration_point(instance, material.ca, repair=True),
         check_store(instance, store, repair=True),
         check_database_permissions(store, repair=True),
@@ -115,7 +118,9 @@ def startup_checks(instance: Instance, material, store, validators: BuildValidat
 
 
 def run_doctor(instance: Instance, validators: BuildValidators, fix: bool = False,
-               clock: Clock = SYSTEM_CLOCK) -> list[CheckResult]:
+               clock: Clock = SYSTEM_CLOCK, remote: RemoteChecks | None = None) -> list[CheckResult]:
+    """Every check; `remote` asks the services the registration point depends on (Intune:
+    Entra's tokens and Graph's endpoint list), which only the layer above knows how to reach."""
     results: list[CheckResult] = []
     try:
         material = load_key_material(instance, clock)
@@ -138,6 +143,9 @@ def run_doctor(instance: Instance, validators: BuildValidators, fix: bool = Fals
         results.append(check_validators(validators(instance)))
     except InstanceError as exc:
         results.append(CheckResult("challenge.validators", FAIL, exc.reason, exc.fix))
+    results += check_intune_approval(instance)
+    if remote is not None:
+        results += remote(instance)
     results += _key_permissions(instance, fix)
 
     store = instance.open_store()
