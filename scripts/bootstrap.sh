@@ -22,5 +22,6 @@ if ! "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null; then
 fi
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[test]'
+# pkcs11: the tests drive keys in a SoftHSM2 token through it.
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[test,pkcs11]'
 echo "bootstrap: scepd installed in $VENV" >&2

@@ -37,7 +37,7 @@ COMMANDS = list(_commands(build_parser()))
 def test_the_tree_has_every_command_group():
     top = {words[0] for words in COMMANDS if words}
     assert top == {"init", "info", "serve", "db", "otp", "templates", "requests", "certs", "ca", "ra", "doctor",
-                   "logs", "challenge", "profile", "registry", "intune", "client"}
+                   "logs", "challenge", "profile", "registry", "intune", "client", "audit", "admin"}
     assert ("registry", "trust", "remove") in COMMANDS and ("client", "enroll") in COMMANDS
 
 
@@ -58,7 +58,9 @@ def test_every_leaf_command_runs_something():
                       ("requests", "deny"): ["x"], ("certs", "show"): ["1"], ("certs", "revoke"): ["1"],
                       ("registry", "set"): ["k", "v"], ("registry", "trust", "add"): ["c.pem"],
                       ("registry", "trust", "remove"): ["c"], ("registry", "token", "revoke"): ["abcd"],
-                      ("profile", "apple"): ["--subject", "CN=x"]}.get(words, [])
+                      ("profile", "apple"): ["--subject", "CN=x"], ("admin", "add"): ["x"],
+                      ("admin", "passwd"): ["x"], ("admin", "remove"): ["x"],
+                      ("ca", "install"): ["signed.pem"], ("ra", "import"): ["ra.pem", "ra.key"]}.get(words, [])
         if words[0] == "client":
             positional = ["http://127.0.0.1:1/scep"]
         args = parser.parse_args([*words, *positional])

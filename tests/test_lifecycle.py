@@ -485,3 +485,22 @@ def test_without_an_ra_the_ca_answers_alone(tmp_path):
         result.certificate.verify_directly_issued_by(ca)
     finally:
         server.stop()
+
+
+def test_an_ra_renewal_and_a_rollover_in_the_same_second_take_separate_files(tmp_path):
+    """Both name their files by the CA clock's second: the second one takes the next free name
+    instead of failing on the first one's key file."""
+    import datetime as dt
+
+    from scepd.clock import FixedClock
+    from scepd.registry.instance import Instance, load_key_material
+    from scepd.registry.keyops import renew_ra, rollover
+
+    d = tmp_path / "same-second"
+    create_instance(d, key_spec="ec:p256")
+    clock = FixedClock(dt.datetime.now(dt.timezone.utc))
+    renewed = renew_ra(Instance.open(d), load_key_material(Instance.open(d), clock))
+    rollover(Instance.open(d), load_key_material(Instance.open(d), clock))
+    files = Instance.open(d).config.ra
+    assert files.certificate == renewed.name and files.next_certificate == renewed.name.replace(".pem", "-2.pem")
+    assert files.next_key == files.next_certificate.replace(".pem", ".key") and (d / files.next_key).exists()

@@ -4,7 +4,8 @@ Notifications are queued in the store inside the enrollment's own transaction (a
 told if and only if its certificate is recorded); a `Dispatcher` thread in each server
 process delivers them: JSON POSTs signed with an HMAC-SHA256 header, retried with
 exponential backoff, leased so that several servers never send one twice.
-May import: scepd.store, scepd.challenge (remote: bearer tokens and the signature), httpx.
+May import: scepd.store, scepd.challenge (remote: bearer tokens and the signature), scepd.metrics
+(deliveries counted), httpx.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import threading
 
 import httpx
 
+from scepd import metrics
 from scepd.challenge.remote import BearerToken, hmac_signature
 from scepd.store import Store, StoreUnavailable
 
@@ -76,6 +78,7 @@ class Dispatcher:
             attempts = delivery.attempts + 1
             retry = backoff(attempts) if error and attempts < self.max_attempts else None
             self.store.finish_delivery(delivery.id, error=error, retry_in=retry)
+            metrics.DELIVERIES.labels("delivered" if error is None else "failed" if retry else "gave_up").inc()
             if error:
                 fields = {"target": delivery.target, "attempts": attempts, "error": error, "gave_up": retry is None}
                 log.warning("notification not delivered", extra={"fields": fields})

@@ -11,8 +11,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from scepd import __version__
+from cryptography import x509
+
+from scepd import __version__, metrics
 from scepd.ca.crl import CrlPublisher
+from scepd.ca.ocsp import OcspResponder
+from scepd.ca.ocsp_signer import CaSigns, DelegatedSigners
 from scepd.ca.templates import Template, TemplateMapping
 from scepd.challenge import (
     ChallengeValidator,
@@ -36,7 +40,7 @@ from scepd.registry.checks import FAIL, PASS, CheckResult
 from scepd.registry.config import CONFIG_FILE, parse_duration
 from scepd.registry.instance import Instance, KeyMaterial, load_key_material
 from scepd.registry.rp import load_rp_material
-from scepd.service.admin import Administration
+from scepd.service.admin import Actor, Administration
 from scepd.service.authorities import Authorities
 from scepd.service.ca_certs import CaCertificates
 from scepd.service.enroll import DeliveryGate, Enrollment
@@ -47,6 +51,10 @@ from scepd.service.rp_api import RegistrationPointApi
 from scepd.service.selection import TemplateChoice
 from scepd.store import Store
 from scepd.store.states import NotificationKind
+
+
+# Who revokes what Intune's revocation requests name, as the audit trail records it.
+INTUNE_ACTOR = Actor("intune", "revocation request")
 
 
 def remote_token(instance: Instance) -> BearerToken:
@@ -165,9 +173,8 @@ def authorities_of(material: KeyMaterial) -> Authorities:
 
 
 def ca_certificates_of(material: KeyMaterial) -> CaCertificates:
-    following = [p.certificate for p in (material.next_ra, material.next_ca) if p is not None] if material.next_ca else []
     return CaCertificates(offered=material.ca_ra_certificates, ca=material.ca.certificate, ra=material.ra,
-                          overlapping=bool(material.previous_cas), next_certificates=following)
+                          overlapping=bool(material.previous_cas), next_certificates=material.next_ca_ra_certificates)
 
 
 @dataclass(frozen=True)
@@ -179,6 +186,10 @@ class Services:
     scep: ScepService
     admin: Administration
     rp_api: RegistrationPointApi
+    ocsp: OcspResponder | None = None  # None: /ocsp answers 404
+    # (role, certificate) whose days to expiry /metrics reports: the CAs, the RAs, the
+    # registration point's own pairs (server/metrics.py).
+    certificates: tuple[tuple[str, x509.Certificate], ...] = ()
 
 
 def build_services(instance: Instance, store: Store, token: BearerToken | None = None, *,
@@ -188,16 +199,49 @@ def build_services(instance: Instance, store: Store, token: BearerToken | None =
     config = instance.config
     local = build_local_validator(instance, clock)  # reads the registration point's files once
     validator = build_validator(instance, local, token)
+    material = material or load_key_material(instance, clock)
     scep, admin = build_deciders(
-        material=material or load_key_material(instance, clock), store=store,
-        validator=validator, templates=config.templates, mapping=config.template_mapping,
+        material=material, store=store,
+        validator=metrics.TimedValidator(validator), templates=config.templates, mapping=config.template_mapping,
         policy=RequestPolicy(max_clock_skew=parse_duration(config.scep.max_clock_skew),
                              allow_md5=config.scep.allow_md5, allow_des=config.scep.allow_des),
         crl_validity=parse_duration(config.crl.validity), notify=notification_targets(instance), clock=clock,
-        gate=delivery_gate(validator),
+        gate=timed(delivery_gate(validator), metrics.TimedGate),
     )
     return Services(instance=instance, store=store, scep=scep, admin=admin,
-                    rp_api=RegistrationPointApi.from_instance(instance, local, store))
+                    rp_api=RegistrationPointApi.from_instance(instance, local, store),
+                    ocsp=build_ocsp(instance, material, store, clock),
+                    certificates=watched_certificates(instance, material))
+
+
+def timed(part, wrapper):
+    """`part` (a validator, a delivery gate) with its calls timed for /metrics; None stays None."""
+    return None if part is None else wrapper(part)
+
+
+def watched_certificates(instance: Instance, material: KeyMaterial) -> tuple[tuple[str, x509.Certificate], ...]:
+    """The certificates an administrator must renew in time, by role, for /metrics."""
+    cas = [material.ca, *material.previous_cas, *([material.next_ca] if material.next_ca else [])]
+    ras = [material.ra, *material.previous_ras, *([material.next_ra] if material.next_ra else [])]
+    rp = load_rp_material(instance)
+    pairs = [("registration_point", p.certificate) for p in (rp.encryption, rp.signing) if p is not None]
+    return (*(("ca", ca.certificate) for ca in cas), *(("ra", ra.certificate) for ra in ras), *pairs,
+            *(("trusted_signer", c) for c in rp.trusted))
+
+
+def build_ocsp(instance: Instance, material: KeyMaterial, store: Store, clock: Clock = SYSTEM_CLOCK) -> OcspResponder:
+    """The OCSP responder for every CA of `instance`. Its delegated signers are read (and
+    created when due) at the first response or at `prepare()`, which `scepd serve` calls."""
+    config = instance.config
+    c = config.ocsp
+    # A response outliving the CRL would vouch for a status longer than the CA's own list does.
+    validity = min(parse_duration(c.validity), parse_duration(config.crl.validity))
+    if c.signer == "ca":
+        signers = CaSigns()
+    else:
+        signers = DelegatedSigners(instance.path(c.directory), instance.passphrase,
+                                   parse_duration(c.signer_validity), clock)
+    return OcspResponder(store, material.all_cas, signers, validity, clock, c.cache_size)
 
 
 def build_deciders(*, material: KeyMaterial, store: Store, validator: ChallengeValidator, templates: dict[str, Template],
@@ -219,6 +263,34 @@ def build_deciders(*, material: KeyMaterial, store: Store, validator: ChallengeV
     admin = Administration(store=store, templates=templates, authorities=authorities, issuance=issuance,
                            crls=crls, clock=clock)
     return scep, admin
+
+
+@dataclass(frozen=True)
+class ConsoleFacts:
+    """What the console shows of the instance beside the administration's records: the
+    one-time passwords' lifetime (None when they are off), the request log, the certificates
+    that expire (CA, RA, registration point) and doctor's findings (asked for when shown)."""
+
+    otp_validity: dt.timedelta | None
+    log_file: Path | None
+    certificates: tuple[tuple[str, object], ...]  # (role, x509.Certificate)
+    doctor: object  # () -> [CheckResult]
+
+
+def console_facts(services: Services) -> ConsoleFacts:
+    from scepd.registry.doctor import run_doctor
+
+    instance, authorities = services.instance, services.admin.authorities
+    config = instance.config
+    rp = load_rp_material(instance)
+    certificates = [("CA", authorities.ca.certificate), *(("CA (other)", ca.certificate) for ca in authorities.all_cas[1:]),
+                    ("RA", authorities.ra.certificate),
+                    *((f"registration point {n}", p.certificate) for n, p in (("encryption", rp.encryption),
+                                                                               ("signing", rp.signing)) if p)]
+    return ConsoleFacts(
+        otp_validity=parse_duration(config.challenge.otp_validity) if config.challenge.one_time_passwords else None,
+        log_file=instance.path(config.logging.file) if config.logging.file else None,
+        certificates=tuple(certificates), doctor=lambda: run_doctor(instance, build_validators))
 
 
 def watched_files(directory: Path, overrides: Mapping[str, str] | None = None) -> list[Path]:
@@ -270,7 +342,9 @@ class ServedInstance:
     def build(self) -> Services:
         """The services as the directory's files are now."""
         fresh = Instance.open(self.directory, self.overrides)
-        return build_services(fresh, self.store, self.token_for(fresh))
+        services = build_services(fresh, self.store, self.token_for(fresh))
+        services.ocsp.prepare()  # the delegated signers exist before the first query
+        return services
 
     def watched(self) -> list[Path]:
         return watched_files(self.directory, self.overrides)
@@ -287,7 +361,8 @@ class ServedInstance:
 
         def revoker() -> Revoker:
             admin = self.build().admin
-            return Revoker(admin.authorities.ca.certificate.subject.rfc4514_string(), admin.revoke)
+            return Revoker(admin.authorities.ca.certificate.subject.rfc4514_string(),
+                           lambda serial, reason: admin.revoke(serial, reason, actor=INTUNE_ACTOR))
 
         return IntuneRevocations(self.store, validator.tokens, validator.discovery, revoker,
                                  interval=interval, timeout=validator.timeout)

@@ -1,4 +1,5 @@
-"""Issuing certificates: the root CA, the RA certificate and end-entity certificates."""
+"""Issuing certificates: the root CA (or a subordinate's CSR), the RA certificate and
+end-entity certificates."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ from dataclasses import dataclass, field
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import AuthorityInformationAccessOID
 
 from scepd.ca.keys import KeyPair
+from scepd.ca.signing import sign_with
 from scepd.ca.templates import Template
 from scepd.clock import SYSTEM_CLOCK, Clock
 from scepd.protocol import signatures
@@ -26,7 +29,20 @@ def _ski(public_key) -> x509.SubjectKeyIdentifier:
 
 def _sign(builder: x509.CertificateBuilder, issuer: KeyPair | None, subject_key, hash_name: str):
     signer = issuer.key if issuer else subject_key
-    return builder.sign(signer, signatures.hash_algorithm(hash_name))
+    return sign_with(builder, signer, signatures.hash_algorithm(hash_name))
+
+
+def create_ca_request(subject: x509.Name, key, hash_name: str = "sha256") -> x509.CertificateSigningRequest:
+    """The CSR of a CA under someone else's root: it asks for what create_root_ca gives
+    itself (CA:TRUE, keyCertSign and cRLSign, digitalSignature for the responses the CA signs
+    itself, such as OCSP); the root decides what it grants."""
+    request = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(subject)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(key_usage_extension({"keyCertSign", "cRLSign", "digitalSignature"}), critical=True)
+    )
+    return sign_with(request, key, signatures.hash_algorithm(hash_name))
 
 
 def create_root_ca(subject: x509.Name, key, validity_days: int = 3650, hash_name: str = "sha256",
@@ -53,12 +69,16 @@ class CertificateAuthority:
 
     `crl_base_url` (such as http://scep.example/crl) makes every issued certificate carry
     the CRL distribution point `<crl_base_url>/<key_id>.crl`, where the server publishes it.
-    `clock` dates what it issues.
+    `public_url` (such as http://scep.example) makes issued certificates, the RA's included,
+    carry Authority Information Access: caIssuers `<public_url>/ca/<key_id>.crt` (this CA's
+    certificate, which a relying party missing the issuing CA fetches) and OCSP
+    `<public_url>/ocsp`. `clock` dates what it issues.
     """
 
     pair: KeyPair
     crl_base_url: str | None = None
     clock: Clock = SYSTEM_CLOCK
+    public_url: str | None = None
     _ski: x509.SubjectKeyIdentifier = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -79,6 +99,27 @@ class CertificateAuthority:
     @property
     def crl_url(self) -> str | None:
         return f"{self.crl_base_url.rstrip('/')}/{self.key_id}.crl" if self.crl_base_url else None
+
+    @property
+    def ca_issuers_url(self) -> str | None:
+        return f"{self.public_url.rstrip('/')}/ca/{self.key_id}.crt" if self.public_url else None
+
+    @property
+    def ocsp_url(self) -> str | None:
+        return f"{self.public_url.rstrip('/')}/ocsp" if self.public_url else None
+
+    def _with_locations(self, builder: x509.CertificateBuilder) -> x509.CertificateBuilder:
+        """Where relying parties find this CA's CRL, its certificate and its OCSP responder."""
+        if self.crl_url:
+            point = x509.DistributionPoint([x509.UniformResourceIdentifier(self.crl_url)], None, None, None)
+            builder = builder.add_extension(x509.CRLDistributionPoints([point]), critical=False)
+        if self.public_url:
+            builder = builder.add_extension(x509.AuthorityInformationAccess([
+                x509.AccessDescription(AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(self.ocsp_url)),
+                x509.AccessDescription(AuthorityInformationAccessOID.CA_ISSUERS,
+                                       x509.UniformResourceIdentifier(self.ca_issuers_url)),
+            ]), critical=False)
+        return builder
 
     def issued(self, cert: x509.Certificate) -> bool:
         """Did this CA sign `cert`?"""
@@ -120,7 +161,7 @@ class CertificateAuthority:
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(key_usage_extension(key_usage), critical=True)
         )
-        return _sign(builder, self.pair, None, "sha256")
+        return _sign(self._with_locations(builder), self.pair, None, "sha256")
 
     def issue_ra_certificate(self, subject: x509.Name, ra_key: rsa.RSAPrivateKey, validity_days: int = 730) -> x509.Certificate:
         """The RA certificate: RSA, digitalSignature (signs CertReps) + keyEncipherment (requests
@@ -143,9 +184,7 @@ class CertificateAuthority:
             builder = builder.add_extension(
                 x509.ExtendedKeyUsage([eku_oid(n) for n in template.extended_key_usage]), critical=False
             )
-        if self.crl_url:
-            point = x509.DistributionPoint([x509.UniformResourceIdentifier(self.crl_url)], None, None, None)
-            builder = builder.add_extension(x509.CRLDistributionPoints([point]), critical=False)
+        builder = self._with_locations(builder)
         sans = request.subject_alternative_names
         if sans:
             # RFC 5280 4.2.1.6: critical when the subject is empty.

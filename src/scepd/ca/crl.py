@@ -19,6 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from scepd.ca.authority import CertificateAuthority
+from scepd.ca.signing import sign_with
 from scepd.clock import SYSTEM_CLOCK, Clock
 from scepd.protocol import signatures
 from scepd.store import CrlRecord, IntegrityError, Store
@@ -84,7 +85,7 @@ class CrlPublisher:
                 if reason and reason is not x509.ReasonFlags.unspecified:
                     entry = entry.add_extension(x509.CRLReason(reason), critical=False)
                 builder = builder.add_revoked_certificate(entry.build())
-            crl = builder.sign(ca.pair.key, signatures.hash_algorithm(self.hash_name))
+            crl = sign_with(builder, ca.pair.key, signatures.hash_algorithm(self.hash_name))
             uow.add_crl(CrlRecord(ca.key_id, number, now, now + self.validity, crl.public_bytes(Encoding.DER)))
         return crl
 

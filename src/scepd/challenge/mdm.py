@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from joserfc import jwe, jws
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, RSAKey
@@ -47,7 +47,12 @@ _JOSE_FAULTS = (JoseError, ValueError, TypeError, KeyError, AttributeError)
 
 
 def _jwk(key):
-    return RSAKey.import_key(key) if isinstance(key, (rsa.RSAPrivateKey, rsa.RSAPublicKey)) else ECKey.import_key(key)
+    kind = RSAKey if isinstance(key, (rsa.RSAPrivateKey, rsa.RSAPublicKey)) else ECKey
+    if not isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)):
+        return kind.import_key(key)
+    # The private key signs or agrees; the JWK's members are the public key's, so that a key
+    # held by a PKCS#11 token is never asked for its private numbers (it cannot give them).
+    return kind(key, kind.import_key(key.public_key()).dict_value)
 
 
 def _signing_alg(key) -> str:

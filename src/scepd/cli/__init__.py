@@ -8,12 +8,14 @@ it comes from peers (transaction IDs, subjects, failInfoText, log entries).
 - instance: init, info, serve, db upgrade
 - otp, templates, requests, certs, ca (ca rollover/activate-next, ra renew), challenge
   (challenge issue, profile apple), registry (show, set, trust, token), doctor (doctor, logs),
-  intune (check),
+  admin (the console's accounts: add, list, remove, passwd),
+  audit (the audit trail), intune (check),
   client (getcacaps, getcacert, enroll)
 May import: scepd.wiring and scepd.service (the administrator's actions, OTPs and challenges
 issued as the registration point's API issues them), scepd.client, scepd.server.run (serve),
 scepd.registry (the instance, its files and checks), scepd.store (listings and their states),
-scepd.ca.keys (the client's key files), scepd.protocol, scepd.profiles and scepd.logs.
+scepd.ca.keys (the client's key files), scepd.protocol, scepd.profiles, scepd.logs and scepd.clock
+(the audit trail's time).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from __future__ import annotations
 import argparse
 
 from scepd.cli import (
+    admin,
+    audit,
     ca,
     certs,
     challenge,
@@ -36,7 +40,7 @@ from scepd.cli import (
 from scepd.cli.common import EXIT_CODES, EXIT_UNREACHABLE, EXIT_USAGE, err, shown
 
 # In the order `scepd --help` lists them.
-GROUPS = (instance, otp, templates, requests, certs, ca, doctor, challenge, registry, intune, client)
+GROUPS = (instance, otp, templates, requests, certs, ca, doctor, challenge, registry, admin, audit, intune, client)
 
 
 def build_parser() -> argparse.ArgumentParser:

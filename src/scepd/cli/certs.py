@@ -11,6 +11,7 @@ from scepd.cli.common import (
     EXIT_OK,
     actions,
     admin,
+    cli_actor,
     command,
     err,
     json_flag,
@@ -44,7 +45,7 @@ def cmd_certs_show(args) -> int:
 
 
 def cmd_certs_revoke(args) -> int:
-    revoked = admin(args).revoke(args.serial, args.reason, with_renewals=args.with_renewals)
+    revoked = admin(args).revoke(args.serial, args.reason, with_renewals=args.with_renewals, actor=cli_actor())
     if isinstance(revoked, Refusal):
         return usage(f"error: {revoked.reason}")
     if args.json:

@@ -18,6 +18,7 @@ from scepd.cli.common import (
     json_flag,
     open_instance,
     print_json,
+    record_action,
     single_use,
     usage,
 )
@@ -59,6 +60,7 @@ def cmd_challenge_issue(args) -> int:
         answer = _challenge(instance, order)
     except ValueError as exc:
         return usage(f"error: {exc}")
+    record_action(args, "challenge.issue", f"jti {answer['jti']} subject {args.subject or ''}", None)
     if not args.json:
         return single_use(answer["challenge"], dt.datetime.fromisoformat(answer["expires_at"]))
     print_json({key: answer[key] for key in ("challenge", "scep_url", "expires_at", "jti")})

@@ -28,7 +28,9 @@ class UsageError(ValueError):
 def _client(args):
     from scepd.client import ScepClient
 
-    return ScepClient(args.url, timeout=args.timeout)
+    if args.ca_bundle and not args.ca_bundle.is_file():
+        raise OSError(f"--ca-bundle {args.ca_bundle}: no such file")
+    return ScepClient(args.url, timeout=args.timeout, ca_bundle=args.ca_bundle)
 
 
 def cmd_client_getcacaps(args) -> int:
@@ -179,7 +181,10 @@ def add_parsers(sub) -> None:
         ("enroll", cmd_client_enroll, "enroll a key (PKCSReq) and write key and certificate"),
     ):
         parsers[name] = p = command(group, name, func, text, instance=False)
-        p.add_argument("url", help="SCEP URL, e.g. http://127.0.0.1:8080/scep")
+        p.add_argument("url", help="SCEP URL, e.g. http://127.0.0.1:8080/scep or https://scep.example.com/scep")
         p.add_argument("--timeout", type=float, default=30.0, help="HTTP timeout in seconds")
+        p.add_argument("--ca-bundle", "--cacert", type=Path,
+                       help="https: trust the server certificate when it chains to these PEM certificates "
+                            "(e.g. the CA's ca.pem) instead of the system's")
     parsers["getcacert"].add_argument("--out", type=Path, help="write PEM here instead of stdout")
     _add_enroll_options(parsers["enroll"])

@@ -4,6 +4,7 @@ instance a command works on, and the parser helpers that give each command its -
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import unicodedata
@@ -104,11 +105,79 @@ def single_use(secret: str, expires) -> int:
 
 def admin(args):
     """The administrator's actions (approve, deny, revoke) on the instance --dir names; each
-    returns its result or a Refusal."""
+    returns its result or a Refusal, and is recorded in the audit trail (pass `actor=cli_actor()`)."""
     from scepd.wiring import build_services
 
     instance = open_instance(args)
+    _audit_to_log_file(instance)
     return build_services(instance, instance.open_store()).admin
+
+
+def cli_actor():
+    """Who runs this command, as the audit trail records them (the OS user, the terminal)."""
+    from scepd.service.admin import Actor
+
+    return Actor.cli()
+
+
+def _audit_to_log_file(instance) -> None:
+    """The "scepd.audit" lines of this command into the instance's JSON log file, beside the
+    server's (the command line logs nothing else there)."""
+    import logging
+
+    from scepd.logs import JsonLineFormatter
+
+    logger = logging.getLogger("scepd.audit")
+    name = instance.config.logging.file
+    path = str(instance.path(name).resolve()) if name else None
+    for handler in [h for h in logger.handlers if getattr(h, "scepd_audit", False)]:
+        if handler.baseFilename == path:
+            return
+        logger.removeHandler(handler)
+        handler.close()
+    logger.setLevel(logging.INFO)
+    if path:
+        handler = logging.FileHandler(path, encoding="utf-8")
+        handler.setFormatter(JsonLineFormatter())
+        handler.scepd_audit = True
+        logger.addHandler(handler)
+
+
+def audited(action: str, target=lambda args: "", when=lambda args: True):
+    """A command recorded in the audit trail as `action` on `target(args)` (when `when(args)`),
+    for commands that change the instance without the Administration (keys, tokens, the
+    configuration): "ok" for exit 0, otherwise the exit code or the exception's name."""
+
+    def wrap(func):
+        @functools.wraps(func)
+        def run(args) -> int:
+            code, failure = None, None
+            try:
+                code = func(args)
+                return code
+            except BaseException as exc:
+                failure = type(exc).__name__
+                raise
+            finally:
+                if when(args):
+                    record_action(args, action, target(args), None if code == EXIT_OK else failure or f"exit {code}")
+        return run
+
+    return wrap
+
+
+def record_action(args, action: str, target: str, result: str | None) -> None:
+    """Record `action` on `target` by the person at this command line ("ok" when `result` is None)."""
+    from scepd.clock import SYSTEM_CLOCK
+    from scepd.service.admin import AuditTrail
+
+    try:
+        instance = open_instance(args)
+    except Exception as exc:  # noqa: BLE001 - no instance (a failed init): nothing to record in
+        err(f"warning: the audit trail could not record {action}: {exc}")
+        return
+    _audit_to_log_file(instance)
+    AuditTrail(instance.open_store(), SYSTEM_CLOCK).record(cli_actor(), action, target, result)
 
 
 def usage(message) -> int:

@@ -7,6 +7,7 @@ import json
 
 from scepd.cli.common import (
     EXIT_OK,
+    audited,
     command,
     json_flag,
     open_instance,
@@ -18,6 +19,7 @@ from scepd.cli.common import (
 _LOGGED = ("transaction_id", "status", "result", "code", "reason", "serial", "remedy")
 
 
+@audited("doctor.fix", when=lambda args: args.fix)
 def cmd_doctor(args) -> int:
     from scepd.registry.checks import PASS
     from scepd.registry.doctor import exit_code, run_doctor

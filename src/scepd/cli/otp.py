@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from scepd.cli.common import actions, admin, command, open_instance, single_use, usage
+from scepd.cli.common import actions, admin, cli_actor, command, open_instance, single_use, usage
 
 
 def cmd_otp_new(args) -> int:
@@ -15,7 +15,7 @@ def cmd_otp_new(args) -> int:
         return usage(f"--validity: {exc}")
     if not instance.config.challenge.one_time_passwords:
         return usage("one-time passwords are disabled: set [challenge] one_time_passwords = true in scepd.toml")
-    password, expires = admin(args).new_one_time_password(validity)
+    password, expires = admin(args).new_one_time_password(validity, actor=cli_actor())
     return single_use(password, expires)
 
 

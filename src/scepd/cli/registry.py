@@ -11,12 +11,14 @@ from cryptography import x509
 from scepd.cli.common import (
     EXIT_OK,
     actions,
+    audited,
     command,
     emit,
     err,
     json_flag,
     open_instance,
     print_json,
+    record_action,
     usage,
 )
 from scepd.protocol.fingerprints import jose_thumbprint
@@ -49,6 +51,7 @@ def cmd_registry_show(args) -> int:
     return EXIT_OK
 
 
+@audited("registry.set", lambda args: f"{args.key} = {args.value}")
 def cmd_registry_set(args) -> int:
     from scepd.registry.config import ConfigError
     from scepd.registry.rp import set_entry
@@ -61,6 +64,7 @@ def cmd_registry_set(args) -> int:
     return EXIT_OK
 
 
+@audited("registry.trust_add", lambda args: str(args.certificate))
 def cmd_registry_trust_add(args) -> int:
     from scepd.registry.rp import trust_add
 
@@ -74,6 +78,7 @@ def cmd_registry_trust_add(args) -> int:
     return EXIT_OK
 
 
+@audited("registry.trust_remove", lambda args: str(args.certificate))
 def cmd_registry_trust_remove(args) -> int:
     from scepd.registry.rp import TrustError, trust_remove
 
@@ -94,6 +99,7 @@ def cmd_registry_token_new(args) -> int:
     )
 
     token = new_api_token(open_instance(args))
+    record_action(args, "api_token.new", token_digest(token)[:TOKEN_ID_DIGITS], None)
     print(token)
     err("keep it secret: only its SHA-256 is stored; use it as 'Authorization: Bearer <token>'")
     err(f"its ID is {token_digest(token)[:TOKEN_ID_DIGITS]} (scepd registry token list, scepd registry token revoke ID)")
@@ -118,7 +124,9 @@ def cmd_registry_token_revoke(args) -> int:
     try:
         token = revoke_api_token(open_instance(args), args.id)
     except TokenError as exc:
+        record_action(args, "api_token.revoke", args.id, "TokenUnknown")
         return usage(f"error: {exc}")
+    record_action(args, "api_token.revoke", token.id, None)
     err(f"revoked API token {token.id}; running servers refuse it within seconds (they reload scepd.toml)")
     return EXIT_OK
 

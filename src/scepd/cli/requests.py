@@ -6,6 +6,7 @@ from scepd.cli.common import (
     EXIT_OK,
     actions,
     admin,
+    cli_actor,
     command,
     err,
     listing,
@@ -34,7 +35,7 @@ def cmd_requests_show(args) -> int:
 
 
 def cmd_requests_approve(args) -> int:
-    cert = admin(args).approve(args.id)
+    cert = admin(args).approve(args.id, actor=cli_actor())
     if isinstance(cert, Refusal):
         return usage(f"error: {cert.reason}")
     err(f"issued {cert.subject.rfc4514_string()} serial {cert.serial_number:x}; the device collects it by polling")
@@ -42,7 +43,7 @@ def cmd_requests_approve(args) -> int:
 
 
 def cmd_requests_deny(args) -> int:
-    refusal = admin(args).deny(args.id, args.reason)
+    refusal = admin(args).deny(args.id, args.reason, actor=cli_actor())
     if refusal is not None:
         return usage(f"error: {refusal.reason}")
     err(f"denied {args.id}: {args.reason}")

@@ -7,6 +7,7 @@ import dataclasses
 from scepd.cli.common import (
     EXIT_OK,
     actions,
+    audited,
     command,
     emit,
     err,
@@ -45,6 +46,7 @@ def cmd_templates_show(args) -> int:
     return EXIT_OK
 
 
+@audited("templates.reset_mapping")
 def cmd_templates_reset_mapping(args) -> int:
     from scepd.registry.keyops import reset_template_mapping
 

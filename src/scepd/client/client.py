@@ -5,8 +5,10 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import secrets
+import ssl
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import quote
 
 import httpx
@@ -144,9 +146,16 @@ class EnrollmentResult:
 
 
 class ScepClient:
-    def __init__(self, url: str, *, timeout: float = 30.0, http: httpx.Client | None = None) -> None:
+    def __init__(self, url: str, *, timeout: float = 30.0, http: httpx.Client | None = None,
+                 ca_bundle: str | Path | None = None) -> None:
+        """`ca_bundle`: the PEM certificates an https:// server's certificate must chain to,
+        in place of the system's (as curl's --cacert), e.g. the ca.pem of a scepd with
+        [server] tls = "self"."""
         self.url = url
-        self.http = http or httpx.Client(timeout=timeout)
+        if http is None:
+            verify = ssl.create_default_context(cafile=str(ca_bundle)) if ca_bundle else True
+            http = httpx.Client(timeout=timeout, verify=verify)
+        self.http = http
 
     def close(self) -> None:
         self.http.close()

@@ -10,7 +10,8 @@ request, with the names and headers of Microsoft's published client library
 - actions: the call to an Intune service they share (headers, rediscovery)
 - revocation: IntuneRevocations, the loop that carries out Intune's revocation requests
 May import: scepd.protocol (the error vocabulary), scepd.store (the unit of work),
-scepd.challenge (its base interface only), scepd.peerjson, scepd.clock, httpx, joserfc.
+scepd.challenge (its base interface only), scepd.peerjson, scepd.clock, scepd.metrics (each call to
+Microsoft timed), httpx, joserfc.
 """
 
 from scepd.intune.discovery import Discovery

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import uuid
 
+from scepd import metrics
 from scepd.intune.discovery import SCEP_VALIDATION_SERVICE, Discovery
 from scepd.intune.http import IntuneUnavailable, call_json, client_for
 from scepd.intune.tokens import INTUNE_SCOPE, TokenSource
@@ -61,7 +62,11 @@ def _post_to(tokens: TokenSource, uri: str, path: str, api_version: str, transac
     if transaction_id is not None:
         fields["transaction_id"] = transaction_id
     try:
-        answer = call_json(client_for(tokens.ca_bundle), "POST", url, json=body, headers=headers, timeout=timeout)
+        with metrics.timed_phase(f"intune_{action}") as timing:
+            answer = call_json(client_for(tokens.ca_bundle), "POST", url, json=body, headers=headers, timeout=timeout)
+            code = answer.get("code") if isinstance(answer, dict) else None
+            if code not in (None, "Success"):
+                timing["result"] = "refused"
     except IntuneUnavailable as exc:
         log.warning("intune %s failed: %s", action, exc, extra={"fields": {**fields, "status": exc.status}})
         raise

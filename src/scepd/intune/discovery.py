@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
+from scepd import metrics
 from scepd.intune.http import IntuneUnavailable, call_json, client_for
 from scepd.intune.tokens import GRAPH_SCOPE, TokenSource
 
@@ -49,8 +50,9 @@ class Discovery:
 
     def _read(self) -> dict[str, str]:
         token = self.tokens.get(GRAPH_SCOPE)
-        answer = call_json(client_for(self.tokens.ca_bundle), "GET", self.url,
-                           headers={"Authorization": f"Bearer {token}"}, timeout=self.timeout)
+        with metrics.timed_phase("intune_discovery"):
+            answer = call_json(client_for(self.tokens.ca_bundle), "GET", self.url,
+                               headers={"Authorization": f"Bearer {token}"}, timeout=self.timeout)
         entries = answer.get("value") if isinstance(answer, dict) else None
         if not isinstance(entries, list):
             raise IntuneUnavailable(f"Graph's endpoint list at {self.url} has no value list")

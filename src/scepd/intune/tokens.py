@@ -23,6 +23,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from scepd import metrics
 from scepd.intune.http import IntuneUnavailable, call_json, client_for
 
 # What Microsoft's library asks for: Graph (discovery) and Intune's services. The double
@@ -118,7 +119,8 @@ class TokenSource:
         url = self.token_url
         form = self._form(scope)
         try:
-            answer = call_json(client_for(self.ca_bundle), "POST", url, data=form, timeout=self.timeout)
+            with metrics.timed_phase("intune_token"):
+                answer = call_json(client_for(self.ca_bundle), "POST", url, data=form, timeout=self.timeout)
         except IntuneUnavailable as exc:
             raise IntuneUnavailable(f"no token for {scope} from Entra ID: {exc}", exc.status) from None
         token = answer.get("access_token") if isinstance(answer, dict) else None

@@ -58,6 +58,18 @@ class ErrorCode(enum.Enum):
     REVOCATION_REASON_UNKNOWN = "RevocationReasonUnknown"
     CERTIFICATE_ALREADY_REVOKED = "CertificateAlreadyRevoked"
     CA_NOT_CONFIGURED = "CaNotConfigured"
+    # the console's accounts and sessions (answered as HTML pages or `scepd admin`)
+    SIGN_IN_FAILED = "SignInFailed"
+    ACCOUNT_LOCKED = "AccountLocked"
+    SESSION_REQUIRED = "SessionRequired"
+    CSRF_TOKEN_INVALID = "CsrfTokenInvalid"
+    ROLE_NOT_ALLOWED = "RoleNotAllowed"
+    CONSOLE_NEEDS_HTTPS = "ConsoleNeedsHttps"
+    ACCOUNT_UNKNOWN = "AccountUnknown"
+    ACCOUNT_EXISTS = "AccountExists"
+    ACCOUNT_NAME_INVALID = "AccountNameInvalid"
+    PASSWORD_TOO_SHORT = "PasswordTooShort"
+    ONE_TIME_PASSWORDS_DISABLED = "OneTimePasswordsDisabled"
     # the PKCS#10 request and the template
     CSR_MALFORMED = "CsrMalformed"
     CSR_SIGNATURE_INVALID = "CsrSignatureInvalid"
@@ -101,6 +113,7 @@ class ErrorCode(enum.Enum):
     ONE_TIME_PASSWORD_USED = "OneTimePasswordUsed"
     # the server itself
     STORE_UNAVAILABLE = "StoreUnavailable"
+    KEY_UNAVAILABLE = "KeyUnavailable"
     INTERNAL_ERROR = "InternalError"
 
 
@@ -157,6 +170,17 @@ ERRORS: dict[ErrorCode, ErrorInfo] = {
     ErrorCode.REVOCATION_REASON_UNKNOWN: ErrorInfo(_BR, "Use an RFC 5280 reason: unspecified, keyCompromise, cACompromise, affiliationChanged, superseded, cessationOfOperation, certificateHold, privilegeWithdrawn."),
     ErrorCode.CERTIFICATE_ALREADY_REVOKED: ErrorInfo(_BR, "Nothing to do: the certificate (and its renewals) is revoked already; 'scepd certs show' gives the reason."),
     ErrorCode.CA_NOT_CONFIGURED: ErrorInfo(_BR, "Configure the issuing CA again ([ca] previous_certificates) so that its CRL can be signed."),
+    ErrorCode.SIGN_IN_FAILED: ErrorInfo(_BR, "Check the account name and password; an administrator sets a new one with 'scepd admin passwd NAME'.", http_status=401),
+    ErrorCode.ACCOUNT_LOCKED: ErrorInfo(_BR, "Too many failed sign-ins: wait until the lock ends, or have an administrator run 'scepd admin passwd NAME'.", http_status=429),
+    ErrorCode.SESSION_REQUIRED: ErrorInfo(_BR, "Sign in at /admin/login first; sessions end after 30 minutes idle or 12 hours.", http_status=403),
+    ErrorCode.CSRF_TOKEN_INVALID: ErrorInfo(_BR, "Submit the console's own form again (reload the page): the form's token is missing or belongs to another session.", http_status=403),
+    ErrorCode.ROLE_NOT_ALLOWED: ErrorInfo(_BR, "Ask for an operator account: viewers read, operators approve, deny, revoke and make one-time passwords.", http_status=403),
+    ErrorCode.CONSOLE_NEEDS_HTTPS: ErrorInfo(_BR, "Open the console over HTTPS (scepd serve --tls self, or --tls-cert/--tls-key), or from this machine as http://127.0.0.1.", http_status=403),
+    ErrorCode.ACCOUNT_UNKNOWN: ErrorInfo(_BR, "Name an account 'scepd admin list' shows.", http_status=404),
+    ErrorCode.ACCOUNT_EXISTS: ErrorInfo(_BR, "Choose another name, or change this account's password with 'scepd admin passwd NAME'."),
+    ErrorCode.ACCOUNT_NAME_INVALID: ErrorInfo(_BR, "Name the account with 1 to 64 printable characters, without leading or trailing spaces."),
+    ErrorCode.PASSWORD_TOO_SHORT: ErrorInfo(_BR, "Choose a password of at least 12 characters."),
+    ErrorCode.ONE_TIME_PASSWORDS_DISABLED: ErrorInfo(_BR, "Set [challenge] one_time_passwords = true in scepd.toml."),
     ErrorCode.CSR_MALFORMED: ErrorInfo(_BR, "Send a valid PKCS#10 request."),
     ErrorCode.CSR_SIGNATURE_INVALID: ErrorInfo(_BMC, "Sign the PKCS#10 request with the private key of the public key it carries."),
     ErrorCode.KEY_TYPE_NOT_ALLOWED: ErrorInfo(_BA, "Use a key type and curve the template allows (key_types, ec_curves)."),
@@ -198,6 +222,9 @@ ERRORS: dict[ErrorCode, ErrorInfo] = {
     # A signed FAILURE, not HTTP 503: every SCEP client reads a CertRep and shows its text,
     # while a 503 reaches most as a bare transport error; devices and MDMs retry on their own.
     ErrorCode.STORE_UNAVAILABLE: ErrorInfo(_BR, "Transient: send the request again later. The database was locked past [database] busy_timeout, full or unreachable; if it persists, check free disk space, processes holding the database (backups, sqlite3 sessions) or the database server.", http_status=503),
+    # A token-held key (PKCS#11) that cannot be used now: where a CertRep can still be signed
+    # (the RA key elsewhere) a signed FAILURE, else HTTP 503.
+    ErrorCode.KEY_UNAVAILABLE: ErrorInfo(_BR, "The HSM holding this key did not answer (token removed, module failed, session lost): run 'scepd doctor', which checks the module, the token, the PIN and each key object; scepd reconnects by itself once the token is back, so clients need only retry.", http_status=503),
     ErrorCode.INTERNAL_ERROR: ErrorInfo(_BR, "A bug in scepd: the log line with this transaction ID has the traceback; please report it."),
 }
 
@@ -267,6 +294,15 @@ def unsupported(what: str) -> ProtocolError:
 # content key of the wrong length, corrupt ciphertext, bad content padding) ends in these
 # words: which step failed is what a padding-oracle attack needs to know.
 DECRYPTION_FAILED = "the encrypted content does not decrypt (wrong key, corrupt data or bad padding)"
+
+
+class KeyUnavailable(ProtocolError):
+    """One of our own keys cannot be used now (a PKCS#11 token gone, its module failing): not
+    the peer's fault, but raised where the key is used, which may be inside `open_request`,
+    so it is a ProtocolError that every layer already hands up as a refusal."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(ErrorCode.KEY_UNAVAILABLE, reason)
 
 
 def decryption_failed() -> ProtocolError:

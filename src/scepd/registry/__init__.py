@@ -6,8 +6,12 @@ what can be re-created safely is repaired and logged, what cannot stops the serv
 message naming the missing piece and the command that fixes it. It also keeps the
 registration point's entries (its pairs, trusted signers, API tokens) and issues local MDM
 challenges with them.
-- config: scepd.toml; instance: the directory, its keys; keyops: rollover, RA renewal;
+- config: scepd.toml (server_config: its [server]; durations: '60m' and ConfigError);
+  instance: the directory, its keys; keyops: rollover, RA renewal;
   rp: the registration point's entries; checks, doctor: start-up checks and `scepd doctor`
+- subordinate: a CA under another root (its CSR, `ca install`), an imported CA or RA
+- tls: the HTTPS server certificate ([server] tls = "self" issues and renews it)
+- tokens: an instance whose keys are objects of a PKCS#11 token (`scepd init --pkcs11`)
 May import: scepd.ca, scepd.store, scepd.protocol (its error vocabulary included),
 scepd.challenge (the MDM challenge it issues), scepd.clock.
 """

@@ -10,8 +10,11 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from scepd.ca.chain import ChainError, check_path, describe
+from scepd.ca.keys import KeyPair, is_key_uri
 from scepd.ca.templates import DEFAULT_TEMPLATE
 from scepd.clock import SYSTEM_CLOCK, Clock
+from scepd.protocol.errors import KeyUnavailable
 from scepd.registry.instance import Instance, KeyMaterial
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
@@ -68,8 +71,12 @@ def check_material(instance: Instance, material: KeyMaterial) -> list[CheckResul
         results.append(CheckResult("ra.issuer", PASS, "issued by the CA"))
     except Exception as exc:  # InvalidSignature, ValueError, TypeError: not signed by the CA
         results.append(CheckResult("ra.issuer", FAIL, f"the RA certificate is not signed by the CA ({exc or type(exc).__name__})", "scepd ra renew"))
+    results += check_chain(material)
     for role, files in (("ca", instance.config.ca), ("ra", instance.config.ra)):
         if not files.key:
+            continue
+        if is_key_uri(files.key):
+            results.append(check_token_key(f"{role}.key_token", material.ca.pair if role == "ca" else material.ra))
             continue
         path = instance.path(files.key)
         mode = stat.S_IMODE(path.stat().st_mode)
@@ -77,6 +84,53 @@ def check_material(instance: Instance, material: KeyMaterial) -> list[CheckResul
             results.append(CheckResult(f"{role}.key_permissions", WARN, f"{path} is mode {mode:o}; others can read the key", f"chmod 600 {path}"))
         else:
             results.append(CheckResult(f"{role}.key_permissions", PASS, f"{path} is mode {mode:o}"))
+    return results
+
+
+def check_token_key(name: str, pair: KeyPair) -> CheckResult:
+    """A token-held key (loading it proved the module, the token, the login and the object):
+    it signs now, its signature verifies with its certificate, and the token keeps it
+    sensitive and non-extractable."""
+    from scepd.ca.token_keys import is_token_key, key_attributes
+    from scepd.protocol import signatures
+
+    key = pair.key
+    if not is_token_key(key):
+        return CheckResult(name, FAIL, "the URI names a key that is not held by a token", "name a pkcs11: object")
+    probe = os.urandom(32)
+    try:
+        signature = signatures.sign(key, "sha256", probe)
+        attributes = key_attributes(key)
+    except KeyUnavailable as exc:
+        return CheckResult(name, FAIL, exc.reason, "check the HSM is connected (pkcs11-tool --module MODULE --list-slots)")
+    scheme = "rsassa_pkcs1v15" if isinstance(key, rsa.RSAPrivateKey) else "ecdsa"
+    if not signatures.verify_signature(pair.certificate.public_key(), scheme, "sha256", probe, signature):
+        return CheckResult(name, FAIL, f"{key.uri.display} signs, but not with its certificate's key", "name the object that belongs to the certificate")
+    if attributes["extractable"] or not attributes["sensitive"]:
+        return CheckResult(name, WARN, f"{key.uri.object}: the token would let the key out (CKA_EXTRACTABLE or not CKA_SENSITIVE)",
+                           "generate a new key with CKA_SENSITIVE true and CKA_EXTRACTABLE false (scepd init --pkcs11 does)")
+    return CheckResult(name, PASS, f"object {key.uri.object!r} in token {key.uri.path.get('token', '?')!r}: logged in, "
+                                   "signs with its certificate's key, sensitive and non-extractable")
+
+
+def check_chain(material: KeyMaterial) -> list[CheckResult]:
+    """The active CA's (and the next CA's) path: each certificate a CA signed by the next,
+    valid now, ending at a self-signed root ([ca] chain holds what is above ours)."""
+    results = []
+    now = material.ca.clock.now()
+    for name, ca in (("ca.chain", material.ca), ("ca.next_chain", material.next_ca)):
+        if ca is None:
+            continue
+        try:
+            path = check_path(ca.certificate, material.chain, now)
+        except ChainError as exc:
+            results.append(CheckResult(name, FAIL, f"{exc.name}: {exc.reason}", f"{exc.fix}; [ca] chain names the file"))
+            continue
+        if not path:
+            results.append(CheckResult(name, PASS, "the CA is its own root (self-signed)"))
+        else:
+            shown = " -> ".join(describe(c) for c in (ca.certificate, *path))
+            results.append(CheckResult(name, PASS, f"{shown} (self-signed), each link signed and valid"))
     return results
 
 

@@ -16,77 +16,11 @@ import tomli_w
 
 from scepd.ca.templates import BUILTIN_TEMPLATES, Template, TemplateMapping
 
+# [server] and durations live in modules of their own; their names are the configuration's too.
+from scepd.registry.durations import MAX_DURATION, ConfigError, parse_duration  # noqa: F401
+from scepd.registry.server_config import SELF_TLS_CERT, SELF_TLS_KEY, ServerConfig  # noqa: F401
+
 CONFIG_FILE = "scepd.toml"
-
-
-class ConfigError(ValueError):
-    """The configuration cannot be used; the message names the key and what is wrong."""
-
-
-_DURATION = re.compile(r"^\s*([0-9]+)\s*([smhd])\s*$")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-# The longest duration a setting or an API request may name. Ten years is beyond every
-# lifetime scepd deals in (a CRL's validity, a challenge's, a clock skew, a log search), and
-# now plus or minus it stays far inside what datetime can hold: without a bound, "99999999999d"
-# ends in OverflowError instead of a refusal.
-MAX_DURATION = dt.timedelta(days=3650)
-
-
-def parse_duration(text: str) -> dt.timedelta:
-    """'90s', '60m', '24h', '7d'; at most MAX_DURATION (3650d), else ConfigError."""
-    text = str(text)
-    shown = repr(text if len(text) <= 40 else text[:40] + "...")  # it may come from an API request
-    match = _DURATION.match(text)
-    if not match:
-        raise ConfigError(f"{shown} is not a duration (use a number and s, m, h or d, as in 60m)")
-    digits, unit = match.groups()
-    # Counted in whole seconds before any timedelta exists, so that no size of number overflows.
-    seconds = int(digits) * _UNIT_SECONDS[unit] if len(digits) <= 12 else None
-    if seconds is None or seconds > MAX_DURATION.total_seconds():
-        raise ConfigError(f"{shown} is longer than the longest duration allowed, {MAX_DURATION.days}d (ten years)")
-    return dt.timedelta(seconds=seconds)
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    host: str = "127.0.0.1"
-    port: int = 8080
-    # Bodies above this get 413 and query strings above it 414 (a pkiMessage is a few KiB).
-    max_request_bytes: int = 65536
-    workers: int = 1
-    # Threads per worker that run enrollments. 0: chosen from the configuration (see
-    # `enrollment_threads`); set it when the automatic choice does not suit.
-    threads: int = 0
-    # The base URL clients and relying parties reach this server at (CRL distribution points
-    # are published under it); empty: http://HOST:PORT.
-    public_url: str = ""
-    # A connection that has not sent a request's complete headers this long after it opened
-    # (or after the previous response) is closed, so that slow or stalled clients cannot
-    # hold connections open (slowloris).
-    header_timeout: str = "10s"
-
-    def __post_init__(self) -> None:
-        if self.threads < 0:
-            raise ValueError(f"threads must be 0 (automatic) or more, not {self.threads}")
-        try:
-            timeout = parse_duration(self.header_timeout)
-        except ConfigError as exc:
-            raise ValueError(f"header_timeout: {exc}") from None
-        if timeout <= dt.timedelta(0):
-            raise ValueError("header_timeout must be longer than 0s")
-
-    @property
-    def header_timeout_seconds(self) -> float:
-        return parse_duration(self.header_timeout).total_seconds()
-
-    @property
-    def base_url(self) -> str:
-        if self.public_url:
-            return self.public_url.rstrip("/")
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
-
-
 @dataclass(frozen=True)
 class KeyFiles:
     """A CA's or the RA's files: the active pair, the next one (after `rollover`, before
@@ -98,6 +32,20 @@ class KeyFiles:
     next_key: str = ""
     previous_certificates: tuple[str, ...] = ()
     previous_keys: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CaKeyFiles(KeyFiles):
+    """The CA's files, and what a CA under someone else's root adds (docs/pki.md)."""
+
+    # PEM certificates above our CAs, up to a self-signed root, in any order (one pool for the
+    # active, next and previous CA); empty: the CA is its own root.
+    chain: str = ""
+    # A CSR (scepd init --subordinate) whose signed certificate `scepd ca install` awaits;
+    # while set, the instance is not servable. next_request: the same for the next CA
+    # (scepd ca rollover of a subordinate; its key is next_key), `scepd ca install --next`.
+    request: str = ""
+    next_request: str = ""
 
 
 @dataclass(frozen=True)
@@ -121,6 +69,33 @@ class ScepConfig:
 @dataclass(frozen=True)
 class CrlConfig:
     validity: str = "7d"  # nextUpdate - thisUpdate; re-signed after half of it
+
+
+@dataclass(frozen=True)
+class OcspConfig:
+    """The OCSP responder at /ocsp (RFC 6960)."""
+
+    # "delegated": responses are signed by an OCSP signing certificate that scepd issues from
+    # each CA and renews itself (files in `directory`); "ca": by the CA key itself.
+    signer: str = "delegated"
+    directory: str = "ocsp"  # <CA key id>.pem and .key, relative to the instance
+    signer_validity: str = "30d"  # renewed when a third of it remains
+    # nextUpdate - thisUpdate of a response, at most [crl] validity; a signed response is
+    # served from memory until half of it has passed or the status changes.
+    validity: str = "1h"
+    cache_size: int = 10000  # signed responses kept per worker process
+
+    def __post_init__(self) -> None:
+        if self.signer not in ("delegated", "ca"):
+            raise ValueError(f"signer must be 'delegated' or 'ca', not {self.signer!r}")
+        for name in ("validity", "signer_validity"):
+            try:
+                if parse_duration(getattr(self, name)) <= dt.timedelta(0):
+                    raise ValueError(f"{name} must be longer than 0s")
+            except ConfigError as exc:
+                raise ValueError(f"{name}: {exc}") from None
+        if self.cache_size < 0:
+            raise ValueError(f"cache_size must be 0 or more, not {self.cache_size}")
 
 
 @dataclass(frozen=True)
@@ -208,11 +183,12 @@ class LoggingConfig:
 @dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
-    ca: KeyFiles = field(default_factory=lambda: KeyFiles("ca.pem", "ca.key"))
+    ca: CaKeyFiles = field(default_factory=lambda: CaKeyFiles("ca.pem", "ca.key"))
     ra: KeyFiles = field(default_factory=lambda: KeyFiles("ra.pem", "ra.key"))
     keys: KeysConfig = field(default_factory=KeysConfig)
     scep: ScepConfig = field(default_factory=ScepConfig)
     crl: CrlConfig = field(default_factory=CrlConfig)
+    ocsp: OcspConfig = field(default_factory=OcspConfig)
     templates: dict[str, Template] = field(default_factory=lambda: dict(BUILTIN_TEMPLATES))
     template_mapping: TemplateMapping = field(default_factory=TemplateMapping)
     challenge: ChallengeConfig = field(default_factory=ChallengeConfig)
@@ -339,7 +315,9 @@ def load_config(path: Path, environ: typing.Mapping[str, str] | None = None) -> 
         files = getattr(config, role)
         if len(files.previous_certificates) != len(files.previous_keys):
             raise ConfigError(f"[{role}] previous_certificates and previous_keys must pair up")
-        if bool(files.next_certificate) != bool(files.next_key):
+        # A next_key alone is a subordinate's next CA awaiting its certificate (next_request).
+        awaiting = role == "ca" and bool(config.ca.next_request) and not files.next_certificate
+        if bool(files.next_certificate) != bool(files.next_key) and not (awaiting and files.next_key):
             raise ConfigError(f"[{role}] next_certificate and next_key go together")
     return config
 

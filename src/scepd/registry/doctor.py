@@ -13,6 +13,7 @@ import stat
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
+from scepd.ca.ocsp_signer import DelegatedSigners, signer_findings
 from scepd.clock import SYSTEM_CLOCK, Clock
 from scepd.registry.checks import (
     FAIL,
@@ -27,9 +28,11 @@ from scepd.registry.checks import (
     check_template_mapping,
     check_validators,
 )
+from scepd.registry.config import parse_duration
 from scepd.registry.instance import Instance, InstanceError, load_key_material
 from scepd.registry.keyops import reset_template_mapping
 from scepd.registry.rp import check_registration_point
+from scepd.registry.tls import check_tls
 
 CLOCK_TOLERANCE = dt.timedelta(minutes=5)
 
@@ -38,7 +41,8 @@ def _key_permissions(instance: Instance, fix: bool) -> list[CheckResult]:
     config = instance.config
     rp = config.registration_point
     names = [config.ca.key, config.ra.key, rp.encryption_key, rp.signing_key, *config.ca.previous_keys,
-             *config.ra.previous_keys, config.ca.next_key, config.ra.next_key, "scepd.toml"]
+             *config.ra.previous_keys, config.ca.next_key, config.ra.next_key, "scepd.toml",
+             *(config.server.tls_files[1:] if config.server.tls_files else ())]
     results = []
     for name in filter(None, dict.fromkeys(names)):
         path = instance.path(name)
@@ -87,11 +91,25 @@ def _urls(instance: Instance) -> CheckResult:
         problems.append("[challenge] mode = 'remote' needs remote_url")
     if problems:
         return CheckResult("urls", FAIL, "; ".join(problems), "edit scepd.toml")
-    base = config.server.base_url
+    base = config.server.publication_url
     if urlsplit(base).hostname in ("0.0.0.0", "::"):
         return CheckResult("urls", WARN, f"issued certificates would point at {base}/crl/..., which no client can reach",
                            "set [server] public_url")
     return CheckResult("urls", PASS, f"CRLs are published under {base}/crl/")
+
+
+def check_ocsp_signers(instance: Instance, material, repair: bool, clock: Clock = SYSTEM_CLOCK) -> CheckResult:
+    """The delegated OCSP signers: present, issued by their CA, not near their end; with
+    `repair` (at start, `doctor --fix`) created when they are not."""
+    c = instance.config.ocsp
+    if c.signer == "ca":
+        return CheckResult("ocsp.signer", PASS, "OCSP responses are signed by the CA key ([ocsp] signer = \"ca\")")
+    signers = DelegatedSigners(instance.path(c.directory), instance.passphrase, parse_duration(c.signer_validity), clock)
+    problems, notes = signer_findings(signers, material.all_cas, repair)
+    if problems:
+        return CheckResult("ocsp.signer", WARN, "; ".join(problems),
+                           "scepd serve re-creates it at start, or run scepd doctor --fix")
+    return CheckResult("ocsp.signer", PASS, "; ".join(notes))  # created at start is the normal course
 
 
 # Builds the registration point's validators from an instance. The caller hands it in: the
@@ -111,6 +129,8 @@ def startup_checks(instance: Instance, material, store, validators: BuildValidat
         check_template_issuers(instance, material),
         *check_intune_approval(instance),
         *check_registration_point(instance, material.ca, repair=True),
+        check_ocsp_signers(instance, material, repair=True, clock=material.ca.clock),
+        *check_tls(instance, material.ca, repair=True, clock=material.ca.clock),
         check_store(instance, store, repair=True),
         check_database_permissions(store, repair=True),
         check_validators(validators(instance)),
@@ -139,6 +159,7 @@ def run_doctor(instance: Instance, validators: BuildValidators, fix: bool = Fals
 
     if material is not None:
         results += check_registration_point(instance, material.ca, repair=fix)
+        results.append(check_ocsp_signers(instance, material, repair=fix, clock=clock))
     try:
         results.append(check_validators(validators(instance)))
     except InstanceError as exc:
@@ -156,6 +177,7 @@ def run_doctor(instance: Instance, validators: BuildValidators, fix: bool = Fals
     finally:
         store.dispose()
     results.append(_urls(instance))
+    results += check_tls(instance, material.ca if material is not None else None, repair=fix, clock=clock)
     return results
 
 

@@ -15,6 +15,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from scepd.ca.authority import CertificateAuthority, create_root_ca
 from scepd.ca.keys import KeyPair, generate_key, save_certificate, save_key
+from scepd.ca.pkcs11 import Pkcs11Uri
+from scepd.ca.token_keys import taken_labels
 from scepd.ca.templates import DEFAULT_TEMPLATE
 from scepd.registry.config import CONFIG_FILE, KeyFiles, update_config_file
 from scepd.registry.instance import Instance, InstanceError, KeyMaterial
@@ -33,11 +35,27 @@ def _key_spec_like(key) -> str:
     raise ValueError(f"unsupported CA key {type(key).__name__}")
 
 
-def _write_pair(instance: Instance, stem: str, key, certificate) -> tuple[str, str]:
-    cert_name, key_name = f"{stem}.pem", f"{stem}.key"
-    save_key(key, instance.path(key_name), instance.passphrase)
-    save_certificate(certificate, instance.path(cert_name))
-    return cert_name, key_name
+def new_key(instance: Instance, spec: str, beside: str, stem: str) -> tuple[object, str, str]:
+    """A new key, the configuration entry that names it, and the stem its certificate file
+    takes: where the key it replaces lives. Beside a key in a PKCS#11 token (`beside` is its
+    URI) it is made in that token as an object, never on disk; otherwise it is written to a
+    .key file (0600, encrypted with the instance's passphrase). The stem is `stem`, or
+    `stem-2`, ... when that name is taken (an RA renewed and a CA rolled over in one second)."""
+    in_token = beside.startswith("pkcs11:")
+    free = next(candidate for candidate in (stem, *(f"{stem}-{n}" for n in range(2, 100)))
+                if not (instance.path(f"{candidate}.pem").exists() or instance.path(f"{candidate}.key").exists()
+                        or (in_token and taken_labels(beside, [candidate]))))
+    if in_token:
+        uri = str(Pkcs11Uri.parse(beside).with_object(free))
+        return generate_key(spec, uri), uri, free
+    key = generate_key(spec)
+    save_key(key, instance.path(f"{free}.key"), instance.passphrase)
+    return key, f"{free}.key", free
+
+
+def _certificate_file(instance: Instance, stem: str, certificate) -> str:
+    save_certificate(certificate, instance.path(f"{stem}.pem"))
+    return f"{stem}.pem"
 
 
 def _ra_subject(ca: CertificateAuthority, current_ra: KeyPair):
@@ -49,15 +67,17 @@ def rollover(instance: Instance, material: KeyMaterial, key_spec: str | None = N
     if material.next_ca is not None:
         raise InstanceError("[ca] next_certificate", "a next CA exists already", "scepd ca activate-next")
     stamp = _stamp(material.ca)
-    key = generate_key(key_spec or _key_spec_like(material.ca.pair.key))
+    key, ca_key, stem = new_key(instance, key_spec or _key_spec_like(material.ca.pair.key), instance.config.ca.key,
+                                f"ca-{stamp}")
     certificate = create_root_ca(material.ca.certificate.subject, key, clock=material.ca.clock)
-    ca_cert, ca_key = _write_pair(instance, f"ca-{stamp}", key, certificate)
+    ca_cert = _certificate_file(instance, stem, certificate)
     changes: dict = {"ca": {"next_certificate": ca_cert, "next_key": ca_key}}
     if instance.config.ra.certificate:
         next_ca = CertificateAuthority(KeyPair(certificate, key), clock=material.ca.clock)
-        ra_key = generate_key(_key_spec_like(material.ra.key))
+        ra_key, ra_key_name, ra_stem = new_key(instance, _key_spec_like(material.ra.key), instance.config.ra.key,
+                                               f"ra-{stamp}")
         ra_certificate = next_ca.issue_ra_certificate(_ra_subject(material.ca, material.ra), ra_key)
-        ra_cert, ra_key_name = _write_pair(instance, f"ra-{stamp}", ra_key, ra_certificate)
+        ra_cert = _certificate_file(instance, ra_stem, ra_certificate)
         changes["ra"] = {"next_certificate": ra_cert, "next_key": ra_key_name}
     update_config_file(instance.path(CONFIG_FILE), changes)
     return instance.path(ca_cert)
@@ -91,9 +111,9 @@ def renew_ra(instance: Instance, material: KeyMaterial, validity_days: int = 730
     ra = instance.config.ra
     if not ra.certificate:
         raise InstanceError("[ra] certificate", "this instance has no separate RA (the CA acts as RA)", "nothing to renew")
-    key = generate_key(_key_spec_like(material.ra.key))
+    key, key_name, stem = new_key(instance, _key_spec_like(material.ra.key), ra.key, f"ra-{_stamp(material.ca)}")
     certificate = material.ca.issue_ra_certificate(material.ra.certificate.subject, key, validity_days)
-    cert_name, key_name = _write_pair(instance, f"ra-{_stamp(material.ca)}", key, certificate)
+    cert_name = _certificate_file(instance, stem, certificate)
     update_config_file(instance.path(CONFIG_FILE), {"ra": _supersede(ra, cert_name, key_name)})
     return instance.path(cert_name)
 

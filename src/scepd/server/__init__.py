@@ -7,10 +7,13 @@ table), with one log line per SCEP request. No protocol or policy decision is ma
 - app: create_app (routes, thread pool, lifespan), create_app_for_directory, ReloadingServices
 - scep: GET and POST on the SCEP paths: query parsing, base64 quirks, size limits
 - api: /api/v1/challenges and /ScepActions/{action} (service/rp_api.py decides)
-- crl: /crl/{key_id}.crl
+- crl: /crl/{key_id}.crl; aia: /ca/{key_id}.crt (caIssuers); ocsp: /ocsp (GET and POST)
+- metrics: /metrics (Prometheus), on the main port or a listener of its own
+- tls: the server's TLS context (reloaded when its files change), the plain-HTTP port's guard
+- console: the operator's console at /admin (sign-in, pages, actions)
 - framing: RequestFraming, bodies read within the limit, refusals as text, log fields
 - run: uvicorn with the connection handling scepd needs
 May import: scepd.service, scepd.wiring (which builds everything from the instance
 directory), scepd.protocol (its error vocabulary, the refusals written here), scepd.peerjson
-(hostile JSON) and scepd.logs.
+(hostile JSON), scepd.logs and scepd.metrics (requests counted, /metrics served).
 """

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 from collections.abc import Callable
 
 from starlette.requests import ClientDisconnect, Request
@@ -15,6 +16,9 @@ from starlette.responses import JSONResponse, Response
 from scepd import peerjson
 from scepd.protocol.errors import ErrorCode, Refusal
 from scepd.server.framing import CLOSE, BodyTooLarge, bug_refusal, read_body
+from scepd.service.admin import Actor
+
+log = logging.getLogger("scepd.server")
 
 SUCCESS = {"code": "Success", "errorDescription": ""}
 
@@ -76,10 +80,20 @@ class ApiRoutes:
         except ValueError as exc:  # malformed JSON, text that is not UTF-8
             return api_refusal(Refusal(ErrorCode.REQUEST_MALFORMED, f"the body is not JSON: {exc}"))
 
-    async def _challenges(self, _request: Request, api, body) -> Response:
+    async def _audit(self, request: Request, action: str, target: str, refusal: Refusal | None) -> None:
+        """The call in the audit trail, by the token it presented (its ID) and the peer."""
+        actor = Actor.api(request.headers.get("authorization"), request.client.host if request.client else None)
+        try:
+            await self._in_thread(self._services().admin.audit.record, actor, action, target, refusal)
+        except Exception:  # the call is answered; the trail's own failure is a bug to log
+            log.exception("could not record %s in the audit trail", action)
+
+    async def _challenges(self, request: Request, api, body) -> Response:
         answer = await self._in_thread(api.issue_challenge, body)
         if isinstance(answer, Refusal):
+            await self._audit(request, "challenge.issue", "", answer)
             return api_refusal(answer)
+        await self._audit(request, "challenge.issue", f"jti {answer.get('jti')}", None)
         return JSONResponse(answer, 201)
 
     async def _scep_action(self, request: Request, api, body) -> Response:
@@ -89,6 +103,7 @@ class ApiRoutes:
                 item = body["request"]
                 csr_der = base64.b64decode(item["certificateRequest"], validate=True)
                 refusal = await self._in_thread(api.validate_request, str(item["transactionId"]), csr_der)
+                await self._audit(request, "scep_action.validateRequest", str(item["transactionId"]), refusal)
                 if refusal is not None and refusal.code is ErrorCode.STORE_UNAVAILABLE:
                     return api_refusal(refusal)  # not a verdict: the caller should ask again later
                 return JSONResponse(intune_answer(refusal))
@@ -97,6 +112,7 @@ class ApiRoutes:
                 if not isinstance(item, dict):
                     raise TypeError("notification must be an object")
                 refusal = await self._in_thread(api.record_received, action.removesuffix("Notification"), item)
+                await self._audit(request, f"scep_action.{action}", str(item.get("transactionId", "")), refusal)
                 return api_refusal(refusal) if refusal else JSONResponse(SUCCESS)
         except (KeyError, TypeError, ValueError, binascii.Error) as exc:
             return api_refusal(Refusal(ErrorCode.REQUEST_MALFORMED, f"malformed {action} body: {exc}"))

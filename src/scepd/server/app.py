@@ -16,12 +16,17 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
+from scepd.server.aia import CaIssuersRoute
 from scepd.server.api import ApiRoutes
+from scepd.server.console import console_routes
 from scepd.server.crl import CrlRoute
 from scepd.server.framing import RequestFraming
+from scepd.server.metrics import MetricsEndpoint, MetricsListener, worker_exited
+from scepd.server.ocsp import OCSP_PATHS, OcspRoute
 from scepd.server.scep import SCEP_PATHS, ScepRoute
+from scepd.server.tls import PlainHttpGuard
 
 log = logging.getLogger("scepd.server")
 
@@ -75,11 +80,13 @@ async def health(_request: Request) -> Response:
     return Response("ok\n", media_type="text/plain")
 
 
-def create_app(services, max_request_bytes: int, *, threads: int, background=None) -> Starlette:
+def create_app(services, max_request_bytes: int, *, threads: int, background=None,
+               plain_http: Middleware | None = None) -> Starlette:
     """`services` is a `scepd.wiring.Services`, or a callable returning the current one;
     `threads` is the number of threads that run enrollments (the configuration decides it:
     `Config.enrollment_threads`); `background` (the notification dispatcher, the Intune
-    revocation loop) runs while the app does."""
+    revocation loop) runs while the app does; `plain_http` (a PlainHttpGuard) limits the
+    plain-HTTP port beside HTTPS to what may travel in clear."""
     current = services if callable(services) else (lambda: services)
     # Enrollments run on threads of their own, so that a remote registration point's answer
     # or a database server's commit never stalls the event loop. A plain executor, not
@@ -96,20 +103,45 @@ def create_app(services, max_request_bytes: int, *, threads: int, background=Non
     routes.append(Route("/api/v1/challenges", api.challenges, methods=["POST"]))
     routes.append(Route("/ScepActions/{action}", api.scep_actions, methods=["POST"]))
     routes.append(Route("/healthz", health, methods=["GET"]))
+    metrics_listener = _metrics(current, in_thread, routes)
     routes.append(Route("/crl/{key_id}.crl", CrlRoute(current, in_thread).handle, methods=["GET"]))
+    ocsp = OcspRoute(current, max_request_bytes, in_thread)
+    routes += [Route(path, ocsp.handle, methods=["GET", "POST"]) for path in OCSP_PATHS]
+    routes.append(Route("/ca/{key_id}.crt", CaIssuersRoute(current).handle, methods=["GET"]))
+    routes.append(Mount("/admin", routes=console_routes(current, in_thread)))
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
         if background is not None:
             background.start()
+        if metrics_listener is not None:
+            metrics_listener.start()
         try:
             yield
         finally:
+            if metrics_listener is not None:
+                metrics_listener.stop()
             if background is not None:
                 background.stop()
             executor.shutdown(wait=True)
+            worker_exited()
 
-    return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(RequestFraming)])
+    # The guard first: what the plain port refuses is not framed, read or logged as a request.
+    middleware = ([plain_http] if plain_http else []) + [Middleware(RequestFraming)]
+    return Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
+
+
+def _metrics(current, in_thread, routes: list) -> MetricsListener | None:
+    """/metrics as `[server] metrics_port` says: a route of `routes` (0), a listener of its
+    own to start with the app (a port), nowhere (-1)."""
+    server = getattr(getattr(current(), "instance", None), "config", None)
+    server = server.server if server is not None else None
+    port = server.metrics_port if server is not None else 0
+    endpoint = MetricsEndpoint(current, lambda: current().instance.config.server.metrics_token_sha256
+                               if server is not None else "")
+    if port == 0:
+        routes.append(Route("/metrics", endpoint.route(in_thread), methods=["GET"]))
+    return MetricsListener(endpoint, server.host, port) if port > 0 else None
 
 
 def create_app_for_directory(directory: Path, overrides: Mapping[str, str] | None = None) -> Starlette:
@@ -122,8 +154,13 @@ def create_app_for_directory(directory: Path, overrides: Mapping[str, str] | Non
     served = ServedInstance(directory, overrides)
     configure(served.log_file)
     config = served.instance.config
-    return create_app(ReloadingServices(served.build, served.watched), config.server.max_request_bytes,
-                      background=served.background(), threads=config.enrollment_threads)
+    server = config.server
+    plain_http = None
+    if server.tls_enabled and server.http_port:
+        https_base = server.public_url.rstrip("/") if server.public_url.startswith("https://") else ""
+        plain_http = Middleware(PlainHttpGuard, plain_port=server.http_port, https_port=server.port, https_base=https_base)
+    return create_app(ReloadingServices(served.build, served.watched), server.max_request_bytes,
+                      background=served.background(), threads=config.enrollment_threads, plain_http=plain_http)
 
 
 __all__ = ["ReloadingServices", "create_app", "create_app_for_directory"]

@@ -5,11 +5,12 @@ fields of a request's log line."""
 from __future__ import annotations
 
 import logging
+import sys
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from scepd.protocol.errors import ErrorCode, Refusal
+from scepd.protocol.errors import ErrorCode, KeyUnavailable, Refusal
 
 request_log = logging.getLogger("scepd.request")
 
@@ -43,7 +44,10 @@ def request_fields(scope) -> dict:
 
 def bug_refusal(request: Request) -> Refusal:
     """What a request that met a bug is answered with (a reason, never a traceback); the
-    traceback goes to the log."""
+    traceback goes to the log. A key whose token is gone is no bug: KeyUnavailable (503)."""
+    raised = sys.exc_info()[1]
+    if isinstance(raised, KeyUnavailable):
+        return Refusal(ErrorCode.KEY_UNAVAILABLE, raised.reason)
     logging.getLogger("scepd.server").exception("bug while answering %s %s", request.method, request.url.path)
     return Refusal(ErrorCode.INTERNAL_ERROR, "the server failed to process the request")
 

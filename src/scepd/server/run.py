@@ -1,5 +1,6 @@
-"""Running the ASGI app under uvicorn, one process or several sharing one socket, with the
-connection handling a server facing the internet needs and uvicorn lacks (ScepdH11Protocol)."""
+"""Running the ASGI app under uvicorn, one process or several sharing its sockets, with the
+connection handling a server facing the internet needs and uvicorn lacks (ScepdH11Protocol),
+and HTTPS beside an optional plain-HTTP port (ScepdServer)."""
 
 from __future__ import annotations
 
@@ -7,16 +8,21 @@ import asyncio
 import functools
 import logging
 import socket
+import ssl
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 
 import h11
 import uvicorn
+from uvicorn.config import STARTUP_FAILURE
 from uvicorn.protocols.http.h11_impl import H11Protocol
-from uvicorn.supervisors import Multiprocess
+from uvicorn.supervisors import Multiprocess, multiprocess
 
 from scepd.protocol.errors import ErrorCode, Refusal
 from scepd.server.app import create_app_for_directory
+from scepd.server.metrics import metrics_for_workers
+from scepd.server.tls import ContextReloader, TlsFiles, server_context
 
 log = logging.getLogger("scepd.server")
 
@@ -158,14 +164,101 @@ class ScepdH11Protocol(H11Protocol):
         self._header_timer = None
 
 
+class ScepdServer(uvicorn.Server):
+    """uvicorn's server, serving HTTPS on its port and plain HTTP on the ports in
+    `config.scepd_plain_ports` (uvicorn 0.54 gives every socket the one `config.ssl`), with the
+    certificate re-read when its files change (`config.scepd_tls`, looked at every 2 s).
+
+    The TLS handshake must end within the header timeout, as the request's headers must
+    after it: a client that connects and says nothing is not held for asyncio's 60 s."""
+
+    _reloader: ContextReloader | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        config = self.config
+        tls: TlsFiles | None = getattr(config, "scepd_tls", None)
+        if tls is None or sockets is None:
+            await super().startup(sockets)
+            return
+        try:
+            context = server_context(tls)
+        except (OSError, ssl.SSLError) as exc:
+            log.error("cannot serve HTTPS: %s and %s do not load (%s)", tls.certificate, tls.key, exc)
+            sys.exit(STARTUP_FAILURE)
+        self._reloader = ContextReloader(context, tls)
+        await self.lifespan.startup()
+        if self.lifespan.should_exit:
+            sys.exit(STARTUP_FAILURE)
+
+        def create_protocol(_loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Protocol:
+            return config.http_protocol_class(config=config, server_state=self.server_state,
+                                              app_state=self.lifespan.state, _loop=_loop)
+
+        loop = asyncio.get_running_loop()
+        plain_ports = getattr(config, "scepd_plain_ports", frozenset())
+        handshake = getattr(config, "scepd_header_timeout", DEFAULT_HEADER_TIMEOUT)
+        self.servers = []
+        for sock in sockets:
+            plain = sock.getsockname()[1] in plain_ports
+            self.servers.append(await loop.create_server(
+                create_protocol, sock=sock, backlog=config.backlog, ssl=None if plain else context,
+                ssl_handshake_timeout=None if plain else handshake))
+        self.started = True
+
+    async def on_tick(self, counter: int) -> bool:
+        if self._reloader is not None and counter % 20 == 0:
+            self._reloader.check()
+        return await super().on_tick(counter)
+
+
+class _ScepdProcess(multiprocess.Process):
+    """A worker process that runs ScepdServer instead of uvicorn's Server."""
+
+    @property
+    def server(self) -> uvicorn.Server:
+        if self._server is None:
+            self._server = ScepdServer(config=self.config)
+        return self._server
+
+
+def _run_workers(config: uvicorn.Config, sockets: list[socket.socket]) -> None:
+    """uvicorn's supervisor (restarts, signals, health checks) with ScepdServer workers. It
+    makes its workers from the module's `Process` and offers no other way to choose their
+    server, hence the swap for as long as it runs."""
+    original = multiprocess.Process
+    multiprocess.Process = _ScepdProcess
+    try:
+        Multiprocess(config, sockets=sockets).run()
+    finally:
+        multiprocess.Process = original
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening socket as uvicorn binds one for its workers (inherited by them), with
+    TCP_NODELAY, which accepted connections inherit (see serve)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((host.strip("[]"), port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
 def serve(directory: Path, *, host: str, port: int, workers: int, max_request_bytes: int,
-          header_timeout: float = DEFAULT_HEADER_TIMEOUT, overrides: Mapping[str, str] | None = None) -> None:
+          header_timeout: float = DEFAULT_HEADER_TIMEOUT, overrides: Mapping[str, str] | None = None,
+          tls: TlsFiles | None = None, http_port: int = 0) -> None:
     """Serve the instance in `directory` until interrupted. Each worker process builds its own
     app from the directory (`create_app_for_directory`): the factory is a picklable partial,
     because it travels in the Config, which is what uvicorn sends to the processes it spawns.
     `header_timeout`: seconds a connection has to send a request's headers; `overrides`:
     SCEPD_* settings every worker applies over scepd.toml (the address served, --db), handed
-    over in the factory rather than through this process's environment."""
+    over in the factory rather than through this process's environment. `tls`: serve HTTPS
+    on `port` with these files, and plain HTTP on `http_port` when it is not 0; every
+    worker serves both."""
     config = uvicorn.Config(
         functools.partial(create_app_for_directory, Path(directory), dict(overrides or {})),
         factory=True,
@@ -184,6 +277,16 @@ def serve(directory: Path, *, host: str, port: int, workers: int, max_request_by
     # Read by each connection's protocol; an attribute of the Config, because the Config is
     # what reaches every worker process.
     config.scepd_header_timeout = header_timeout
+    if tls is not None:
+        config.scepd_tls = tls
+        sockets = [_bind(host, port)] + ([_bind(host, http_port)] if http_port else [])
+        config.scepd_plain_ports = frozenset(s.getsockname()[1] for s in sockets[1:])
+        if workers <= 1:
+            ScepdServer(config).run(sockets=sockets)
+        else:
+            with metrics_for_workers(directory):  # the workers count into one directory
+                _run_workers(config, sockets)
+        return
     if workers <= 1:
         uvicorn.Server(config).run()
         return
@@ -193,4 +296,5 @@ def serve(directory: Path, *, host: str, port: int, workers: int, max_request_by
     # for the client's delayed ACK (measured: 16/s instead of 70/s with one client). Linux
     # hands the listening socket's TCP_NODELAY down to every accepted connection.
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    Multiprocess(config, sockets=[sock]).run()
+    with metrics_for_workers(directory):  # the workers count into one directory
+        Multiprocess(config, sockets=[sock]).run()

@@ -14,6 +14,7 @@ from urllib.parse import unquote, unquote_plus
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
+from scepd import metrics
 from scepd.protocol.errors import ErrorCode, Refusal
 from scepd.server.framing import (
     CLOSE,
@@ -80,15 +81,24 @@ class ScepRoute:
     async def handle(self, request: Request) -> Response:
         started = time.perf_counter()
         fields = request_fields(request.scope)
+        metrics.IN_PROGRESS.inc()
         try:
             response, result = await self._dispatch(request, fields)
         except Exception:  # a bug, not the client's fault
             response, result = _refused(fields, bug_refusal(request))
+        finally:
+            metrics.IN_PROGRESS.dec()
         fields["http_status"] = response.status_code
         if result is not None:
             fields.update(_result_fields(result))
-        fields["duration_ms"] = round((time.perf_counter() - started) * 1000, 2)
+        seconds = time.perf_counter() - started
+        fields["duration_ms"] = round(seconds * 1000, 2)
         failed = response.status_code >= 400 or (result is not None and result.refusal is not None)
+        # Here and only here: the one place that knows every operation's outcome and code.
+        status = fields.get("status") if result is not None else None
+        metrics.count_request(metrics.operation_label(fields.get("operation", ""), fields.get("message_type")),
+                              status.lower() if status else ("failure" if failed else "success"),
+                              fields.get("code") or "", seconds)
         request_log.log(logging.WARNING if failed else logging.INFO, "scep request", extra={"fields": fields})
         return response
 

@@ -1,11 +1,22 @@
 """What an administrator decides: approving or denying a pending request, revoking a
 certificate (and, on request, what was renewed from it). Every expected failure is a
-`Refusal` with its code; the CLI and the console show it."""
+`Refusal` with its code; the CLI and the console show it.
+
+Every such action is recorded in the audit trail (`AuditTrail`): the store's audit_events and
+a line of the "scepd.audit" log, with the `Actor` the caller names (the CLI's OS user, the
+API's token, the console's account)."""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import getpass
+import hashlib
+import logging
+import os
+import socket
+import sys
+from dataclasses import dataclass
 
 from cryptography import x509
 
@@ -18,27 +29,105 @@ from scepd.protocol.csr import parse_csr
 from scepd.protocol.errors import ErrorCode, Refusal
 from scepd.service.authorities import Authorities
 from scepd.service.issuance import Issuance
-from scepd.store import CertificateRecord, Store, TransactionRecord
+from scepd.registry.rp import TOKEN_ID_DIGITS
+from scepd.store import AuditRecord, CertificateRecord, Store, TransactionRecord
 from scepd.store.states import CertificateState, TransactionState
+
+audit_log = logging.getLogger("scepd.audit")
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who does an administrative action: `kind` cli, api, console, intune or internal;
+    `name` the OS user, the API token's ID (as `scepd registry token list` shows it), the
+    console's account; `address` the terminal and host, or the peer's IP."""
+
+    kind: str
+    name: str
+    address: str = ""
+
+    @classmethod
+    def cli(cls) -> "Actor":
+        """The person at this command line: the OS user (and who they were before sudo)."""
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError):  # no name for this uid (a container's)
+            user = f"uid {os.getuid()}"
+        if os.environ.get("SUDO_USER") and os.environ["SUDO_USER"] != user:
+            user = f"{user} (sudo by {os.environ['SUDO_USER']})"
+        try:
+            tty = os.ttyname(sys.stdin.fileno()) if sys.stdin and sys.stdin.isatty() else "no tty"
+        except (OSError, ValueError):
+            tty = "no tty"
+        return cls("cli", user, f"{tty} on {socket.gethostname()}")
+
+    @classmethod
+    def api(cls, authorization: str | None, peer: str | None) -> "Actor":
+        """An API caller, by the ID of the bearer token it presented (never the token)."""
+        scheme, _, token = (authorization or "").partition(" ")
+        token = token.strip() if scheme.lower() == "bearer" else ""
+        name = f"token {hashlib.sha256(token.encode()).hexdigest()[:TOKEN_ID_DIGITS]}" if token else "no token"
+        return cls("api", name, peer or "")
+
+
+INTERNAL = Actor("internal", "scepd")
+
+
+class AuditTrail:
+    """Records administrative actions in the store and in the "scepd.audit" log. A record the
+    store cannot take (the database unavailable, not yet upgraded) is still logged, with why
+    it was not stored: the action itself has happened and is not undone."""
+
+    def __init__(self, store: Store, clock: Clock) -> None:
+        self.store = store
+        self.clock = clock
+
+    def record(self, actor: Actor, action: str, target: str, result: Refusal | str | None = None,
+               detail: str | None = None) -> AuditRecord:
+        """`result`: None for done, a Refusal (its code is recorded) or a code's text."""
+        outcome = "ok" if result is None else result.code.value if isinstance(result, Refusal) else str(result)
+        event = AuditRecord(at=self.clock.now(), actor_kind=actor.kind, actor=actor.name, address=actor.address,
+                            action=action, target=str(target), result=outcome, detail=detail)
+        fields = dataclasses.asdict(event)
+        fields.pop("at")
+        try:
+            self.store.add_audit_event(event)
+        except Exception as exc:  # noqa: BLE001 - the log line below still records the action
+            fields["stored"] = f"no: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        audit_log.log(logging.INFO if outcome == "ok" else logging.WARNING, "audit %s %s: %s", action, target,
+                      outcome, extra={"fields": fields})
+        return event
 
 
 class Administration:
+    """Each action takes the `actor` it is done by and records itself in `audit`."""
+
     def __init__(self, *, store: Store, templates: dict[str, Template], authorities: Authorities,
-                 issuance: Issuance, crls: CrlPublisher, clock: Clock) -> None:
+                 issuance: Issuance, crls: CrlPublisher, clock: Clock, audit: AuditTrail | None = None) -> None:
         self.store = store
         self.templates = templates
         self.authorities = authorities
         self.issuance = issuance
         self.crls = crls
         self.clock = clock
+        self.audit = audit or AuditTrail(store, clock)
 
-    def new_one_time_password(self, validity: dt.timedelta) -> tuple[str, dt.datetime]:
+    def new_one_time_password(self, validity: dt.timedelta, actor: Actor = INTERNAL) -> tuple[str, dt.datetime]:
         """A fresh single-use challenge password (`scepd otp new`, NDES's mscep_admin page);
-        only its digest is stored."""
-        return new_one_time_password(self.store, validity)
+        only its digest is stored (and the audit trail has its expiry, not the password)."""
+        password, expires = new_one_time_password(self.store, validity)
+        self.audit.record(actor, "otp.new", f"expires {expires:%Y-%m-%dT%H:%M:%SZ}")
+        return password, expires
 
-    def approve(self, transaction_id: str) -> x509.Certificate | Refusal:
+    def approve(self, transaction_id: str, actor: Actor = INTERNAL) -> x509.Certificate | Refusal:
         """Issue the certificate of a pending request (`scepd requests approve`)."""
+        result = self._approve(transaction_id)
+        refused = result if isinstance(result, Refusal) else None
+        self.audit.record(actor, "request.approve", transaction_id, refused,
+                          None if refused else f"serial {result.serial_number:x}")
+        return result
+
+    def _approve(self, transaction_id: str) -> x509.Certificate | Refusal:
         record = self._pending(transaction_id)
         if isinstance(record, Refusal):
             return record
@@ -57,7 +146,12 @@ class Administration:
                 self.issuance.publish_crl_after_renewal(old)
         return cert
 
-    def deny(self, transaction_id: str, reason: str) -> Refusal | None:
+    def deny(self, transaction_id: str, reason: str, actor: Actor = INTERNAL) -> Refusal | None:
+        refusal = self._deny(transaction_id, reason)
+        self.audit.record(actor, "request.deny", transaction_id, refusal, f"reason: {reason}"[:500])
+        return refusal
+
+    def _deny(self, transaction_id: str, reason: str) -> Refusal | None:
         refusal = self._pending(transaction_id)
         if isinstance(refusal, Refusal):
             return refusal
@@ -74,7 +168,15 @@ class Administration:
             return Refusal(ErrorCode.REQUEST_NOT_PENDING, f"request {transaction_id} is {record.status}, not pending")
         return record
 
-    def revoke(self, serial: str, reason: str, with_renewals: bool = False) -> tuple[CertificateRecord, ...] | Refusal:
+    def revoke(self, serial: str, reason: str, with_renewals: bool = False,
+               actor: Actor = INTERNAL) -> tuple[CertificateRecord, ...] | Refusal:
+        result = self._revoke(serial, reason, with_renewals)
+        refused = result if isinstance(result, Refusal) else None
+        detail = f"reason {reason}" + ("" if refused else f"; revoked {', '.join(r.serial for r in result)}")
+        self.audit.record(actor, "certificate.revoke", serial, refused, detail[:1000])
+        return result
+
+    def _revoke(self, serial: str, reason: str, with_renewals: bool = False) -> tuple[CertificateRecord, ...] | Refusal:
         """Revoke a certificate and, `with_renewals`, every certificate renewed from it and from
         those (`scepd certs revoke`), in one database transaction; then sign the CRL of each CA
         concerned once. Returns what was revoked, as now recorded: the certificate, then its

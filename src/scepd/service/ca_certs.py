@@ -15,11 +15,12 @@ from scepd.service.outcome import CA_CERT, CA_RA_CERT
 class CaCertificates:
     def __init__(self, *, offered: list[x509.Certificate], ca: x509.Certificate, ra: KeyPair,
                  overlapping: bool, next_certificates: list[x509.Certificate]) -> None:
-        """`offered`: what GetCACert sends (RA, issuing CA, CAs in their overlap);
-        `overlapping`: earlier CAs are still offered, so even a CA that is its own RA answers
-        with certs-only; `next_certificates`: the next RA and CA during a rollover."""
+        """`offered`: what GetCACert sends (RA, issuing CA and the chain above it up to the
+        root, CAs in their overlap); `overlapping`: earlier CAs are still offered;
+        `next_certificates`: the next RA and CA (and its chain) during a rollover. Anything
+        beyond one CA that is its own RA answers with certs-only."""
         self.ca_caps = format_caps(SERVER_CAPABILITIES + (("GetNextCACert",) if next_certificates else ()))
-        if ra.certificate == ca and not overlapping:
+        if ra.certificate == ca and not overlapping and offered == [ca]:
             self.ca_certs = (CA_CERT, ca.public_bytes(Encoding.DER))  # no RA
         else:
             self.ca_certs = (CA_RA_CERT, signed.build_certs_only(offered))

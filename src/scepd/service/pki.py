@@ -11,7 +11,7 @@ from cryptography import x509
 from scepd.ca.crl import CrlPublisher
 from scepd.clock import Clock
 from scepd.protocol import MessageType
-from scepd.protocol.errors import ErrorCode, Refusal
+from scepd.protocol.errors import ErrorCode, KeyUnavailable, Refusal
 from scepd.protocol.message import Exchange, build_cert_rep
 from scepd.protocol.requests import (
     CertPoll,
@@ -82,7 +82,14 @@ class ScepService:
         outcome = self._decide(opened, client, details)
         if outcome.refusal and exchange.message_type in _ENROLLMENTS:
             self._notify_failure(exchange, outcome.refusal, details)
-        body = self._cert_rep(exchange, outcome)
+        try:
+            body = self._cert_rep(exchange, outcome)
+        except KeyUnavailable as exc:
+            # The RA's token gone: no CertRep can be signed, so the code goes out as HTTP 503.
+            refusal = Refusal(ErrorCode.KEY_UNAVAILABLE, exc.reason)
+            return OperationResult(refusal.http_status, "text/plain; charset=utf-8", refusal.http_text.encode(),
+                                   transaction_id=exchange.transaction_id, message_type=exchange.message_type.name,
+                                   refusal=refusal)
         return OperationResult(
             200, PKI_MESSAGE, body, transaction_id=exchange.transaction_id, message_type=exchange.message_type.name,
             status=outcome.reply.status.name, refusal=outcome.refusal, serial=outcome.serial, details=details,
@@ -111,6 +118,8 @@ class ScepService:
             # Expected and transient (locked past busy_timeout, disk full): a named refusal,
             # logged once by the request's own line, with no traceback.
             return Outcome.refuse(ErrorCode.STORE_UNAVAILABLE, exc.reason)
+        except KeyUnavailable as exc:  # the CA's token gone: expected too, and named
+            return Outcome.refuse(ErrorCode.KEY_UNAVAILABLE, exc.reason)
         except Exception:
             log.exception("bug while answering transaction %s", exchange.transaction_id)
             return Outcome.refuse(ErrorCode.INTERNAL_ERROR, "the server failed to process the request")
@@ -120,6 +129,8 @@ class ScepService:
         try:
             return build_cert_rep(exchange, outcome.reply, signer_certificate=ra.certificate, signer_key=ra.key,
                                   now=self.clock.now())
+        except KeyUnavailable:
+            raise  # a FAILURE would need the same key
         except Exception:
             # Not expected for an opened request; if it happens the client still gets a signed
             # FAILURE (it carries no envelope to go wrong).

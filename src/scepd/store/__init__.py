@@ -7,11 +7,13 @@ issuance is committed together with its transaction record before a reply is sen
 changes that can race (a password used, a request decided, a certificate revoked) are
 conditional UPDATEs, atomic across server processes, that move only along the transitions
 of `scepd.store.states`. Rows leave as frozen records.
-- store: the Store (schema, units of work, reads, the delivery queue)
+- store: the Store (schema, units of work, reads, the delivery queue, the audit trail)
+- accounts: the console's administrator accounts and sessions
 - unit_of_work: the writes of one transaction
 - records, states: what rows leave as, and the states they carry
 - tables, models, engine, errors: statements, schema, engine set-up, StoreUnavailable
-May import: SQLAlchemy, Alembic, scepd.clock and the standard library only (it stores DER
+May import: SQLAlchemy, Alembic, scepd.clock, scepd.metrics (outages counted where they are
+raised) and the standard library only (it stores DER
 bytes, not key objects); a data migration that rewrites stored DER may use scepd.protocol
 (0002 strips challenge passwords from stored requests with the same function that strips
 new ones).
@@ -23,6 +25,7 @@ from scepd.store.errors import (
     StoreUnavailable,  # the database cannot do its part now (locked, full, unreachable)
 )
 from scepd.store.records import (
+    AuditRecord,
     CertificateRecord,
     CrlRecord,
     OtpOutcome,
@@ -34,6 +37,7 @@ from scepd.store.store import Store
 from scepd.store.unit_of_work import UnitOfWork
 
 __all__ = [
+    "AuditRecord",
     "CertificateRecord",
     "CertificateState",
     "CrlRecord",

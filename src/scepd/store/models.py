@@ -178,3 +178,50 @@ class Lease(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     holder: Mapped[str] = mapped_column(String(128))
     until: Mapped[dt.datetime]
+
+
+class AuditEvent(Base):
+    """One administrative action (approve, revoke, an OTP or a challenge issued, keys rolled
+    over): who (`actor_kind`: cli, api, console; `actor`: the OS user, the API token's ID, the
+    console's account), from where (`address`: tty and host, or the peer's IP), what
+    (`action` and its `target`), and the result ("ok" or an ErrorCode's value)."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    at: Mapped[dt.datetime] = mapped_column(index=True)
+    actor_kind: Mapped[str] = mapped_column(String(16))
+    actor: Mapped[str] = mapped_column(String(128))
+    address: Mapped[str] = mapped_column(String(256))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(1024))
+    result: Mapped[str] = mapped_column(String(64))
+    detail: Mapped[str | None] = mapped_column(Text)
+
+
+class AdminAccount(Base):
+    """An operator of the console (`scepd admin add`): an Argon2id hash, never the password;
+    failed sign-ins counted per account until it is locked for a while."""
+
+    __tablename__ = "admin_accounts"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(16))  # viewer | operator
+    failed_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[dt.datetime | None]
+    created_at: Mapped[dt.datetime]
+
+
+class AdminSession(Base):
+    """A signed-in console session, found by the SHA-256 of its cookie: a copy of the table
+    signs nobody in."""
+
+    __tablename__ = "admin_sessions"
+
+    id_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    account: Mapped[str] = mapped_column(ForeignKey("admin_accounts.name", ondelete="CASCADE"), index=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    address: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime]
+    last_seen: Mapped[dt.datetime]

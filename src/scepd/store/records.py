@@ -79,6 +79,20 @@ class CrlRecord:
     der: bytes
 
 
+@dataclass(frozen=True)
+class AuditRecord:
+    """One administrative action as recorded (see models.AuditEvent)."""
+
+    at: dt.datetime
+    actor_kind: str
+    actor: str
+    address: str
+    action: str
+    target: str
+    result: str
+    detail: str | None = None
+
+
 def from_row(cls, row, **given):
     """A frozen record from a result row: the fields of the same names, and `given`."""
     return cls(**{f.name: getattr(row, f.name) for f in dataclasses.fields(cls) if f.name not in given}, **given)

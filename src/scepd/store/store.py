@@ -8,6 +8,7 @@ schema (and Alembic's migrations), the statements are Core (`scepd.store.tables`
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 from collections.abc import Iterator
@@ -21,12 +22,14 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import Connection
 
+from scepd import metrics
 from scepd.clock import SYSTEM_CLOCK, Clock
 from scepd.store import tables as t
 from scepd.store.engine import open_engine, serialise, sqlite_file
 from scepd.store.errors import StoreUnavailable, unavailable_reason
 from scepd.store.records import (
     CERTIFICATE_FIELDS,
+    AuditRecord,
     CertificateRecord,
     CrlRecord,
     PendingDelivery,
@@ -68,6 +71,7 @@ class Store:
             reason = unavailable_reason(exc)
             if reason is None:
                 raise
+            metrics.STORE_UNAVAILABLE.inc()
             raise StoreUnavailable(f"{reason}, busy_timeout {self.busy_timeout:g} s") from exc
 
     @contextlib.contextmanager
@@ -231,6 +235,32 @@ class Store:
                 values["next_attempt_at"] = now + retry_in
         with self._begin() as connection:
             connection.execute(update(t.DELIVERIES).where(t.DELIVERIES.c.id == delivery_id).values(**values))
+
+    def delivery_backlog(self) -> tuple[int, dt.datetime | None]:
+        """Deliveries still owed (neither delivered nor given up), and when the oldest of
+        them was first due: what a scrape reports of the queue."""
+        d = t.DELIVERIES.c
+        query = select(func.count(), func.min(d.next_attempt_at)).where(d.delivered_at.is_(None), d.gave_up.is_(False))
+        count, oldest = self._rows(query)[0]
+        if oldest is not None and oldest.tzinfo is None:  # an aggregate skips the column's type
+            oldest = oldest.replace(tzinfo=dt.timezone.utc)
+        return count, oldest
+
+    # --- the audit trail ------------------------------------------------------------------
+
+    def add_audit_event(self, event: AuditRecord) -> None:
+        values = dataclasses.asdict(event)
+        values["target"] = values["target"][:1024]
+        with self._begin() as connection:
+            connection.execute(insert(t.AUDIT_EVENTS), values)
+
+    def audit_events(self, since: dt.datetime | None = None, limit: int = 1000) -> list[AuditRecord]:
+        """Administrative actions, oldest first; the newest `limit` of those `since`."""
+        e = t.AUDIT_EVENTS.c
+        query = select(t.AUDIT_EVENTS).order_by(e.id.desc()).limit(limit)
+        if since is not None:
+            query = query.where(e.at >= since)
+        return [from_row(AuditRecord, row) for row in reversed(self._rows(query))]
 
     def delivery_states(self) -> list[dict]:
         return [

@@ -13,6 +13,7 @@ import datetime as dt
 from sqlalchemy import bindparam, insert, select
 
 from scepd.store.models import (
+    AuditEvent,
     Delivery,
     IssuedCertificate,
     Lease,
@@ -32,6 +33,7 @@ USED_CHALLENGES = UsedChallenge.__table__
 NOTIFICATIONS = Notification.__table__
 DELIVERIES = Delivery.__table__
 LEASES = Lease.__table__
+AUDIT_EVENTS = AuditEvent.__table__
 
 # Constructing a statement and computing its cache key cost SQLAlchemy more than SQLite takes
 # to run it (the lookup: 0.17 ms built per call, 0.05 ms prebuilt).
