@@ -220,10 +220,24 @@ def _digest_algorithms(digest_algorithm: str) -> tuple[cms.DigestAlgorithm, cms.
 _FIXED_ATTRIBUTES = {"content_type", "scep_message_type", "scep_pki_status", "scep_fail_info"}
 
 
+@functools.lru_cache(maxsize=64)
+def _attribute_parts(name: str) -> tuple[bytes, type]:
+    """The encoded attrType of attribute `name` and the class of its values (asn1crypto's
+    own spec, SCEP's registered in types.py)."""
+    return cms.CMSAttributeType(name).dump(), cms.CMSAttribute._oid_specs[name]._child_spec
+
+
 def _attribute(name: str, value) -> cms.CMSAttribute:
+    """One signed attribute. A per-message value (nonces, transactionID, digest, time) is
+    encoded alone by its asn1crypto class and the Attribute put around it from the parts'
+    encodings: an asn1crypto Attribute built from Python values costs 42 us, this 3 us (five
+    per reply)."""
     if name in _FIXED_ATTRIBUTES:
         return _fixed_attribute(name, value)
-    return ber.frozen(cms.CMSAttribute({"type": name, "values": [value]}))
+    type_der, value_class = _attribute_parts(name)
+    value_der = (value if isinstance(value, core.Asn1Value) else value_class(value)).dump()
+    # Attribute ::= SEQUENCE { attrType, attrValues SET OF } (RFC 5652 5.3), one value.
+    return cms.CMSAttribute.load(asn1_parser.emit(0, 1, 16, type_der + asn1_parser.emit(0, 1, 17, value_der)))
 
 
 def build_signed_data(
