@@ -32,7 +32,7 @@ bench: bootstrap
 # The workers x concurrency sweep, written to docs/performance.md with a plot.
 bench-report: bootstrap
 	$(VENV)/bin/python -m pip install -q --disable-pip-version-check -e '.[bench]'
-	$(VENV)/bin/python bench/report.py
+	$(VENV)/bin/python bench/report.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -1,6 +1,9 @@
 """Run the benchmark over workers x concurrency and write docs/performance.md with a plot.
 
     python bench/report.py [--duration 8]   (make bench-report)
+    python bench/report.py --against http://127.0.0.1:9001/scep --against-challenge secret
+        (make bench-report ARGS="--against URL ..."): the same requests against another SCEP
+        server at each client count, beside scepd's one worker, in the same run
     python bench/report.py --results saved.jsonl   (the same report from a run's printed lines)
 """
 
@@ -21,12 +24,12 @@ DOC = ROOT / "docs" / "performance.md"
 PLOT = ROOT / "docs" / "performance.png"
 
 
-def run(workers: int, concurrency: int, duration: float, threads: int = 0) -> dict:
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "scepbench.py"), "--workers", str(workers), "--concurrency", str(concurrency),
-         "--duration", str(duration), "--threads", str(threads), "--json-only"],
-        capture_output=True, text=True, check=False,
-    )
+def run(workers: int, concurrency: int, duration: float, threads: int = 0, url: str = "", challenge: str = "") -> dict:
+    command = [sys.executable, str(ROOT / "bench" / "scepbench.py"), "--workers", str(workers), "--concurrency",
+               str(concurrency), "--duration", str(duration), "--threads", str(threads), "--json-only"]
+    if url:  # another server: the same load generator and requests, its URL and challenge
+        command += ["--url", url] + (["--challenge", challenge] if challenge else [])
+    out = subprocess.run(command, capture_output=True, text=True, check=False)
     line = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else "{}"
     return json.loads(line)
 
@@ -64,18 +67,38 @@ def plot(results: list[dict], bound: float) -> None:
     fig.savefig(PLOT, dpi=110)
 
 
+def against_table(results: list[dict], others: list[dict]) -> str:
+    """scepd's one worker beside the other server, client count by client count."""
+    if not others:
+        return ""
+    ours = {r["concurrency"]: r for r in results if r["workers"] == 1}
+    rows = "\n".join(
+        f"| {o['concurrency']} | {ours[o['concurrency']]['enrollments_per_s'] if o['concurrency'] in ours else '-'} "
+        f"| {o['enrollments_per_s']} | {o['errors']} | "
+        + (f"{ours[o['concurrency']]['enrollments_per_s'] / o['enrollments_per_s']:.2f}" if o['concurrency'] in ours
+           and o['enrollments_per_s'] else "-") + " |"
+        for o in sorted(others, key=lambda o: o["concurrency"]))
+    return (f"\nAgainst {others[0]['against']} (the same load generator and requests, one run):\n\n"
+            "| clients | scepd, 1 worker, enrollments/s | other, enrollments/s | other's errors | scepd / other |\n"
+            f"|---|---|---|---|---|\n{rows}\n")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--workers", default="1,2")
-    parser.add_argument("--concurrency", default="1,4,16")
+    parser.add_argument("--concurrency", default="1,2,4,8,16")
+    parser.add_argument("--against", default="", help="another SCEP server's URL, measured at each client count")
+    parser.add_argument("--against-challenge", default="", help="its challenge password")
     parser.add_argument("--results", type=Path,
                         help="write the report from the JSON lines a previous run printed, without measuring")
     args = parser.parse_args()
+    saved_other: list[dict] = []
     if args.results:
         saved = [json.loads(line) for line in args.results.read_text().splitlines() if line.startswith("{")]
-        results = [r for r in saved if r.get("threads") == "auto"]
-        scaling = [r for r in saved if r.get("threads") == 1]
+        saved_other = [r for r in saved if r.get("against")]
+        results = [r for r in saved if r.get("threads") == "auto" and not r.get("against")]
+        scaling = [r for r in saved if r.get("threads") == 1 and not r.get("against")]
     else:
         results = []
         for workers in (int(w) for w in args.workers.split(",")):
@@ -89,6 +112,11 @@ def main() -> int:
         scaling = [run(workers, 8, args.duration, threads=1) for workers in (1, 2)]
         for result in scaling:
             print(json.dumps(result), flush=True)
+        for concurrency in (int(c) for c in args.concurrency.split(",")) if args.against else ():
+            other = run(1, concurrency, args.duration, url=args.against, challenge=args.against_challenge)
+            other["against"] = args.against
+            print(json.dumps(other), flush=True)
+            saved_other.append(other)
     # The bound is measured again in every run and this machine's speed drifts: the median.
     bound = statistics.median(r["crypto_bound"]["enrollments_per_s_per_core"] for r in results)
     ops = sorted(r["crypto_bound"]["rsa2048_private_ops_per_s"] for r in results)
@@ -122,6 +150,7 @@ Best single worker: {one['enrollments_per_s']}/s ({one['ratio_to_bound']} of its
 """ + (f"Best with two workers: {two['enrollments_per_s']}/s ({two['enrollments_per_s'] / one['enrollments_per_s']:.2f} x one worker).\n" if two else "")
         + f"Process scaling, one enrollment thread per worker, 8 clients: {scaling[0]['enrollments_per_s']}/s with one worker, "
         f"{scaling[1]['enrollments_per_s']}/s with two ({scaling[1]['enrollments_per_s'] / scaling[0]['enrollments_per_s']:.2f} x).\n"
+        + against_table(results, saved_other)
         + f"\n{marker}{notes}")
     print(f"wrote {DOC} and {PLOT}", file=sys.stderr)
     return 0
