@@ -6,8 +6,9 @@ listed by `scepd audit --json`."""
 from __future__ import annotations
 
 import datetime as dt
-import getpass
 import json
+import os
+import pwd
 import time
 
 import httpx
@@ -20,11 +21,11 @@ from cryptography.x509.oid import NameOID
 from scepd.client import ScepClient
 from scepd.clock import FixedClock
 from scepd.protocol import PkiStatus
-from scepd.protocol.errors import ErrorCode, Refusal
+from scepd.protocol.errors import ErrorCode, KeyUnavailable, Refusal
 from scepd.registry.config import update_config_file
 from scepd.registry.instance import create_instance
-from scepd.service.admin import Actor, AuditTrail
-from scepd.store import Store
+from scepd.service.admin import Actor, Administration, AuditTrail
+from scepd.store import Store, StoreUnavailable
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +75,7 @@ def test_cli_approve_and_revoke_are_recorded_with_the_os_user(srv, audited_dir):
     assert [(e["action"], e["result"]) for e in events] == [
         ("request.approve", "ok"), ("request.approve", "RequestNotPending"), ("certificate.revoke", "ok")]
     for event in events:
-        assert event["actor_kind"] == "cli" and event["actor"].startswith(getpass.getuser())
+        assert event["actor_kind"] == "cli" and event["actor"].startswith(pwd.getpwuid(os.geteuid()).pw_name)
         assert " on " in event["address"]  # the terminal (or "no tty") and the host
     assert events[0]["detail"] == f"serial {serial}"
     assert "keyCompromise" in events[2]["detail"]
@@ -135,3 +136,53 @@ def test_the_api_actor_names_the_token_by_its_id_only():
     assert actor.kind == "api" and actor.address == "198.51.100.4"
     assert actor.name.startswith("token ") and "s3cret" not in actor.name and len(actor.name) == len("token ") + 12
     assert Actor.api(None, None).name == "no token"
+
+
+def test_the_cli_actor_is_the_effective_user_whatever_the_environment_says(monkeypatch):
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    for variable in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        monkeypatch.setenv(variable, "mallory")
+    monkeypatch.setenv("SUDO_USER", "mallory")
+    monkeypatch.delenv("SUDO_UID", raising=False)
+    assert Actor.cli().name == me  # SUDO_USER without SUDO_UID: not sudo's
+    monkeypatch.setenv("SUDO_UID", "1000")
+    monkeypatch.setattr(os, "geteuid", lambda: 4242)  # an ordinary user who set SUDO_* themselves
+    monkeypatch.setattr(pwd, "getpwuid", lambda uid: pwd.struct_passwd(("carol", "x", uid, uid, "", "/", "/bin/sh")))
+    assert Actor.cli().name == "carol"
+    monkeypatch.setattr(os, "geteuid", lambda: 0)  # root, as sudo leaves it
+    monkeypatch.setattr(pwd, "getpwuid", lambda uid: pwd.struct_passwd(("root", "x", 0, 0, "", "/", "/bin/sh")))
+    assert Actor.cli().name == "root (sudo by mallory)"
+
+
+class _Trail:
+    def __init__(self) -> None:
+        self.events = []
+
+    def record(self, actor, action, target, result=None, detail=None):
+        self.events.append((action, target, result, detail))
+
+
+@pytest.mark.parametrize("outage, code", [(StoreUnavailable("the database is locked"), "StoreUnavailable"),
+                                          (KeyUnavailable("the CA's token is gone"), "KeyUnavailable")])
+def test_an_action_an_outage_stops_is_recorded_with_the_outages_code(outage, code):
+    trail = _Trail()
+    admin = Administration(store=None, templates={}, authorities=None, issuance=None, crls=None,
+                           clock=FixedClock(dt.datetime.now(dt.UTC)), audit=trail)
+
+    def fail(*_args):
+        raise outage
+
+    admin._approve = admin._deny = admin._revoke = fail
+    for act in (lambda: admin.approve("T1"), lambda: admin.deny("T2", "no"), lambda: admin.revoke("ab", "keyCompromise")):
+        with pytest.raises(type(outage)):
+            act()
+    assert trail.events == [("request.approve", "T1", code, None), ("request.deny", "T2", code, "reason: no"),
+                            ("certificate.revoke", "ab", code, "reason keyCompromise")]
+
+
+def test_audit_on_a_database_not_yet_upgraded_names_the_fix(tmp_path):
+    create_instance(tmp_path, key_spec="rsa:2048", static_challenge=CHALLENGE)
+    for path in tmp_path.glob("scepd.db*"):
+        path.unlink()  # as a database restored from before the audit trail's migration would be
+    listed = run_scepd("audit", "--dir", str(tmp_path))
+    assert listed.returncode == 2 and "scepd db upgrade" in listed.stderr and "Traceback" not in listed.stderr

@@ -387,6 +387,21 @@ def test_a_connection_that_does_not_finish_its_headers_is_closed(hardened, sent)
         assert any("no complete request header" in line for line in server.log_lines())
 
 
+@pytest.mark.parametrize("path", ["/scep?operation=PKIOperation", "/api/v1/challenges"])
+def test_a_body_that_stalls_after_the_headers_is_refused_in_time(hardened, path):
+    """Headers in time, then ten bytes of a declared thousand and nothing more: the header
+    timeout (1 s here) holds for the body too, answered RequestTimeout (408) and closed."""
+    d, server, auth = hardened
+    with socket.create_connection(("127.0.0.1", server.port)) as s:
+        s.sendall(f"POST {path} HTTP/1.1\r\nHost: t\r\nAuthorization: {auth['Authorization']}\r\n"
+                  "Content-Type: application/octet-stream\r\nContent-Length: 1000\r\n\r\n0123456789".encode())
+        started = time.monotonic()
+        data, closed = read_until_closed(s, 8)
+    assert data.startswith(b"HTTP/1.1 408 "), data
+    assert b"RequestTimeout" in data and closed
+    assert time.monotonic() - started < 4
+
+
 def test_keep_alive_still_serves_clients_that_send_their_headers(hardened):
     d, server, auth = hardened
     with httpx.Client() as client:

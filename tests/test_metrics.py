@@ -5,8 +5,15 @@ bearer token of [server] metrics_token_sha256 refused and accepted."""
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import hashlib
 import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -14,6 +21,7 @@ from conftest import CHALLENGE, RunningServer
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
+from prometheus_client import CollectorRegistry, generate_latest, multiprocess
 from prometheus_client.parser import text_string_to_metric_families
 
 from scepd.client import ScepClient
@@ -96,6 +104,32 @@ def test_a_scrape_counts_a_known_number_of_enrollments(fresh_instance):
         server.stop()
 
 
+def _counted_by_each_worker(directory: Path) -> dict[str, float]:
+    """GetCACaps answered, per worker (by the pid in its counter file's name)."""
+    counts = {}
+    for path in directory.glob("counter_*.db"):
+        alone = directory.parent / f"one-worker-{path.stem}"
+        alone.mkdir(exist_ok=True)
+        shutil.copy(path, alone / path.name)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=str(alone))
+        counts[path.stem.split("_")[-1]] = _value(_samples(generate_latest(registry).decode()), "scepd_scep_requests_total",
+                                                  operation="GetCACaps", result="success", code="")
+    return counts
+
+
+def _caps_by_pid(server: RunningServer, directory: Path) -> dict[str, float]:
+    """Ask GetCACaps, a few at once on connections of their own, until both workers have answered some."""
+    url = f"http://127.0.0.1:{server.port}/scep?operation=GetCACaps"
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        for _ in range(25):
+            assert all(r.status_code == 200 for r in pool.map(lambda _: httpx.get(url, timeout=10), range(16)))
+            counts = _counted_by_each_worker(directory)
+            if len([n for n in counts.values() if n]) >= 2:
+                return counts
+    return counts
+
+
 def test_counters_are_summed_across_two_workers(fresh_instance):
     server = RunningServer(fresh_instance, env={"SCEPD_SERVER_WORKERS": "2"})
     try:
@@ -103,8 +137,12 @@ def test_counters_are_summed_across_two_workers(fresh_instance):
         # Each scrape lands on either worker; each answers with the sum of both.
         for _ in range(4):
             _check_counts(_samples(_scrape(server).text))
-        written = {p.name.split("_")[-1] for p in (fresh_instance / "metrics.d").glob("counter_*.db")}
-        assert len(written) >= 2, "both workers count into the shared directory"
+        # Each worker's file exists from its start: what proves both count is a count in each.
+        by_pid = _caps_by_pid(server, fresh_instance / "metrics.d")
+        assert len([n for n in by_pid.values() if n]) == 2, by_pid
+        summed = _value(_samples(_scrape(server).text), "scepd_scep_requests_total", operation="GetCACaps",
+                        result="success", code="")
+        assert summed == sum(by_pid.values())  # the scrape is the sum of both
     finally:
         server.stop()
     # The next start begins from zero: the directory is cleared, not summed into.
@@ -156,3 +194,43 @@ def test_the_workers_directory_is_emptied_and_the_environment_restored(tmp_path,
     with metrics_for_workers(tmp_path) as directory:
         assert os.environ[metrics.MULTIPROCESS_ENV] == str(directory) and not any(directory.iterdir())
     assert metrics.MULTIPROCESS_ENV not in os.environ  # a caller in the same process is not left in it
+
+
+def test_the_metrics_listener_closes_stalled_connections_and_caps_them():
+    from scepd.server.metrics import MetricsListener
+
+    class Endpoint:
+        def answer(self, authorization):
+            return 200, {"Content-Type": "text/plain"}, b"scepd_up 1\n"
+
+    listener = MetricsListener(Endpoint(), "127.0.0.1", 0, timeout=1.0, connections=2)
+    listener.start()
+    address = ("127.0.0.1", listener.port)
+    try:
+        idle = socket.create_connection(address)
+        slow = socket.create_connection(address)  # slowloris: a byte now and then, never a whole request
+
+        def dribble():
+            with contextlib.suppress(OSError):
+                for _ in range(20):
+                    slow.send(b"G")
+                    time.sleep(0.2)
+
+        threading.Thread(target=dribble, daemon=True).start()
+        time.sleep(0.3)
+        extra = socket.create_connection(address)  # over the cap: closed unanswered
+        extra.settimeout(2)
+        assert extra.recv(100) == b""
+        started = time.monotonic()
+        for stalled in (idle, slow):
+            stalled.settimeout(5)
+            with contextlib.suppress(ConnectionResetError):
+                while stalled.recv(100):
+                    pass
+        assert time.monotonic() - started < 2.5  # within the timeout, for all the bytes dribbled in
+        answer = httpx.get(f"http://127.0.0.1:{listener.port}/metrics", timeout=5)  # and served again
+        assert answer.status_code == 200 and answer.text == "scepd_up 1\n"
+    finally:
+        listener.stop()
+        for sock in (idle, slow, extra):
+            sock.close()

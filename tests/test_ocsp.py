@@ -27,6 +27,7 @@ from scepd.ca.ocsp_signer import CaSigns, DelegatedSigners
 from scepd.client import ScepClient
 from scepd.clock import FixedClock
 from scepd.protocol import PkiStatus
+from scepd.protocol.errors import KeyUnavailable
 from scepd.registry.config import update_config_file
 from scepd.registry.instance import Instance, create_instance
 from scepd.store import Store
@@ -187,12 +188,38 @@ def _multi_request(directory: Path, tmp_path: Path) -> bytes:
     return out.read_bytes()
 
 
+def _altered(request: bytes, change) -> bytes:
+    """`request` re-encoded by asn1crypto after `change(its OCSPRequest)`: what cryptography's
+    builder refuses to make."""
+    from asn1crypto import ocsp as asn1_ocsp
+
+    parsed = asn1_ocsp.OCSPRequest.load(request)
+    change(parsed)
+    return parsed.dump(force=True)
+
+
+def _two_nonces(parsed) -> None:
+    from asn1crypto import ocsp as asn1_ocsp
+
+    first = parsed["tbs_request"]["request_extensions"][0].native
+    parsed["tbs_request"]["request_extensions"] = asn1_ocsp.TBSRequestExtensions(
+        [first, {**first, "extn_value": b"another nonce"}])
+
+
+def _negative_serial(parsed) -> None:
+    parsed["tbs_request"]["request_list"][0]["req_cert"]["serial_number"] = -5
+
+
 def test_what_cannot_be_read_is_malformed_never_a_500(ocsp_server, ocsp_dir, tmp_path):
     cert, _ = enroll(ocsp_server, ocsp_dir, "ocsp-malformed")
     long_nonce = request_for(cert, ca_of(ocsp_dir), nonce=b"n" * 33)  # RFC 8954: at most 32 octets
+    two_nonces = _altered(request_for(cert, ca_of(ocsp_dir), nonce=b"n" * 16), _two_nonces)
+    negative = _altered(request_for(cert, ca_of(ocsp_dir)), _negative_serial)
     base = _base(ocsp_server)
     answers = [post(ocsp_server, b"garbage"), post(ocsp_server, b""), post(ocsp_server, b"\x30\x03\x02\x01\x00"),
                post(ocsp_server, long_nonce), post(ocsp_server, _multi_request(ocsp_dir, tmp_path)),
+               post(ocsp_server, two_nonces), post(ocsp_server, negative),
+               httpx.get(f"{base}/ocsp/{base64.b64encode(negative).decode()}"),
                httpx.get(f"{base}/ocsp/not!base64"), httpx.get(f"{base}/ocsp"), httpx.get(f"{base}/ocsp/"),
                httpx.get(f"{base}/ocsp/{base64.b64encode(b'not an OCSP request').decode()}")]
     for response in answers:
@@ -204,6 +231,39 @@ def test_what_cannot_be_read_is_malformed_never_a_500(ocsp_server, ocsp_dir, tmp
     assert oversized.status_code == 413
     assert ocsp.load_der_ocsp_response(oversized.content).response_status is ocsp.OCSPResponseStatus.MALFORMED_REQUEST
     assert ocsp_server.alive()
+    assert not [line for line in ocsp_server.log_lines() if "Traceback" in line or "internalError" in line]
+
+
+def test_scepds_own_certificates_carry_no_ocsp_url_it_would_answer_unknown(ocsp_server, ocsp_dir, tmp_path):
+    """The RA, the registration point's pairs and the `--tls self` certificate are issued
+    outside the store: they carry caIssuers but no OCSP URL. Every certificate that does carry
+    it gets a known status."""
+    import shutil
+    from dataclasses import replace
+
+    from scepd.registry.tls import issue_self
+
+    device, _ = enroll(ocsp_server, ocsp_dir, "ocsp-aia")
+    with ScepClient(ocsp_server.url) as client:
+        ra = client.get_ca_certs().ra
+    rp = Instance.open(ocsp_dir).config.registration_point
+    own = [ra, *(x509.load_pem_x509_certificate((ocsp_dir / f).read_bytes())
+                 for f in (rp.encryption_certificate, rp.signing_certificate))]
+    copy = tmp_path / "copy"
+    shutil.copytree(ocsp_dir, copy, ignore=shutil.ignore_patterns("scepd.db*"))
+    config = Instance.open(copy).config
+    with_tls = Instance(copy, replace(config, server=replace(config.server, tls="self")))
+    ca = build_services(Instance.open(ocsp_dir), Instance.open(ocsp_dir).open_store()).admin.authorities.ca
+    own.append(issue_self(with_tls, ca))
+    for cert in (*own, device):
+        aia = {d.access_method for d in cert.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value}
+        assert x509.oid.AuthorityInformationAccessOID.CA_ISSUERS in aia, cert.subject
+        if x509.oid.AuthorityInformationAccessOID.OCSP not in aia:
+            assert cert in own
+            continue
+        answer = ocsp.load_der_ocsp_response(post(ocsp_server, request_for(cert, ca_of(ocsp_dir))).content)
+        assert answer.certificate_status is ocsp.OCSPCertStatus.GOOD, cert.subject
+    assert device not in own
 
 
 # --- the responder in-process: signatures counted, signers renewed ------------------------
@@ -343,3 +403,87 @@ def _name_hash(cert: x509.Certificate) -> bytes:
 
 def _key_hash(cert: x509.Certificate) -> bytes:
     return x509.SubjectKeyIdentifier.from_public_key(cert.public_key()).digest  # SHA-1 of the key's bits
+
+
+def _nonce_request(ca: CertificateAuthority, serial: int = 0x77) -> bytes:
+    return (ocsp.OCSPRequestBuilder()
+            .add_certificate_by_hash(_name_hash(ca.certificate), _key_hash(ca.certificate), serial, hashes.SHA1())
+            .add_extension(x509.OCSPNonce(b"fresh nonce"), critical=False).build().public_bytes(Encoding.DER))
+
+
+def _key_away(*args, **kwargs):
+    raise KeyUnavailable("the token holding object=ca in token scepd does not answer (DeviceRemoved)")
+
+
+def test_a_failed_renewal_keeps_the_valid_signer_and_a_key_away_is_try_later(tmp_path, monkeypatch, caplog):
+    """The CA key (as in a token gone away) cannot sign the renewal: the current signer, valid
+    for days still, goes on answering, said once; with no valid signer the answer is tryLater."""
+    import scepd.ca.ocsp
+    import scepd.ca.ocsp_signer
+
+    clock = FixedClock(dt.datetime(2030, 1, 1, tzinfo=dt.UTC))
+    ca = _authority(clock)
+    store = Store(f"sqlite:///{tmp_path / 'scepd.db'}")
+    store.upgrade()
+    responder = OcspResponder(store, (ca,), DelegatedSigners(tmp_path / "ocsp", clock=clock), clock=clock)
+    first = ocsp.load_der_ocsp_response(responder.respond(_nonce_request(ca)).der).certificates[0]
+    clock.advance(dt.timedelta(days=21))  # renewal due: 9 of 30 days left
+    with monkeypatch.context() as patch, caplog.at_level("WARNING", logger="scepd.ocsp"):
+        patch.setattr(scepd.ca.ocsp_signer, "sign_with", _key_away)
+        for _ in range(3):
+            answer = responder.respond(_nonce_request(ca))
+            assert answer.status == "unknown"
+            assert ocsp.load_der_ocsp_response(answer.der).certificates[0] == first
+        assert len([r for r in caplog.records if "not renewed" in r.getMessage()]) == 1
+        # No signer at all (a fresh process, the token away): tryLater, not internalError.
+        fresh = OcspResponder(store, (ca,), DelegatedSigners(tmp_path / "elsewhere", clock=clock), clock=clock)
+        fresh.prepare()  # start-up goes on
+        assert fresh.respond(_nonce_request(ca)).status == "tryLater"
+    clock.advance(dt.timedelta(minutes=2))  # the token is back: renewed at the next query
+    renewed = ocsp.load_der_ocsp_response(responder.respond(_nonce_request(ca)).der).certificates[0]
+    assert renewed != first and ca.issued(renewed)
+    # signer = "ca" with the CA's key away: tryLater too, for a cacheable request as well,
+    # unless an answer signed before still holds (past its refresh point, before nextUpdate).
+    by_ca = OcspResponder(store, (ca,), CaSigns(), clock=clock)
+    plain, signed_before = (ocsp.OCSPRequestBuilder().add_certificate_by_hash(
+        _name_hash(ca.certificate), _key_hash(ca.certificate), serial, hashes.SHA1()).build().public_bytes(Encoding.DER)
+        for serial in (0x78, 0x79))
+    earlier = by_ca.respond(signed_before)
+    clock.advance(dt.timedelta(minutes=40))
+    monkeypatch.setattr(scepd.ca.ocsp, "sign_with", _key_away)
+    assert by_ca.respond(_nonce_request(ca)).status == by_ca.respond(plain).status == "tryLater"
+    kept = by_ca.respond(signed_before)
+    assert kept.cached and kept.der == earlier.der
+
+
+def _signer_without(ca: CertificateAuthority, *, nocheck: bool, digital_signature: bool) -> KeyPair:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = ca.clock.now()
+    builder = (x509.CertificateBuilder().subject_name(name("hand-made signer")).issuer_name(ca.certificate.subject)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=30))
+               .add_extension(x509.KeyUsage(digital_signature, False, not digital_signature, False, False, False, False,
+                                            False, False), critical=True)
+               .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.OCSP_SIGNING]), critical=False))
+    if nocheck:
+        builder = builder.add_extension(x509.OCSPNoCheck(), critical=False)
+    return KeyPair(builder.sign(ca.pair.key, hashes.SHA256()), key)
+
+
+def test_a_signer_on_disk_without_nocheck_or_digital_signature_is_replaced(tmp_path):
+    from scepd.ca.keys import save_certificate, save_key
+    from scepd.ca.ocsp_signer import signer_problem
+
+    clock = FixedClock(dt.datetime(2030, 1, 1, tzinfo=dt.UTC))
+    ca = _authority(clock)
+    for kwargs, reason in (({"nocheck": False, "digital_signature": True}, "id-pkix-ocsp-nocheck"),
+                           ({"nocheck": True, "digital_signature": False}, "digitalSignature")):
+        signers = DelegatedSigners(tmp_path / reason, clock=clock)
+        signers.directory.mkdir()
+        placed = _signer_without(ca, **kwargs)
+        cert_path, key_path = signers.paths(ca)
+        save_certificate(placed.certificate, cert_path)
+        save_key(placed.key, key_path)
+        assert reason in signer_problem(signers.load(ca), ca, clock.now())
+        used = signers.signer_for(ca).pair
+        assert used.certificate != placed.certificate and signer_problem(used, ca, clock.now()) is None

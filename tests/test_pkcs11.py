@@ -15,7 +15,7 @@ import httpx
 import pytest
 from conftest import CHALLENGE, RunningServer, require_tool, run_scepd
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import NameOID
@@ -186,6 +186,39 @@ def test_crl_signed_by_the_token_verifies(hsm_server, hsm_instance, tmp_path):
     assert verified.returncode == 0 and "verify OK" in verified.stdout + verified.stderr, verified.stderr
 
 
+def keys_on_disk(directory: Path) -> list[Path]:
+    """Every private key file in the whole instance tree, but the `--tls self` web server key
+    (tls/server.key, which docs/pki.md says stays a file)."""
+    files = [p for p in directory.rglob("*") if p.is_file() and p.relative_to(directory) != Path("tls/server.key")]
+    return [p for p in files if p.suffix == ".key" or b"PRIVATE KEY" in p.read_bytes()]
+
+
+def _openssl_ocsp(server: RunningServer, directory: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([require_tool("openssl"), "ocsp", "-issuer", str(directory / "ca.pem"), "-CAfile",
+                           str(directory / "ca.pem"), "-url", f"http://127.0.0.1:{server.port}/ocsp", *args],
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_the_ocsp_signer_key_is_made_in_the_token_and_no_key_is_on_disk(hsm_server, hsm_instance, token):
+    """After `serve` made the delegated OCSP signer: its key is the token's object
+    ocsp-<CA key id>, the responses verify, and the instance tree holds no private key."""
+    done = _openssl_ocsp(hsm_server, hsm_instance, "-serial", "0x1234")
+    assert "Response verify OK" in done.stderr and "0x1234: unknown" in done.stdout, done.stderr
+    ca = x509.load_pem_x509_certificate((hsm_instance / "ca.pem").read_bytes())
+    key_id = ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest.hex()
+    signer = x509.load_pem_x509_certificate((hsm_instance / "ocsp" / f"{key_id}.pem").read_bytes())
+    assert not (hsm_instance / "ocsp" / f"{key_id}.key").exists()
+    assert keys_on_disk(hsm_instance) == []
+    listed = subprocess.run([require_tool("pkcs11-tool"), "--module", MODULE, "--token-label", "scepd", "--login",
+                             "--pin", PIN, "--list-objects", "--type", "privkey", "--label", f"ocsp-{key_id}"],
+                            capture_output=True, text=True, env={**os.environ, **token[1]})
+    assert f"ocsp-{key_id}" in listed.stdout and "never extractable" in listed.stdout, listed.stdout + listed.stderr
+    from scepd.ca.keys import load_key
+
+    in_token = load_key(str(Pkcs11Uri.parse(BASE).with_object(f"ocsp-{key_id}")))
+    assert in_token.public_key() == signer.public_key()
+
+
 def test_doctor_checks_the_token_keys(hsm_instance, token):
     done = run_scepd("doctor", "--dir", str(hsm_instance), env=token[1])
     assert "PASS  ca.key_token" in done.stdout + done.stderr
@@ -264,6 +297,103 @@ def test_token_decrypts_and_refuses_like_cryptography(unit_keys):
     assert unit_keys[1].exchange(ec.ECDH(), peer.public_key()) == peer.exchange(ec.ECDH(), unit_keys[1].public_key())
 
 
+class _CountingToken:
+    """A token whose logins are counted."""
+
+    def __init__(self, token) -> None:
+        self.token, self.logins = token, 0
+        self.label = token.label
+
+    def open(self, **kwargs):
+        self.logins += "user_pin" in kwargs
+        return self.token.open(**kwargs)
+
+
+def test_a_refused_pin_is_not_offered_again_until_it_changes(token, tmp_path, monkeypatch):
+    """An HSM locks the user PIN after a few wrong ones: after one refusal no request logs in
+    again with the same PIN; the named error stays; a corrected PIN file is used at once."""
+    from scepd.ca import pkcs11 as p11
+    from scepd.protocol.errors import KeyUnavailable
+
+    directory, env = token
+    subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", "scepd-pin", "--pin", PIN,
+                    "--so-pin", "so-" + PIN], check=True, capture_output=True, env={**os.environ, **env})
+    (tmp_path / "pin").write_text("wrong\n")
+    uri = Pkcs11Uri.parse(f"pkcs11:token=scepd-pin;object=ca?module-path={MODULE}&pin-source=file:{tmp_path / 'pin'}")
+    conn = p11.connection(uri)
+    conn.reset()  # SoftHSM lists a token made since C_Initialize only after the next one
+    real = p11.Connection._token
+    counted: list[_CountingToken] = []
+    monkeypatch.setattr(p11.Connection, "_token", lambda self: counted[0] if counted else counted.append(
+        _CountingToken(real(self))) or counted[0])
+    generation = conn.module.generation
+    for _ in range(5):
+        with pytest.raises(KeyUnavailable, match="refused the PIN from file:.*not offered again"):
+            conn.run(uri, lambda key: key)
+    assert counted[0].logins == 1
+    assert conn.module.generation == generation  # nor is the module re-initialised for it
+    (tmp_path / "pin").write_text(PIN + "\n")
+    with pytest.raises(KeyUnavailable, match="no private key object"):  # logged in: the object is what is missing
+        conn.run(uri, lambda key: key)
+    assert counted[0].logins == 2
+
+
+def test_reinitialising_a_module_waits_for_a_call_on_another_connection(unit_keys):
+    """C_Finalize ends every session of the module: another connection's call in progress
+    finishes first."""
+    import threading
+
+    from scepd.ca import pkcs11 as p11
+
+    uri_a = Pkcs11Uri.parse(str(Pkcs11Uri.parse(BASE).with_object("unit-rsa")))
+    uri_b = Pkcs11Uri.parse(BASE.replace("pin-source=env:SCEPD_PKCS11_PIN", f"pin-value={PIN}")).with_object("unit-rsa")
+    conn_a, conn_b = p11.connection(uri_a), p11.connection(uri_b)
+    assert conn_a is not conn_b and conn_a.module is conn_b.module
+    inside, release, results = threading.Event(), threading.Event(), []
+
+    def slow(key):
+        inside.set()
+        release.wait(10)
+        return key.label  # the handle still works: its session was not ended under it
+
+    caller = threading.Thread(target=lambda: results.append(conn_a.run(uri_a, slow)))
+    caller.start()
+    assert inside.wait(10)
+    generation = conn_a.module.generation
+    resetting = threading.Thread(target=conn_b.reset)
+    resetting.start()
+    resetting.join(0.5)
+    assert resetting.is_alive() and conn_a.module.generation == generation
+    release.set()
+    caller.join(10)
+    resetting.join(10)
+    assert results == ["unit-rsa"] and conn_a.module.generation == generation + 1
+
+
+def test_a_decryption_the_token_fails_is_a_value_error_not_a_retry(unit_keys, monkeypatch):
+    """CKR_FUNCTION_FAILED or CKR_DEVICE_ERROR for a ciphertext: the envelope's implicit
+    rejection gets its ValueError; no re-initialisation, no second try, no KeyUnavailable
+    (a 503 for some ciphertexts only would be an oracle)."""
+    import pkcs11 as binding_module
+
+    key = unit_keys[0]
+    for refusal in (binding_module.exceptions.FunctionFailed, binding_module.exceptions.DeviceError):
+        calls = []
+
+        class Refusing:
+            def decrypt(self, *args, **kwargs):
+                calls.append(1)
+                raise refusal()
+
+        monkeypatch.setattr(key._connection, "_handle", lambda uri: Refusing())
+        generation = key._connection.module.generation
+        with pytest.raises(ValueError):
+            key.decrypt(b"\x01" * 256, padding.PKCS1v15())
+        assert calls == [1] and key._connection.module.generation == generation
+        monkeypatch.undo()
+    assert key.decrypt(key.public_key().encrypt(b"k" * 16, padding.PKCS1v15()), padding.PKCS1v15()) == b"k" * 16
+
+
 def test_a_token_gone_while_serving_is_named_and_comes_back(hsm_server, token, tmp_path):
     """Last in this module: it takes the token away from the running server."""
     tokens = token[0] / "tokens"
@@ -275,6 +405,10 @@ def test_a_token_gone_while_serving_is_named_and_comes_back(hsm_server, token, t
         assert b"HTTP 503" in enrolled.stderr
         lines = [line for line in hsm_server.log_lines() if '"code": "KeyUnavailable"' in line]
         assert lines and '"http_status": 503' in lines[-1]
+        # A nonce is signed for at every query, by the signer's key in the token: tryLater.
+        asked = _openssl_ocsp(hsm_server, hsm_server.directory, "-serial", "0x4321")
+        assert "Responder Error: trylater" in asked.stdout, asked.stdout + asked.stderr
+        assert not [line for line in hsm_server.log_lines() if "internalError" in line]
     finally:
         away.rename(tokens)
     assert not [line for line in hsm_server.log_lines() if "Traceback" in line and "KeyUnavailable" in line]
@@ -297,9 +431,21 @@ def test_rollover_and_ra_renewal_make_their_keys_in_the_token(token, tmp_path):
         assert done.returncode == 0, (command, done.stderr)
     config = (d / "scepd.toml").read_text()
     assert config.count("token=scepd-rollover;object=ca-") >= 1 and config.count("token=scepd-rollover;object=ra-") >= 2
-    files = [p for p in d.rglob("*") if p.is_file()]
-    assert not [p for p in files if p.suffix == ".key" and p.parent == d]
-    assert not [p for p in files if b"PRIVATE KEY" in p.read_bytes() and p.parent == d]
+    # An RA whose key is in the token already, issued by the active CA: `ra import` names it.
+    from scepd.ca.keys import generate_key
+    from scepd.registry.instance import Instance, load_key_material
+
+    from scepd.ca.pkcs11 import connection
+
+    ra_uri = str(Pkcs11Uri.parse(base).with_object("imported-ra"))
+    connection(Pkcs11Uri.parse(ra_uri)).reset()  # SoftHSM lists a token made since C_Initialize only after the next one
+    ra_key = generate_key("rsa:2048", ra_uri)
+    material = load_key_material(Instance.open(d))
+    ra_cert = material.ca.issue_ra_certificate(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "imported RA")]), ra_key)
+    (tmp_path / "imported-ra.pem").write_bytes(ra_cert.public_bytes(serialization.Encoding.PEM))
+    imported = run_scepd("ra", "import", str(tmp_path / "imported-ra.pem"), ra_uri, "--dir", str(d), env=env)
+    assert imported.returncode == 0, imported.stderr
+    assert Instance.open(d).config.ra.key == ra_uri
     doctor = run_scepd("doctor", "--dir", str(d), "--json", env=env)
     assert not [c for c in json.loads(doctor.stdout) if c["status"] == "FAIL"], doctor.stdout
     server = RunningServer(d, env=env)
@@ -308,13 +454,26 @@ def test_rollover_and_ra_renewal_make_their_keys_in_the_token(token, tmp_path):
         from scepd.protocol import PkiStatus
 
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "after-rollover")])
+        assert ScepClient(server.url).get_ca_certs().ra == ra_cert  # the request is encrypted to the token's RA key
         result = ScepClient(server.url).enroll(rsa.generate_private_key(65537, 2048), subject, challenge=CHALLENGE)
     finally:
         server.stop()
     assert result.status is PkiStatus.SUCCESS, result.fail_info_text
+    # `serve` made the OCSP signers of the previous and the active CA: in the token too.
+    assert len(list((d / "ocsp").glob("*.pem"))) == 2
+    assert keys_on_disk(d) == []
     # Signed by the CA the rollover made, whose key is the token's object ca-<stamp>.
-    from scepd.registry.instance import Instance
-
     files = Instance.open(d).config.ca
     assert files.key.startswith("pkcs11:") and "object=ca-" in files.key and files.previous_keys
     result.certificate.verify_directly_issued_by(x509.load_pem_x509_certificate((d / files.certificate).read_bytes()))
+
+
+def test_a_key_beside_a_token_key_is_made_in_the_token_whatever_the_schemes_case(hsm_instance, token):
+    """RFC 3986: a URI's scheme is case-insensitive; `PKCS11:` names a token key as well."""
+    from scepd.registry.instance import Instance
+    from scepd.registry.keyops import new_key
+
+    beside = "PKCS11:" + str(Pkcs11Uri.parse(BASE).with_object("ca"))[len("pkcs11:"):]
+    key, entry, stem = new_key(Instance.open(hsm_instance), "ec:p256", beside, "case-test")
+    assert entry.startswith("pkcs11:") and "object=case-test" in entry and stem == "case-test"
+    assert not (hsm_instance / "case-test.key").exists()

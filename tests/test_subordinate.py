@@ -202,7 +202,8 @@ def test_issued_certificates_carry_aia_and_its_ca_issuers_url_serves_the_ca(walk
         aia = cert.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value
         urls = {d.access_method: d.access_location.value.replace(base, f"http://127.0.0.1:{sub_server.port}") for d in aia}
         base = f"http://127.0.0.1:{sub_server.port}"
-        assert urls[AuthorityInformationAccessOID.OCSP] == f"{base}/ocsp"
+        # The RA is not in the store, so the responder would answer unknown for it: no OCSP URL.
+        assert urls.get(AuthorityInformationAccessOID.OCSP) == (f"{base}/ocsp" if cert is result.certificate else None)
         ca_issuers = urls[AuthorityInformationAccessOID.CA_ISSUERS]
         assert re.fullmatch(rf"{base}/ca/[0-9a-f]{{40}}\.crt", ca_issuers)
         cdp = cert.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
@@ -286,7 +287,7 @@ def test_install_refuses_a_chain_that_does_not_lead_to_a_self_signed_root(waitin
     # An intermediate under the root signs our CSR; the chain given holds only the intermediate.
     openssl("req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", "mid.key", "-out", "mid.csr",
             "-subj", "/CN=Example Intermediate", cwd=waiting)
-    sign_csr(waiting, "mid.csr", "mid.pem")
+    sign_csr(waiting, "mid.csr", "mid.pem", ext=intermediate_ext(waiting, 1))
     sign_csr(waiting, "scepd/ca.csr", "issuing.pem", ca="mid")
     assert_refused(install(waiting, "issuing.pem", "--chain", "mid.pem"), "issuer_missing", waiting)
     assert_refused(install(waiting, "issuing.pem"), "issuer_missing", waiting)
@@ -296,6 +297,92 @@ def test_install_refuses_a_chain_that_does_not_lead_to_a_self_signed_root(waitin
     assert done.returncode == 0, done.stderr
     info = json.loads(run_scepd("info", "--json", "--dir", str(waiting / "scepd")).stdout)
     assert [c["subject"] for c in info["chain"]] == ["CN=Refusing CA", "CN=Example Intermediate", "CN=Example Root CA,O=Example"]
+
+
+def intermediate_ext(work: Path, pathlen: int) -> str:
+    (work / f"mid{pathlen}.ext").write_text(f"basicConstraints = critical, CA:TRUE, pathlen:{pathlen}\n"
+                                            "keyUsage = critical, keyCertSign, cRLSign\n")
+    return f"mid{pathlen}.ext"
+
+
+def test_install_refuses_a_ca_below_an_intermediate_whose_pathlen_forbids_it(waiting):
+    # pathlen:0 on the intermediate: it may sign end entities only, so openssl refuses every
+    # certificate our CA would issue below it.
+    openssl("req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", "mid.key", "-out", "mid.csr",
+            "-subj", "/CN=Example Leaf-only Intermediate", cwd=waiting)
+    sign_csr(waiting, "mid.csr", "mid.pem", ext=intermediate_ext(waiting, 0))
+    sign_csr(waiting, "scepd/ca.csr", "issuing.pem", ca="mid")
+    (waiting / "chain.pem").write_bytes((waiting / "mid.pem").read_bytes() + (waiting / "root.pem").read_bytes())
+    refused = install(waiting, "issuing.pem", "--chain", "chain.pem")
+    assert_refused(refused, "path_length_exceeded", waiting)
+    assert "pathlen:0" in refused.stderr
+    # What openssl says of a certificate issued under it: the rule is the relying parties'.
+    (waiting / "leaf.ext").write_text("basicConstraints = critical, CA:FALSE\nkeyUsage = critical, digitalSignature\n")
+    openssl("req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", "issuing.key", "-out", "issuing.csr",
+            "-subj", "/CN=Probe CA", cwd=waiting)
+    sign_csr(waiting, "issuing.csr", "probe-ca.pem", ext="subca.ext", ca="mid")
+    openssl("req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", "probe.key", "-out", "probe.csr",
+            "-subj", "/CN=probe", cwd=waiting)
+    shutil.copy(waiting / "issuing.key", waiting / "probe-ca.key")
+    sign_csr(waiting, "probe.csr", "probe.pem", ext="leaf.ext", ca="probe-ca")
+    (waiting / "untrusted.pem").write_bytes((waiting / "mid.pem").read_bytes() + (waiting / "probe-ca.pem").read_bytes())
+    verified = subprocess.run(["openssl", "verify", "-CAfile", "root.pem", "-untrusted", "untrusted.pem", "probe.pem"],
+                              cwd=waiting, capture_output=True, text=True)
+    assert verified.returncode != 0 and "path length" in verified.stdout + verified.stderr
+    # The same CA under an intermediate with pathlen:1 is taken.
+    sign_csr(waiting, "mid.csr", "mid.pem", ext=intermediate_ext(waiting, 1))
+    sign_csr(waiting, "scepd/ca.csr", "issuing.pem", ca="mid")
+    (waiting / "chain.pem").write_bytes((waiting / "mid.pem").read_bytes() + (waiting / "root.pem").read_bytes())
+    done = install(waiting, "issuing.pem", "--chain", "chain.pem")
+    assert done.returncode == 0, done.stderr
+
+
+def test_install_and_import_refuse_a_ca_that_may_not_sign_crls(waiting):
+    (waiting / "nocrl.ext").write_text("basicConstraints = critical, CA:TRUE\nkeyUsage = critical, keyCertSign, digitalSignature\n")
+    sign_csr(waiting, "scepd/ca.csr", "nocrl.pem", ext="nocrl.ext")
+    assert_refused(install(waiting, "nocrl.pem", "--chain", "root.pem"), "no_crl_sign", waiting)
+    openssl("req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", "imported.key", "-out", "imported.csr",
+            "-subj", "/CN=No CRL CA", cwd=waiting)
+    sign_csr(waiting, "imported.csr", "imported.pem", ext="nocrl.ext")
+    refused = run_scepd("init", "--import-ca", str(waiting / "imported.pem"), str(waiting / "imported.key"), "--chain",
+                        str(waiting / "root.pem"), "--dir", str(waiting / "imported"))
+    assert refused.returncode != 0 and "error: no_crl_sign:" in refused.stderr, refused.stderr
+    assert not (waiting / "imported" / "scepd.toml").exists()
+
+
+def test_a_failed_install_writes_nothing_and_runs_again(waiting):
+    sign_csr(waiting, "scepd/ca.csr", "issuing.pem")
+    d = waiting / "scepd"
+    (d / "scepd.db").mkdir()  # the database cannot be made: complete_instance fails at its end
+    failed = install(waiting, "issuing.pem", "--chain", "root.pem")
+    assert failed.returncode == 2 and "error: incomplete: scepd ca install failed and wrote nothing" in failed.stderr, failed.stderr
+    assert "Traceback" not in failed.stderr
+    # What was there before; scepd.log is the audit trail, which records the failed attempt.
+    assert sorted(p.name for p in d.rglob("*") if p.is_file()) == ["ca.csr", "ca.key", "scepd.log", "scepd.toml"]
+    (d / "scepd.db").rmdir()
+    (d / "ra.key").write_text("left by an install that was killed\n")  # set aside, not in the way
+    done = install(waiting, "issuing.pem", "--chain", "root.pem")
+    assert done.returncode == 0, done.stderr
+    assert load(d / "ca.pem") == load(waiting / "issuing.pem")
+    assert [p.read_text() for p in d.glob("ra.key.interrupted-*")] == ["left by an install that was killed\n"]
+    doctor = run_scepd("doctor", "--dir", str(d))
+    assert "FAIL" not in doctor.stdout and "PASS  ca.chain" in doctor.stdout, doctor.stdout
+
+
+def test_a_failed_import_writes_nothing_and_runs_again(waiting):
+    openssl("req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", "imported.key", "-out", "imported.csr",
+            "-subj", "/CN=Retried Import CA", cwd=waiting)
+    sign_csr(waiting, "imported.csr", "imported.pem")
+    target = waiting / "imported"
+    (target / "scepd.db").mkdir(parents=True)
+    args = ("init", "--import-ca", str(waiting / "imported.pem"), str(waiting / "imported.key"), "--chain",
+            str(waiting / "root.pem"), "--dir", str(target))
+    failed = run_scepd(*args)
+    assert failed.returncode == 2 and "error: incomplete: scepd init --import-ca failed" in failed.stderr, failed.stderr
+    assert [p.name for p in target.iterdir()] == ["scepd.db"]
+    (target / "scepd.db").rmdir()
+    done = run_scepd(*args)
+    assert done.returncode == 0, done.stderr
 
 
 def test_install_refuses_an_expired_certificate(waiting):
@@ -435,3 +522,20 @@ def test_rollover_of_a_subordinate_ca(imported):
         assert "PASS  ca.chain: CN=Imported Issuing CA -> CN=Example Root CA,O=Example" in doctor.stdout, doctor.stdout
     finally:
         server.stop()
+
+
+def test_the_next_ra_of_a_rollover_says_where_the_next_cas_crl_and_certificate_are(tmp_path):
+    d = tmp_path / "rolled"
+    assert run_scepd("init", "--dir", str(d), "--key", "ec:p256", "--challenge", CHALLENGE).returncode == 0
+    rolled = run_scepd("ca", "rollover", "--dir", str(d))
+    assert rolled.returncode == 0, rolled.stderr
+    config = (d / "scepd.toml").read_text()
+    next_ca = load(d / re.search(r'\[ca\][^\[]*?next_certificate = "([^"]+)"', config, re.DOTALL).group(1))
+    next_ra = load(d / re.search(r'\[ra\][^\[]*?next_certificate = "([^"]+)"', config, re.DOTALL).group(1))
+    next_ra.verify_directly_issued_by(next_ca)
+    key_id = next_ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest.hex()
+    cdp = next_ra.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+    assert cdp[0].full_name[0].value.endswith(f"/crl/{key_id}.crl")
+    aia = next_ra.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value
+    assert [d.access_location.value for d in aia if d.access_method == AuthorityInformationAccessOID.CA_ISSUERS] \
+        == [cdp[0].full_name[0].value.replace(f"/crl/{key_id}.crl", f"/ca/{key_id}.crt")]

@@ -4,6 +4,7 @@ each port serves, TLS 1.1 refused, renewal at start and while serving."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import ipaddress
 import os
@@ -375,3 +376,91 @@ def test_certificates_name_plain_http_for_crls_and_ocsp_when_there_is_a_plain_po
     assert load_key_material(Instance.open(d)).ca.crl_url.startswith("https://scep.example/crl/")
     update_config_file(d / "scepd.toml", {"server": {"public_url": "", "http_port": 0}})
     assert load_key_material(Instance.open(d)).ca.crl_url.startswith("https://127.0.0.1:8443/crl/")
+
+
+# --- reloading the files ------------------------------------------------------------------------
+
+
+def _pair(directory: Path, name: str) -> tuple[Path, Path]:
+    cert, key = directory / f"{name}.pem", directory / f"{name}.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-keyout", str(key), "-out", str(cert), "-days", "30", "-subj", f"/CN={name}"],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+def _served_by(context: ssl.SSLContext) -> x509.Certificate:
+    """The certificate a handshake with `context` presents."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def accept_one():
+        conn, _ = listener.accept()
+        with contextlib.suppress(OSError, ssl.SSLError), context.wrap_socket(conn, server_side=True):
+            pass
+
+    thread = threading.Thread(target=accept_one)
+    thread.start()
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.check_hostname, client.verify_mode = False, ssl.CERT_NONE
+    with socket.create_connection(listener.getsockname()) as raw, client.wrap_socket(raw) as tls:
+        der = tls.getpeercert(binary_form=True)
+    thread.join(5)
+    listener.close()
+    return x509.load_der_x509_certificate(der)
+
+
+def test_a_reload_loads_the_bytes_it_checked_even_when_a_file_changes_meanwhile(tmp_path, monkeypatch):
+    from scepd.server.tls import ContextReloader, TlsFiles, server_context
+
+    live_cert, live_key = tmp_path / "server.pem", tmp_path / "server.key"
+    first, renewed, later = _pair(tmp_path, "first"), _pair(tmp_path, "renewed"), _pair(tmp_path, "later")
+    for source, target in zip(first, (live_cert, live_key), strict=True):
+        target.write_bytes(source.read_bytes())
+    files = TlsFiles(live_cert, live_key)
+    context = server_context(files)
+    reloader = ContextReloader(context, files)
+    for source, target in zip(renewed, (live_cert, live_key), strict=True):
+        target.write_bytes(source.read_bytes())
+    os.utime(live_cert, ns=(1, time.time_ns() + 10**9))
+
+    class RenewedMeanwhile(ssl.SSLContext):
+        """The scratch context: once it has taken the renewed pair, the next renewal writes its key."""
+
+        def load_cert_chain(self, *args, **kwargs):
+            super().load_cert_chain(*args, **kwargs)
+            live_key.write_bytes(later[1].read_bytes())
+
+    monkeypatch.setattr(ssl, "SSLContext", RenewedMeanwhile)
+    assert reloader.check() is True  # did not raise, and did not pair the renewed certificate with the later key
+    monkeypatch.undo()
+    assert _served_by(context) == x509.load_pem_x509_certificate(renewed[0].read_bytes())
+    live_cert.write_bytes(b"not a certificate")  # a reload that fails keeps what is served
+    os.utime(live_cert, ns=(1, time.time_ns() + 2 * 10**9))
+    assert reloader.check() is False
+    assert _served_by(context) == x509.load_pem_x509_certificate(renewed[0].read_bytes())
+
+
+def test_a_reload_that_raises_does_not_end_the_serve_loop(caplog):
+    import asyncio
+
+    import uvicorn
+
+    from scepd.server.run import ScepdServer
+
+    class Broken:
+        def check(self):
+            raise RuntimeError("a bug in a reload")
+
+    server = ScepdServer(uvicorn.Config(app=None))
+    server._reloader = Broken()
+    with caplog.at_level("ERROR", logger="scepd.server"):
+        assert asyncio.run(server.on_tick(20)) is False  # the loop goes on
+    assert "not reloaded" in caplog.text
+
+
+def test_the_console_over_https_asks_browsers_to_stay_on_https(self_tls):
+    _directory, server = self_tls
+    answer = httpx.get(f"{server.url}/admin/login", verify=False)
+    assert answer.status_code == 200 and answer.headers["strict-transport-security"] == "max-age=31536000"
+    redirect = httpx.get(f"{server.url}/admin/", verify=False)
+    assert redirect.status_code == 303 and "strict-transport-security" in redirect.headers

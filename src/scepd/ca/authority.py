@@ -71,8 +71,8 @@ class CertificateAuthority:
     the CRL distribution point `<crl_base_url>/<key_id>.crl`, where the server publishes it.
     `public_url` (such as http://scep.example) makes issued certificates, the RA's included,
     carry Authority Information Access: caIssuers `<public_url>/ca/<key_id>.crt` (this CA's
-    certificate, which a relying party missing the issuing CA fetches) and OCSP
-    `<public_url>/ocsp`. `clock` dates what it issues.
+    certificate, which a relying party missing the issuing CA fetches) and, on what the store
+    records, OCSP `<public_url>/ocsp`. `clock` dates what it issues.
     """
 
     pair: KeyPair
@@ -108,17 +108,19 @@ class CertificateAuthority:
     def ocsp_url(self) -> str | None:
         return f"{self.public_url.rstrip('/')}/ocsp" if self.public_url else None
 
-    def _with_locations(self, builder: x509.CertificateBuilder) -> x509.CertificateBuilder:
-        """Where relying parties find this CA's CRL, its certificate and its OCSP responder."""
+    def _with_locations(self, builder: x509.CertificateBuilder, ocsp: bool = True) -> x509.CertificateBuilder:
+        """Where relying parties find this CA's CRL, its certificate and (`ocsp`) its OCSP
+        responder."""
         if self.crl_url:
             point = x509.DistributionPoint([x509.UniformResourceIdentifier(self.crl_url)], None, None, None)
             builder = builder.add_extension(x509.CRLDistributionPoints([point]), critical=False)
         if self.public_url:
-            builder = builder.add_extension(x509.AuthorityInformationAccess([
-                x509.AccessDescription(AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(self.ocsp_url)),
-                x509.AccessDescription(AuthorityInformationAccessOID.CA_ISSUERS,
-                                       x509.UniformResourceIdentifier(self.ca_issuers_url)),
-            ]), critical=False)
+            access = [x509.AccessDescription(AuthorityInformationAccessOID.CA_ISSUERS,
+                                             x509.UniformResourceIdentifier(self.ca_issuers_url))]
+            if ocsp:
+                access.insert(0, x509.AccessDescription(AuthorityInformationAccessOID.OCSP,
+                                                        x509.UniformResourceIdentifier(self.ocsp_url)))
+            builder = builder.add_extension(x509.AuthorityInformationAccess(access), critical=False)
         return builder
 
     def issued(self, cert: x509.Certificate) -> bool:
@@ -155,13 +157,14 @@ class CertificateAuthority:
         self, subject: x509.Name, public_key, key_usage: set[str], validity_days: int
     ) -> x509.Certificate:
         """A certificate for one of scepd's own keys (the RA, the registration point's
-        encryption and signing keys): end entity, the given key usage, no EKU."""
+        encryption and signing keys): end entity, the given key usage, no EKU, and no OCSP
+        URL (see `issue`'s `ocsp`)."""
         builder = (
             self._builder(subject, public_key, dt.timedelta(days=validity_days))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(key_usage_extension(key_usage), critical=True)
         )
-        return _sign(self._with_locations(builder), self.pair, None, "sha256")
+        return _sign(self._with_locations(builder, ocsp=False), self.pair, None, "sha256")
 
     def issue_ra_certificate(self, subject: x509.Name, ra_key: rsa.RSAPrivateKey, validity_days: int = 730) -> x509.Certificate:
         """The RA certificate: RSA, digitalSignature (signs CertReps) + keyEncipherment (requests
@@ -172,8 +175,13 @@ class CertificateAuthority:
             subject, ra_key.public_key(), {"digitalSignature", "keyEncipherment"}, validity_days
         )
 
-    def issue(self, request: CertificationRequest, template: Template) -> x509.Certificate:
-        """Sign a certificate for a request that passed `template.check`."""
+    def issue(self, request: CertificationRequest, template: Template, ocsp: bool = True) -> x509.Certificate:
+        """Sign a certificate for a request that passed `template.check`. `ocsp`: it carries
+        the OCSP URL, for what the store records. scepd's own certificates (RA, registration
+        point, `--tls self`) are issued outside the store, often before it exists (`scepd init`,
+        a database configured later), so the responder would answer `unknown` for them and a
+        strict relying party would refuse: they go without the URL (caIssuers stays), which is
+        simpler than recording them; a relying party checks them by the CRL instead."""
         usages = template.key_usages_for(request.public_key)
         builder = (
             self._builder(request.subject, request.public_key, dt.timedelta(days=template.validity_days))
@@ -184,7 +192,7 @@ class CertificateAuthority:
             builder = builder.add_extension(
                 x509.ExtendedKeyUsage([eku_oid(n) for n in template.extended_key_usage]), critical=False
             )
-        builder = self._with_locations(builder)
+        builder = self._with_locations(builder, ocsp)
         sans = request.subject_alternative_names
         if sans:
             # RFC 5280 4.2.1.6: critical when the subject is empty.

@@ -23,8 +23,9 @@ _SPKI = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKey
 
 
 class ChainError(ValueError):
-    """`name`: the rule broken (key_mismatch, not_a_ca, no_key_cert_sign, expired,
-    not_yet_valid, issuer_missing, bad_signature, path_too_long, not_pem); `fix`: what mends it."""
+    """`name`: the rule broken (key_mismatch, not_a_ca, no_key_cert_sign, no_crl_sign, expired,
+    not_yet_valid, issuer_missing, bad_signature, path_too_long, path_length_exceeded, not_pem);
+    `fix`: what mends it."""
 
     def __init__(self, name: str, reason: str, fix: str) -> None:
         super().__init__(f"{name}: {reason}")
@@ -92,7 +93,17 @@ def path_above(cert: x509.Certificate, pool: Iterable[x509.Certificate]) -> list
     return path
 
 
-def _ca_problem(cert: x509.Certificate, now: dt.datetime, role: str) -> ChainError | None:
+def _path_length(cert: x509.Certificate) -> int | None:
+    """basicConstraints pathLenConstraint: how many CAs may stand below `cert` (None: any)."""
+    try:
+        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.path_length
+    except x509.ExtensionNotFound:
+        return None
+
+
+def _ca_problem(cert: x509.Certificate, now: dt.datetime, role: str, issuing: bool = False) -> ChainError | None:
+    """What keeps `cert` from being a CA in the path now; `issuing`: it is our own CA, which
+    also signs CRLs."""
     try:
         constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
         is_ca = constraints.ca
@@ -105,6 +116,11 @@ def _ca_problem(cert: x509.Certificate, now: dt.datetime, role: str) -> ChainErr
         usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
         if not usage.key_cert_sign:
             return ChainError("no_key_cert_sign", f"{role} {describe(cert)} may not sign certificates (keyUsage lacks keyCertSign)",
+                              "have it signed with keyUsage = critical, keyCertSign, cRLSign (docs/pki.md)")
+        if issuing and not usage.crl_sign:
+            # Every certificate we issue names our CRL, which a relying party rejects when
+            # its signer may not sign CRLs (openssl: "key usage does not include CRL signing").
+            return ChainError("no_crl_sign", f"{role} {describe(cert)} may not sign CRLs (keyUsage lacks cRLSign)",
                               "have it signed with keyUsage = critical, keyCertSign, cRLSign (docs/pki.md)")
     except x509.ExtensionNotFound:
         pass  # no keyUsage: every usage allowed (RFC 5280 4.2.1.3)
@@ -122,10 +138,28 @@ def check_path(cert: x509.Certificate, pool: Sequence[x509.Certificate], now: dt
     ending at a self-signed root. Returns the path above `cert`."""
     path = path_above(cert, pool)
     for role, c in (("the CA", cert), *(("the chain's", p) for p in path)):
-        problem = _ca_problem(c, now, role)
+        problem = _ca_problem(c, now, role, issuing=c is cert)
         if problem:
             raise problem
+    _check_path_lengths([cert, *path])
     return path
+
+
+def _check_path_lengths(path: list[x509.Certificate]) -> None:
+    """RFC 5280 4.2.1.9 over `path` (our CA first, the root last): no CA has more CAs below
+    it than its pathLenConstraint allows, self-issued ones not counted. Our CA counts as one
+    below its issuer, since what it issues are end entities under it."""
+    below = 0
+    for index, cert in enumerate(path):
+        limit = _path_length(cert)
+        if index and limit is not None and below > limit:
+            raise ChainError("path_length_exceeded",
+                             f"{describe(cert)} allows {limit} CA certificate(s) below it (pathlen:{limit}), "
+                             f"and {below} stand between it and the certificates {describe(path[0])} issues",
+                             "have a CA whose pathLenConstraint allows it sign ours (an intermediate with pathlen:0 "
+                             "may only sign end entities), or sign it directly with that CA's issuer")
+        if cert.issuer != cert.subject:
+            below += 1
 
 
 def check_issuing_ca(cert: x509.Certificate, public_key, pool: Sequence[x509.Certificate],

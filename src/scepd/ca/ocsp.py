@@ -5,7 +5,7 @@ raises for what a client sent): malformedRequest for what cannot be read (crypto
 one certificate per request, so a request for several is refused that way too),
 unauthorized for an issuer that is none of our CAs (current, previous or next, matched by the
 request's issuerNameHash and issuerKeyHash in the request's own digest), tryLater while the
-store cannot answer. Otherwise good, revoked (time and reason) or unknown, read from the
+store cannot answer or the key that signs is unavailable (a PKCS#11 token away). Otherwise good, revoked (time and reason) or unknown, read from the
 store at every query: a revocation by any server sharing the database shows at the next
 query. A serial the CA never issued (or not through scepd's store) is unknown.
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import hashlib
+import logging
 import threading
 from dataclasses import dataclass
 
@@ -35,7 +36,10 @@ from scepd.ca.crl import REASONS
 from scepd.ca.ocsp_signer import CaSigns, DelegatedSigners, Signer, signing_hash
 from scepd.ca.signing import sign_with
 from scepd.clock import SYSTEM_CLOCK, Clock
+from scepd.protocol.errors import KeyUnavailable
 from scepd.store import CertificateState, Store, StoreUnavailable
+
+log = logging.getLogger("scepd.ocsp")
 
 # The digests a CertID may be computed with (RFC 6960 and RFC 5019 name SHA-1; SHA-2 is
 # what newer clients send).
@@ -101,7 +105,8 @@ class _Question:
 
 def read_request(der: bytes) -> _Question | None:
     """The request's one question; None when it cannot be read (malformed, several
-    certificates, an unknown digest, a nonce RFC 8954 refuses)."""
+    certificates, an extension given twice, an unknown digest, a nonce RFC 8954 refuses, a
+    negative serial, which no certificate has and no response can state)."""
     try:
         request = ocsp.load_der_ocsp_request(der)
         algorithm = request.hash_algorithm.name
@@ -110,9 +115,12 @@ def read_request(der: bytes) -> _Question | None:
         except x509.ExtensionNotFound:
             nonce = None
         question = _Question(algorithm, request.issuer_name_hash, request.issuer_key_hash, request.serial_number, nonce)
-    except (ValueError, NotImplementedError, UnsupportedAlgorithm, TypeError):
+    # DuplicateExtension is no ValueError: two nonces (or any extension twice) end up here too.
+    except (ValueError, NotImplementedError, UnsupportedAlgorithm, TypeError, x509.DuplicateExtension):
         return None
     if algorithm not in CERT_ID_HASHES or (nonce is not None and not 1 <= len(nonce) <= MAX_NONCE):
+        return None
+    if question.serial < 0:
         return None
     return question
 
@@ -141,9 +149,13 @@ class OcspResponder:
                          for ca in cas for name in CERT_ID_HASHES}
 
     def prepare(self) -> None:
-        """Make sure every CA's signer exists now (at start, not at the first query)."""
+        """Make sure every CA's signer exists now (at start, not at the first query). A token
+        away does not keep the server from starting: its queries get tryLater until it is back."""
         for ca in self.cas:
-            self.signers.signer_for(ca)
+            try:
+                self.signers.signer_for(ca)
+            except KeyUnavailable as exc:
+                log.warning("ocsp signer for CA %s not ready: %s", ca.key_id, exc.reason)
 
     def respond(self, der: bytes) -> OcspAnswer:
         question = read_request(der)
@@ -157,7 +169,7 @@ class OcspResponder:
         except StoreUnavailable:
             return TRY_LATER
         if question.nonce is not None:
-            return self._sign(ca, question, state)
+            return self._signed_or_try_later(ca, question, state)
         key = (ca.key_id, question.serial, question.algorithm)
         now = self.clock.now()
         with self._lock:
@@ -165,7 +177,11 @@ class OcspResponder:
             if entry is not None and entry.state == state and now < entry.refresh_at:
                 self._cache.move_to_end(key)
                 return _as_cached(entry.answer)
-        answer = self._sign(ca, question, state)
+        answer = self._signed_or_try_later(ca, question, state)
+        if answer is TRY_LATER:
+            # What was signed before still holds until its nextUpdate: better than tryLater.
+            still = entry is not None and entry.state == state and now < entry.answer.next_update
+            return _as_cached(entry.answer) if still else answer
         this_update = answer.this_update or now
         entry = _Entry(state, answer, this_update + (answer.next_update - this_update) / 2)
         with self._lock:
@@ -184,6 +200,15 @@ class OcspResponder:
         if record.status is CertificateState.REVOKED:
             return (ocsp.OCSPCertStatus.REVOKED, record.revoked_at, record.revocation_reason)
         return (ocsp.OCSPCertStatus.GOOD, None, None)
+
+    def _signed_or_try_later(self, ca: CertificateAuthority, question: _Question, state: tuple) -> OcspAnswer:
+        """The signed answer; tryLater while the signing key cannot be used (a relying party
+        asks again, and a token coming back is used at the next query)."""
+        try:
+            return self._sign(ca, question, state)
+        except KeyUnavailable as exc:
+            log.warning("ocsp: cannot sign for CA %s: %s", ca.key_id, exc.reason)
+            return TRY_LATER
 
     def _sign(self, ca: CertificateAuthority, question: _Question, state: tuple) -> OcspAnswer:
         status, revoked_at, reason_name = state

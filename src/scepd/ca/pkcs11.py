@@ -5,14 +5,18 @@ logged-in session per token and process.
 names the module to load, the token (by label, serial, manufacturer, model or slot), the key
 object (by label and/or id) and where the user PIN is (pin-source env:NAME or file:PATH;
 pin-value only for tests). Every module is loaded once per process and every token logged in
-once; its session is shared under a lock (a PKCS#11 session runs one operation at a time).
-An operation that meets a dead session or token (removed, module restarted) re-initialises
-the module and tries once more; failing that it raises `KeyUnavailable`, which the server
-answers as the named refusal. The binding is python-pkcs11 (the `pkcs11` extra).
+once; its sessions are used under the module's lock (a PKCS#11 session runs one operation
+at a time, and re-initialising a module ends every session on it, so no other call may be
+under way then). An operation that meets a dead session or token (removed, module
+restarted) re-initialises the module and tries once more; failing that it raises
+`KeyUnavailable`, which the server answers as the named refusal. A PIN the token refused is
+not offered again until its source holds another value (an HSM locks the user PIN after a
+few failures). The binding is python-pkcs11 (the `pkcs11` extra).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import threading
@@ -56,6 +60,10 @@ class TokenError(Exception):
         super().__init__(f"{reason}. Fix: {fix}")
         self.reason = reason
         self.fix = fix
+
+
+class PinRefused(TokenError):
+    """The token refused the user PIN: the module is fine, the PIN is not."""
 
 
 @dataclass(frozen=True)
@@ -200,7 +208,9 @@ class _Module:
             raise TokenError(f"the PKCS#11 module {path} does not load ({exc})",
                              "install the vendor's PKCS#11 module for this machine's architecture at that path") from None
         self.generation = 0
-        self.lock = threading.Lock()
+        # Held by every Connection of this module around each use of its sessions, and by
+        # reinitialize: C_Finalize ends the sessions of every token on the module.
+        self.lock = threading.RLock()
 
     def reinitialize(self) -> None:
         """C_Finalize and C_Initialize: what brings a module back after its token went away
@@ -221,11 +231,12 @@ class Connection:
     def __init__(self, uri: Pkcs11Uri) -> None:
         self.uri = uri
         self.module = _module(uri.module_path)
-        self.lock = threading.RLock()
+        self.lock = self.module.lock  # see _Module.lock
         self._session = None
         self._generation = -1
         self._handles: dict[tuple, object] = {}
         self._broken = False
+        self._refused: tuple[bytes, str, str] | None = None  # (the refused PIN's digest, reason, fix)
 
     def _token(self):
         wanted = {k: v for k, v in self.uri.path.items() if k not in ("object", "id", "type")}
@@ -244,8 +255,11 @@ class Connection:
             return self._session
         pkcs11 = binding()
         generation = self.module.generation
-        token = self._token()
         pin = self.uri.pin()
+        digest = hashlib.sha256((pin or "").encode()).digest()
+        if self._refused is not None and self._refused[0] == digest:
+            raise PinRefused(*self._refused[1:])  # not offered again: each try counts towards the lock
+        token = self._token()
         try:
             # Read-write: `scepd init --pkcs11` generates keys through the same session.
             session = token.open(rw=True, user_pin=pin)
@@ -254,12 +268,14 @@ class Connection:
         except (pkcs11.exceptions.PinIncorrect, pkcs11.exceptions.PinInvalid, pkcs11.exceptions.PinLenRange):
             source = self.uri.query.get("pin-source", "pin-value")
             where = "$" + source[4:] if source.startswith("env:") else source.removeprefix("file:")
-            raise TokenError(f"the token {token.label!r} refused the PIN from {source}",
-                             f"check the user PIN in {where} (the token's user PIN, not its SO PIN)") from None
+            self._refused = (digest, f"the token {token.label!r} refused the PIN from {source} "
+                             "(not offered again until it changes or scepd restarts)",
+                             f"check the user PIN in {where} (the token's user PIN, not its SO PIN)")
+            raise PinRefused(*self._refused[1:]) from None
         except pkcs11.exceptions.PinLocked:
             raise TokenError(f"the token {token.label!r} has locked its user PIN",
                              "unlock it with the SO PIN (softhsm2-util or the HSM's own tool), then set a new user PIN") from None
-        self._session, self._generation, self._handles = session, generation, {}
+        self._session, self._generation, self._handles, self._refused = session, generation, {}, None
         return session
 
     def private_key(self, uri: Pkcs11Uri):
@@ -270,23 +286,25 @@ class Connection:
             self._handles[key] = find_key(session, uri, "PRIVATE_KEY")
         return self._handles[key]
 
-    def run(self, uri: Pkcs11Uri, operation: Callable[[object], T]) -> T:
+    def run(self, uri: Pkcs11Uri, operation: Callable[[object], T],
+            gone: Callable[[BaseException], bool] = is_gone) -> T:
         """`operation(private key object)` under the lock, once more on a fresh session after
-        a dead one. KeyUnavailable when the token cannot be reached; what the operation itself
-        refuses (a PKCS11Error that is no sign of a dead session) is raised as it is."""
+        a dead one (what `gone` says is one). KeyUnavailable when the token cannot be reached;
+        what the operation itself refuses (a PKCS11Error that is no sign of a dead session) is
+        raised as it is."""
         with self.lock:
             if self._broken:
                 self._reinitialize()
             try:
                 return operation(self._handle(uri))
             except Exception as exc:
-                if not is_gone(exc):
+                if not gone(exc):
                     raise
             self._reinitialize()
             try:
                 return operation(self._handle(uri))
             except Exception as exc:
-                if not is_gone(exc):
+                if not gone(exc):
                     raise
                 self._broken = True
                 raise KeyUnavailable(f"the token holding {_name(uri)} does not answer ({type(exc).__name__})") from None
@@ -295,7 +313,8 @@ class Connection:
         try:
             return self.private_key(uri)
         except TokenError as exc:
-            self._broken = True
+            # A refused PIN needs no re-initialising (which would end every other session).
+            self._broken = not isinstance(exc, PinRefused)
             raise KeyUnavailable(f"the key {_name(uri)} cannot be used: {exc.reason}") from None
         except Exception as exc:
             if not _is_binding_error(exc):

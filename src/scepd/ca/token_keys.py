@@ -17,6 +17,17 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_ds
 from scepd.ca.pkcs11 import Pkcs11Uri, TokenError, binding, connection, is_gone
 from scepd.protocol.errors import KeyUnavailable
 
+# What a decryption may fail with for a ciphertext that does not decrypt (HSMs answer bad
+# padding with CKR_FUNCTION_FAILED or CKR_DEVICE_ERROR as well as CKR_GENERAL_ERROR):
+# re-trying it on a fresh session and answering 503 would tell a sender which of its
+# ciphertexts decrypt, so these are a ValueError as any other decryption failure.
+_DECRYPT_REFUSALS = ("DeviceError", "FunctionFailed")
+
+
+def _gone_for_decrypt(exc: BaseException) -> bool:
+    return is_gone(exc) and type(exc).__name__ not in _DECRYPT_REFUSALS
+
+
 class KeyNotExtractable(TypeError):
     """Raised for any attempt to read a token-held private key out of the token."""
 
@@ -114,11 +125,11 @@ class TokenRSAPrivateKey(TokenKey, rsa.RSAPrivateKey):
         else:
             raise ValueError(f"padding {padding_.name} is not supported by token keys")
         try:
-            return self._run(lambda k: k.decrypt(ciphertext, **kwargs))
+            return self._connection.run(self.uri, lambda k: k.decrypt(ciphertext, **kwargs), gone=_gone_for_decrypt)
         except KeyUnavailable:
             raise
         except Exception as exc:
-            if type(exc).__module__.startswith("pkcs11") and not is_gone(exc):
+            if type(exc).__module__.startswith("pkcs11") and not _gone_for_decrypt(exc):
                 raise ValueError("Decryption failed") from None
             raise
 

@@ -2,7 +2,8 @@
 
 A password is asked for twice at a terminal without echo, or read from the first line of
 standard input with --password-stdin (for scripts): never from the command line, where other
-users see it in the process list."""
+users see it in the process list. Each change is recorded in the audit trail (admin.add,
+admin.passwd, admin.remove) with the OS user who made it."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from scepd.cli.common import (
     EXIT_OK,
     EXIT_REFUSED,
     actions,
+    audit_trail,
+    cli_actor,
     command,
     emit,
     err,
@@ -26,11 +29,12 @@ from scepd.protocol.errors import Refusal
 def _accounts(args):
     from scepd.service.accounts import Accounts
 
-    store = open_instance(args).open_store()
+    instance = open_instance(args)
+    store = instance.open_store()
     problems = store.check_schema()
     if problems:
         return None, usage(f"{problems[0]}: run 'scepd db upgrade' first")
-    return Accounts(store), None
+    return Accounts(store, audit=audit_trail(instance, store)), None
 
 
 def _password(args) -> str | None:
@@ -59,7 +63,7 @@ def cmd_add(args) -> int:
     password = _password(args)
     if password is None:
         return EXIT_REFUSED
-    result = accounts.add(args.name, password, args.role)
+    result = accounts.add(args.name, password, args.role, actor=cli_actor())
     return _done(result if isinstance(result, Refusal) else None, f"added {args.name} ({args.role}); sign in at <server>/admin/")
 
 
@@ -76,7 +80,7 @@ def cmd_remove(args) -> int:
     accounts, failed = _accounts(args)
     if accounts is None:
         return failed
-    return _done(accounts.remove(args.name), f"removed {args.name} and its sessions")
+    return _done(accounts.remove(args.name, actor=cli_actor()), f"removed {args.name} and its sessions")
 
 
 def cmd_passwd(args) -> int:
@@ -86,7 +90,7 @@ def cmd_passwd(args) -> int:
     password = _password(args)
     if password is None:
         return EXIT_REFUSED
-    return _done(accounts.set_password(args.name, password), f"new password for {args.name}; its sessions ended")
+    return _done(accounts.set_password(args.name, password, actor=cli_actor()), f"new password for {args.name}; its sessions ended")
 
 
 def add_parsers(sub) -> None:

@@ -168,16 +168,22 @@ def audited(action: str, target=lambda args: "", when=lambda args: True):
 
 def record_action(args, action: str, target: str, result: str | None) -> None:
     """Record `action` on `target` by the person at this command line ("ok" when `result` is None)."""
-    from scepd.clock import SYSTEM_CLOCK
-    from scepd.service.admin import AuditTrail
-
     try:
         instance = open_instance(args)
     except Exception as exc:  # noqa: BLE001 - no instance (a failed init): nothing to record in
         err(f"warning: the audit trail could not record {action}: {exc}")
         return
+    audit_trail(instance, instance.open_store()).record(cli_actor(), action, target, result)
+
+
+def audit_trail(instance, store):
+    """The audit trail this command records in: `store`'s audit_events and the instance's
+    JSON log file."""
+    from scepd.clock import SYSTEM_CLOCK
+    from scepd.service.admin import AuditTrail
+
     _audit_to_log_file(instance)
-    AuditTrail(instance.open_store(), SYSTEM_CLOCK).record(cli_actor(), action, target, result)
+    return AuditTrail(store, SYSTEM_CLOCK)
 
 
 def usage(message) -> int:

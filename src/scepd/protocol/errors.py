@@ -21,6 +21,7 @@ class ErrorCode(enum.Enum):
     # transport (answered with HTTP 4xx, no CertRep possible)
     MESSAGE_UNDECODABLE = "MessageUndecodable"
     REQUEST_TOO_LARGE = "RequestTooLarge"
+    REQUEST_TIMEOUT = "RequestTimeout"
     REQUEST_MALFORMED = "RequestMalformed"
     # the HTTP APIs (answered as JSON {code, errorDescription})
     API_UNAUTHORIZED = "Unauthorized"
@@ -65,6 +66,7 @@ class ErrorCode(enum.Enum):
     CSRF_TOKEN_INVALID = "CsrfTokenInvalid"
     ROLE_NOT_ALLOWED = "RoleNotAllowed"
     CONSOLE_NEEDS_HTTPS = "ConsoleNeedsHttps"
+    CONSOLE_BUSY = "ConsoleBusy"
     ACCOUNT_UNKNOWN = "AccountUnknown"
     ACCOUNT_EXISTS = "AccountExists"
     ACCOUNT_NAME_INVALID = "AccountNameInvalid"
@@ -137,6 +139,7 @@ _BR, _BMC, _BA, _BT, _BCI = (
 ERRORS: dict[ErrorCode, ErrorInfo] = {
     ErrorCode.MESSAGE_UNDECODABLE: ErrorInfo(_BR, "Send a DER or BER pkiMessage (RFC 8894); check the client's base64 encoding for GET."),
     ErrorCode.REQUEST_TOO_LARGE: ErrorInfo(_BR, "Shrink the request, or raise [server] max_request_bytes in scepd.toml.", http_status=413),
+    ErrorCode.REQUEST_TIMEOUT: ErrorInfo(_BR, "Send the body right after the headers: it must arrive within [server] header_timeout of them (raise it in scepd.toml for very slow links).", http_status=408),
     ErrorCode.API_UNAUTHORIZED: ErrorInfo(_BR, "Send 'Authorization: Bearer <token>' with a token from 'scepd registry token new' (listed by 'scepd registry token list').", http_status=401),
     ErrorCode.API_ACTION_UNKNOWN: ErrorInfo(_BR, "Use /ScepActions/validateRequest, successNotification or failureNotification.", http_status=404),
     ErrorCode.REQUEST_MALFORMED: ErrorInfo(_BR, "Send one well-formed request: Content-Length or Transfer-Encoding but never both (RFC 9112 6.3), and for the HTTP APIs a JSON body of the documented shape, nested at most 32 levels."),
@@ -170,12 +173,13 @@ ERRORS: dict[ErrorCode, ErrorInfo] = {
     ErrorCode.REVOCATION_REASON_UNKNOWN: ErrorInfo(_BR, "Use an RFC 5280 reason: unspecified, keyCompromise, cACompromise, affiliationChanged, superseded, cessationOfOperation, certificateHold, privilegeWithdrawn."),
     ErrorCode.CERTIFICATE_ALREADY_REVOKED: ErrorInfo(_BR, "Nothing to do: the certificate (and its renewals) is revoked already; 'scepd certs show' gives the reason."),
     ErrorCode.CA_NOT_CONFIGURED: ErrorInfo(_BR, "Configure the issuing CA again ([ca] previous_certificates) so that its CRL can be signed."),
-    ErrorCode.SIGN_IN_FAILED: ErrorInfo(_BR, "Check the account name and password; an administrator sets a new one with 'scepd admin passwd NAME'.", http_status=401),
+    ErrorCode.SIGN_IN_FAILED: ErrorInfo(_BR, "Check the account name and password; after five failed sign-ins an account is locked for 15 minutes, the right password refused alike ('scepd admin list' shows the lock): wait, or have an administrator run 'scepd admin passwd NAME'.", http_status=401),
     ErrorCode.ACCOUNT_LOCKED: ErrorInfo(_BR, "Too many failed sign-ins: wait until the lock ends, or have an administrator run 'scepd admin passwd NAME'.", http_status=429),
     ErrorCode.SESSION_REQUIRED: ErrorInfo(_BR, "Sign in at /admin/login first; sessions end after 30 minutes idle or 12 hours.", http_status=403),
     ErrorCode.CSRF_TOKEN_INVALID: ErrorInfo(_BR, "Submit the console's own form again (reload the page): the form's token is missing or belongs to another session.", http_status=403),
     ErrorCode.ROLE_NOT_ALLOWED: ErrorInfo(_BR, "Ask for an operator account: viewers read, operators approve, deny, revoke and make one-time passwords.", http_status=403),
     ErrorCode.CONSOLE_NEEDS_HTTPS: ErrorInfo(_BR, "Open the console over HTTPS (scepd serve --tls self, or --tls-cert/--tls-key), or from this machine as http://127.0.0.1.", http_status=403),
+    ErrorCode.CONSOLE_BUSY: ErrorInfo(_BR, "Sign in again in a few seconds: the console checks only a few passwords at a time (each costs 64 MiB and a CPU for a moment), and that many sign-ins are under way.", http_status=429),
     ErrorCode.ACCOUNT_UNKNOWN: ErrorInfo(_BR, "Name an account 'scepd admin list' shows.", http_status=404),
     ErrorCode.ACCOUNT_EXISTS: ErrorInfo(_BR, "Choose another name, or change this account's password with 'scepd admin passwd NAME'."),
     ErrorCode.ACCOUNT_NAME_INVALID: ErrorInfo(_BR, "Name the account with 1 to 64 printable characters, without leading or trailing spaces."),

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from scepd.ca.authority import CertificateAuthority, create_root_ca
 from scepd.ca.keys import KeyPair, generate_key, save_certificate, save_key
-from scepd.ca.pkcs11 import Pkcs11Uri
+from scepd.ca.pkcs11 import Pkcs11Uri, is_pkcs11_uri
 from scepd.ca.token_keys import taken_labels
 from scepd.ca.templates import DEFAULT_TEMPLATE
 from scepd.registry.config import CONFIG_FILE, KeyFiles, update_config_file
@@ -41,7 +41,7 @@ def new_key(instance: Instance, spec: str, beside: str, stem: str) -> tuple[obje
     URI) it is made in that token as an object, never on disk; otherwise it is written to a
     .key file (0600, encrypted with the instance's passphrase). The stem is `stem`, or
     `stem-2`, ... when that name is taken (an RA renewed and a CA rolled over in one second)."""
-    in_token = beside.startswith("pkcs11:")
+    in_token = is_pkcs11_uri(beside)
     free = next(candidate for candidate in (stem, *(f"{stem}-{n}" for n in range(2, 100)))
                 if not (instance.path(f"{candidate}.pem").exists() or instance.path(f"{candidate}.key").exists()
                         or (in_token and taken_labels(beside, [candidate]))))
@@ -73,7 +73,10 @@ def rollover(instance: Instance, material: KeyMaterial, key_spec: str | None = N
     ca_cert = _certificate_file(instance, stem, certificate)
     changes: dict = {"ca": {"next_certificate": ca_cert, "next_key": ca_key}}
     if instance.config.ra.certificate:
-        next_ca = CertificateAuthority(KeyPair(certificate, key), clock=material.ca.clock)
+        # The next RA's certificate says where the next CA's CRL and certificate are, as every
+        # certificate that CA issues will.
+        base = instance.config.server.publication_url
+        next_ca = CertificateAuthority(KeyPair(certificate, key), f"{base}/crl", material.ca.clock, public_url=base)
         ra_key, ra_key_name, ra_stem = new_key(instance, _key_spec_like(material.ra.key), instance.config.ra.key,
                                                f"ra-{stamp}")
         ra_certificate = next_ca.issue_ra_certificate(_ra_subject(material.ca, material.ra), ra_key)

@@ -7,10 +7,17 @@ a chain up to a self-signed root) and completes the instance. `import_ca` makes 
 around an existing issuing CA; `request_next_ca` is `scepd ca rollover` for a subordinate
 (the next CA's CSR), `install_ca(next=True)` takes its certificate; `import_ra` brings an RA
 certificate issued by our CA. Every refusal is an InstanceError whose entry names the rule.
+
+Certificates and the chain file are written whole or not at all (a running server may read
+them at any moment). What a failed `install_ca` or `import_ca` wrote is removed again, so the
+same command can simply be run again (`incomplete` names the failure); an RA key left by one
+that was killed is set aside.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,7 +33,8 @@ from scepd.ca.chain import (
     load_pem_certificates,
     same_key,
 )
-from scepd.ca.keys import KeyPair, generate_key, load_key, save_certificate, save_key
+from scepd.ca.keys import KeyPair, generate_key, load_key, save_key
+from scepd.ca.pkcs11 import Pkcs11UriError, TokenError, is_pkcs11_uri
 from scepd.clock import SYSTEM_CLOCK, Clock
 from scepd.registry.config import CONFIG_FILE, update_config_file
 from scepd.registry.instance import (
@@ -39,6 +47,7 @@ from scepd.registry.instance import (
     write_config,
 )
 from scepd.registry.keyops import _key_spec_like, new_key
+from scepd.store import StoreUnavailable
 
 CSR_FILE = "ca.csr"
 NEXT_CSR_FILE = "ca-next.csr"
@@ -61,6 +70,13 @@ def _read_certificates(path: Path, what: str) -> list[x509.Certificate]:
 
 
 def _read_key(path: Path, passphrase: bytes | None, what: str):
+    if is_pkcs11_uri(str(path)):
+        try:
+            return load_key(str(path))
+        except TokenError as exc:
+            raise InstanceError(what, exc.reason, exc.fix) from None
+        except Pkcs11UriError as exc:
+            raise InstanceError(what, str(exc), "correct the PKCS#11 URI (docs/pki.md, Keys in an HSM)") from None
     try:
         return load_key(Path(path), passphrase)
     except OSError as exc:
@@ -76,6 +92,54 @@ def _stamp(clock: Clock) -> str:
     return clock.now().strftime("%Y%m%dT%H%M%S")
 
 
+def _write_whole(path: Path, data: bytes) -> None:
+    """`path` replaced at once: a watcher reads the old file or the new one, never half."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_bytes(data)
+    os.replace(temporary, path)
+
+
+def _save_certificate(cert: x509.Certificate, path: Path) -> None:
+    _write_whole(path, cert.public_bytes(Encoding.PEM))
+
+
+def _entries(directory: Path) -> set[Path]:
+    return set(directory.rglob("*")) if directory.is_dir() else set()
+
+
+@contextlib.contextmanager
+def _all_or_nothing(directory: Path, command: str):
+    """The files `command` creates in `directory` are removed again when it fails: none of
+    them was used (the instance is not servable before it succeeds), and a second run would
+    meet them (a key file is never overwritten). A fault of the disk or the database is
+    `incomplete`, naming it."""
+    before = _entries(directory)
+    try:
+        yield
+    except BaseException as exc:
+        # Deepest first: a directory it made goes once its files have.
+        for leftover in sorted(_entries(directory) - before, key=lambda p: len(p.parts), reverse=True):
+            if leftover.is_dir():
+                with contextlib.suppress(OSError):
+                    leftover.rmdir()
+            else:
+                leftover.unlink(missing_ok=True)
+        if not isinstance(exc, (OSError, StoreUnavailable)):
+            raise
+        raise InstanceError("incomplete", f"{command} failed and wrote nothing ({type(exc).__name__}: {exc})",
+                            f"mend that, then run {command} again") from None
+
+
+def _set_aside_interrupted(instance: Instance, clock: Clock) -> None:
+    """RA files of an install that was killed before it completed (the instance was never
+    servable, so nothing used them): renamed, so that the RA is made again."""
+    ra = instance.config.ra
+    for name in (ra.key, ra.certificate):
+        path = instance.path(name)
+        if not is_pkcs11_uri(name) and path.exists():
+            path.rename(path.with_name(f"{path.name}.interrupted-{_stamp(clock)}"))
+
+
 def _write_chain(instance: Instance, certificates: list[x509.Certificate]) -> str:
     """Add `certificates` to the chain file (the pool above our CAs); its name, or "" when
     there is nothing above (a CA that is its own root)."""
@@ -85,7 +149,7 @@ def _write_chain(instance: Instance, certificates: list[x509.Certificate]) -> st
     pool = list(dict.fromkeys(existing + certificates))
     if not pool:
         return instance.config.ca.chain
-    path.write_bytes(b"".join(c.public_bytes(Encoding.PEM) for c in pool))
+    _write_whole(path, b"".join(c.public_bytes(Encoding.PEM) for c in pool))
     return name
 
 
@@ -141,11 +205,13 @@ def install_ca(instance: Instance, signed_path: Path, chain_path: Path | None, *
         raise InstanceError("[ca] request", "no CSR of this instance awaits a certificate",
                             "scepd init --subordinate for a new instance; scepd ca rollover, then ca install --next")
     pair, path = _signed(instance, signed_path, chain_path, ca.request, ca.key, clock)
-    save_certificate(pair.certificate, instance.path(ca.certificate))
-    chain = _write_chain(instance, path)
-    complete_instance(instance, pair, instance.passphrase)
-    # Last, so that the instance turns servable only once everything is there.
-    update_config_file(instance.path(CONFIG_FILE), {"ca": {"request": "", "chain": chain}})
+    _set_aside_interrupted(instance, clock)
+    with _all_or_nothing(instance.directory, "scepd ca install"):
+        _save_certificate(pair.certificate, instance.path(ca.certificate))
+        chain = _write_chain(instance, path)
+        complete_instance(instance, pair, instance.passphrase)
+        # Last, so that the instance turns servable only once everything is there.
+        update_config_file(instance.path(CONFIG_FILE), {"ca": {"request": "", "chain": chain}})
     return pair
 
 
@@ -156,7 +222,7 @@ def _install_next(instance: Instance, signed_path: Path, chain_path: Path | None
     pair, path = _signed(instance, signed_path, chain_path, ca.next_request, ca.next_key, clock)
     stamp = _stamp(clock)
     cert_name = f"ca-{stamp}.pem"
-    save_certificate(pair.certificate, instance.path(cert_name))
+    _save_certificate(pair.certificate, instance.path(cert_name))
     changes: dict = {"ca": {"next_certificate": cert_name, "next_request": "", "chain": _write_chain(instance, path)}}
     if ra.certificate:
         base = instance.config.server.publication_url
@@ -164,7 +230,7 @@ def _install_next(instance: Instance, signed_path: Path, chain_path: Path | None
         current_ra = x509.load_pem_x509_certificate(instance.path(ra.certificate).read_bytes())
         ra_key, ra_key_name, ra_stem = new_key(instance, f"rsa:{current_ra.public_key().key_size}", ra.key, f"ra-{stamp}")
         ra_cert = next_ca.issue_ra_certificate(current_ra.subject, ra_key)
-        save_certificate(ra_cert, instance.path(f"{ra_stem}.pem"))
+        _save_certificate(ra_cert, instance.path(f"{ra_stem}.pem"))
         changes["ra"] = {"next_certificate": f"{ra_stem}.pem", "next_key": ra_key_name}
     update_config_file(instance.path(CONFIG_FILE), changes)
     return pair
@@ -201,16 +267,18 @@ def import_ca(directory: Path, cert_path: Path, key_path: Path, chain_path: Path
     except ChainError as exc:
         raise _refused(exc) from None
     directory.mkdir(parents=True, exist_ok=True)
-    if str(key_path).startswith("pkcs11:"):
+    in_token = is_pkcs11_uri(str(key_path))
+    if in_token:
         # A key already in a token stays there: the configuration names it.
         config = replace(config, ca=replace(config.ca, key=str(key_path)))
     instance = Instance(directory, config)
-    if not str(key_path).startswith("pkcs11:"):
-        save_key(key, instance.path(config.ca.key), passphrase)
-    save_certificate(certificates[0], instance.path(config.ca.certificate))
-    instance = Instance(directory, replace(config, ca=replace(config.ca, chain=_write_chain(instance, path))))
-    write_config(instance)
-    complete_instance(instance, KeyPair(certificates[0], key), passphrase)
+    with _all_or_nothing(directory, "scepd init --import-ca"):
+        if not in_token:
+            save_key(key, instance.path(config.ca.key), passphrase)
+        _save_certificate(certificates[0], instance.path(config.ca.certificate))
+        instance = Instance(directory, replace(config, ca=replace(config.ca, chain=_write_chain(instance, path))))
+        write_config(instance)
+        complete_instance(instance, KeyPair(certificates[0], key), passphrase)
     return instance
 
 
@@ -239,8 +307,11 @@ def import_ra(instance: Instance, material: KeyMaterial, cert_path: Path, key_pa
         pass  # every usage allowed
     stamp = _stamp(material.ca.clock)
     cert_name, key_name = f"ra-{stamp}.pem", f"ra-{stamp}.key"
-    save_key(key, instance.path(key_name), instance.passphrase)
-    save_certificate(certificate, instance.path(cert_name))
+    if is_pkcs11_uri(str(key_path)):
+        key_name = str(key_path)  # a key in a token stays there: the configuration names it
+    else:
+        save_key(key, instance.path(key_name), instance.passphrase)
+    _save_certificate(certificate, instance.path(cert_name))
     ra = instance.config.ra
     changes: dict = {"certificate": cert_name, "key": key_name}
     if ra.certificate:

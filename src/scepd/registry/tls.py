@@ -129,7 +129,8 @@ def issue_self(instance: Instance, ca: CertificateAuthority) -> x509.Certificate
         .add_extension(x509.SubjectAlternativeName([general_name(n) for n in dict.fromkeys(names)]), critical=False)
         .sign(key, hashes.SHA256())
     )
-    cert = ca.issue(parse_csr(csr.public_bytes(serialization.Encoding.DER)), TLS_TEMPLATE)
+    # Not in the store (issued at start, outside any enrollment): no OCSP URL, see ca.issue.
+    cert = ca.issue(parse_csr(csr.public_bytes(serialization.Encoding.DER)), TLS_TEMPLATE, ocsp=False)
     cert_name, key_name = instance.config.server.tls_files
     pem_key = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     _replace(instance.path(key_name), pem_key, 0o600)

@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response
 
 from scepd import peerjson
 from scepd.protocol.errors import ErrorCode, Refusal
-from scepd.server.framing import CLOSE, BodyTooLarge, bug_refusal, read_body
+from scepd.server.framing import CLOSE, BodyRefused, bug_refusal, read_body
 from scepd.service.admin import Actor
 
 log = logging.getLogger("scepd.server")
@@ -37,10 +37,11 @@ class ApiRoutes:
     """`services()` is the current services object (its `rp_api` answers); `in_thread`
     runs the service's calls, which read files and wait for the database, off the event loop."""
 
-    def __init__(self, services: Callable, max_request_bytes: int, in_thread) -> None:
+    def __init__(self, services: Callable, max_request_bytes: int, in_thread, body_timeout: float | None = None) -> None:
         self._services = services
         self._limit = max_request_bytes
         self._in_thread = in_thread
+        self._body_timeout = body_timeout  # seconds a body has after its headers; None: no limit
 
     async def challenges(self, request: Request) -> Response:
         """POST /api/v1/challenges: the MDM side issues a challenge for one enrollment."""
@@ -68,9 +69,9 @@ class ApiRoutes:
     async def _body(self, request: Request):
         """The JSON body, or the answer refusing it."""
         try:
-            raw = await read_body(request, self._limit)
-        except BodyTooLarge as exc:
-            return api_refusal(Refusal(ErrorCode.REQUEST_TOO_LARGE, str(exc)), headers=CLOSE)
+            raw = await read_body(request, self._limit, self._body_timeout)
+        except BodyRefused as exc:
+            return api_refusal(Refusal(exc.code, str(exc)), headers=CLOSE)
         except ClientDisconnect:
             return Response(status_code=400)
         try:

@@ -29,6 +29,7 @@ from scepd.server.scep import SCEP_PATHS, ScepRoute
 from scepd.server.tls import PlainHttpGuard
 
 log = logging.getLogger("scepd.server")
+CONSOLE_THREADS = 4  # the console's pages and sign-ins (at most accounts.MAX_VERIFYING verifying)
 
 
 class ReloadingServices:
@@ -81,12 +82,13 @@ async def health(_request: Request) -> Response:
 
 
 def create_app(services, max_request_bytes: int, *, threads: int, background=None,
-               plain_http: Middleware | None = None) -> Starlette:
+               plain_http: Middleware | None = None, body_timeout: float | None = None) -> Starlette:
     """`services` is a `scepd.wiring.Services`, or a callable returning the current one;
     `threads` is the number of threads that run enrollments (the configuration decides it:
     `Config.enrollment_threads`); `background` (the notification dispatcher, the Intune
     revocation loop) runs while the app does; `plain_http` (a PlainHttpGuard) limits the
-    plain-HTTP port beside HTTPS to what may travel in clear."""
+    plain-HTTP port beside HTTPS to what may travel in clear; `body_timeout`: the seconds a
+    request's body has after its headers ([server] header_timeout)."""
     current = services if callable(services) else (lambda: services)
     # Enrollments run on threads of their own, so that a remote registration point's answer
     # or a database server's commit never stalls the event loop. A plain executor, not
@@ -94,11 +96,18 @@ def create_app(services, max_request_bytes: int, *, threads: int, background=Non
     # 123 us with 8 callers), and this pool is the app's own.
     executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="scepd-enroll")
 
+    # The console's own few threads: its sign-ins (an Argon2 verify, ~0.2 s of CPU and 64 MiB
+    # each) come from anyone who reaches /admin/login, and must not hold the threads above.
+    console_executor = ThreadPoolExecutor(max_workers=CONSOLE_THREADS, thread_name_prefix="scepd-console")
+
     async def in_thread(function, *args):
         return await asyncio.get_running_loop().run_in_executor(executor, function, *args)
 
-    scep = ScepRoute(current, max_request_bytes, in_thread)
-    api = ApiRoutes(current, max_request_bytes, in_thread)
+    async def in_console_thread(function, *args):
+        return await asyncio.get_running_loop().run_in_executor(console_executor, function, *args)
+
+    scep = ScepRoute(current, max_request_bytes, in_thread, body_timeout)
+    api = ApiRoutes(current, max_request_bytes, in_thread, body_timeout)
     routes = [Route(path, scep.handle, methods=["GET", "POST"]) for path in SCEP_PATHS]
     routes.append(Route("/api/v1/challenges", api.challenges, methods=["POST"]))
     routes.append(Route("/ScepActions/{action}", api.scep_actions, methods=["POST"]))
@@ -108,7 +117,7 @@ def create_app(services, max_request_bytes: int, *, threads: int, background=Non
     ocsp = OcspRoute(current, max_request_bytes, in_thread)
     routes += [Route(path, ocsp.handle, methods=["GET", "POST"]) for path in OCSP_PATHS]
     routes.append(Route("/ca/{key_id}.crt", CaIssuersRoute(current).handle, methods=["GET"]))
-    routes.append(Mount("/admin", routes=console_routes(current, in_thread)))
+    routes.append(Mount("/admin", routes=console_routes(current, in_console_thread)))
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
@@ -124,6 +133,7 @@ def create_app(services, max_request_bytes: int, *, threads: int, background=Non
             if background is not None:
                 background.stop()
             executor.shutdown(wait=True)
+            console_executor.shutdown(wait=True)
             worker_exited()
 
     # The guard first: what the plain port refuses is not framed, read or logged as a request.
@@ -160,7 +170,8 @@ def create_app_for_directory(directory: Path, overrides: Mapping[str, str] | Non
         https_base = server.public_url.rstrip("/") if server.public_url.startswith("https://") else ""
         plain_http = Middleware(PlainHttpGuard, plain_port=server.http_port, https_port=server.port, https_base=https_base)
     return create_app(ReloadingServices(served.build, served.watched), server.max_request_bytes,
-                      background=served.background(), threads=config.enrollment_threads, plain_http=plain_http)
+                      background=served.background(), threads=config.enrollment_threads, plain_http=plain_http,
+                      body_timeout=server.header_timeout_seconds)
 
 
 __all__ = ["ReloadingServices", "create_app", "create_app_for_directory"]

@@ -4,6 +4,7 @@ fields of a request's log line."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 
@@ -23,11 +24,28 @@ CLOSE = {"Connection": "close"}
 TEXT = "text/plain; charset=utf-8"
 
 
-class BodyTooLarge(Exception):
+class BodyRefused(Exception):
+    """The body is not read: `code` says why (the error table gives its HTTP status)."""
+
+    code = ErrorCode.REQUEST_MALFORMED
+
+
+class BodyTooLarge(BodyRefused):
     """The body exceeds the limit, as declared by Content-Length or counted as it arrived."""
+
+    code = ErrorCode.REQUEST_TOO_LARGE
 
     def __init__(self, limit: int) -> None:
         super().__init__(f"the body exceeds {limit} bytes")
+
+
+class BodyTooSlow(BodyRefused):
+    """The body did not arrive in time after the headers."""
+
+    code = ErrorCode.REQUEST_TIMEOUT
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(f"the body did not arrive within {timeout:g} s of the headers")
 
 
 def refusal_text(refusal: Refusal, status: int | None = None, headers: dict | None = None) -> Response:
@@ -58,19 +76,31 @@ def log_refused(event: str, scope, response: Response, refusal: Refusal) -> None
         **request_fields(scope), "http_status": response.status_code, "code": refusal.code.value, "reason": refusal.reason}})
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int, timeout: float | None = None) -> bytes:
     """The body, refused (BodyTooLarge) as soon as it is known to exceed `limit`: from
-    Content-Length before any of it is read, else as it arrives."""
+    Content-Length before any of it is read, else as it arrives; and (BodyTooSlow) when it has
+    not all arrived `timeout` seconds after the headers. The header timeout (server/run.py)
+    ends there: without this, a client that sends its headers and then a byte a minute holds
+    a connection and a task for as long as it likes."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge(limit)
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
+
+    async def collect() -> bytes:
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge(limit)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    if timeout is None:
+        return await collect()
+    try:
+        return await asyncio.wait_for(collect(), timeout)
+    except asyncio.TimeoutError:
+        raise BodyTooSlow(timeout) from None
 
 
 class RequestFraming:

@@ -147,29 +147,77 @@ class MetricsEndpoint:
         return scrape
 
 
+# A scraper sends one short request and reads the answer: a connection that has not done so
+# within LISTENER_TIMEOUT seconds (in all, not per read) is closed, and at most LISTENER_CONNECTIONS are served at
+# once (each a thread); one more is closed unanswered. Without both, a few hundred sockets
+# that send a byte now and then (slowloris) would each hold a thread for ever.
+LISTENER_TIMEOUT = 10.0
+LISTENER_CONNECTIONS = 16
+
+
 class _ReusePortServer(http.server.ThreadingHTTPServer):
     """Every worker listens on metrics_port (the kernel spreads the scrapes); any of them
-    answers with the sum of all."""
+    answers with the sum of all. At most `connections` at once."""
 
     daemon_threads = True
+    connections = LISTENER_CONNECTIONS
 
     def server_bind(self) -> None:
         if hasattr(socket, "SO_REUSEPORT"):
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
+        self._slots = threading.BoundedSemaphore(self.connections)
+
+    def process_request(self, request, client_address) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class MetricsListener:
-    """/metrics alone on `[server] metrics_port`, in a thread of each worker."""
+    """/metrics alone on `[server] metrics_port`, in a thread of each worker: plain HTTP,
+    `timeout` seconds for a request, `connections` at once."""
 
-    def __init__(self, endpoint: MetricsEndpoint, host: str, port: int) -> None:
+    def __init__(self, endpoint: MetricsEndpoint, host: str, port: int, *, timeout: float = LISTENER_TIMEOUT,
+                 connections: int = LISTENER_CONNECTIONS) -> None:
         self._endpoint, self._address = endpoint, (host, port)
+        self._timeout, self._connections = timeout, connections
         self._server: http.server.ThreadingHTTPServer | None = None
+
+    @property
+    def port(self) -> int:
+        return self._server.server_address[1] if self._server is not None else self._address[1]
 
     def start(self) -> None:
         endpoint = self._endpoint
+        limit = self._timeout
 
         class Handler(http.server.BaseHTTPRequestHandler):
+            timeout = limit  # each read's and write's
+
+            def handle(self) -> None:
+                # And the connection's in all: a byte every few seconds resets a read's timeout.
+                deadline = threading.Timer(limit, self._cut)
+                deadline.start()
+                try:
+                    super().handle()
+                finally:
+                    deadline.cancel()
+
+            def _cut(self) -> None:
+                with contextlib.suppress(OSError):
+                    self.connection.shutdown(socket.SHUT_RDWR)
             def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
                 if self.path.split("?")[0] != "/metrics":
                     status, headers, body = 404, {"Content-Type": "text/plain"}, b"404 Not Found: only /metrics here\n"
@@ -186,8 +234,9 @@ class MetricsListener:
                 pass
 
         family = socket.AF_INET6 if ":" in self._address[0] else socket.AF_INET
-        _ReusePortServer.address_family = family
-        self._server = _ReusePortServer(self._address, Handler)
+        server_class = type("MetricsServer", (_ReusePortServer,), {"address_family": family,
+                                                                   "connections": self._connections})
+        self._server = server_class(self._address, Handler)
         threading.Thread(target=self._server.serve_forever, name="scepd-metrics", daemon=True).start()
 
     def stop(self) -> None:

@@ -207,7 +207,10 @@ class ScepdServer(uvicorn.Server):
 
     async def on_tick(self, counter: int) -> bool:
         if self._reloader is not None and counter % 20 == 0:
-            self._reloader.check()
+            try:
+                self._reloader.check()
+            except Exception:  # noqa: BLE001 - a reload must never end the serve loop
+                log.exception("the TLS files were not reloaded")
         return await super().on_tick(counter)
 
 

@@ -18,7 +18,7 @@ from scepd import metrics
 from scepd.protocol.errors import ErrorCode, Refusal
 from scepd.server.framing import (
     CLOSE,
-    BodyTooLarge,
+    BodyRefused,
     bug_refusal,
     read_body,
     refusal_text,
@@ -73,10 +73,11 @@ class ScepRoute:
     """The SCEP paths. `services()` is the current services object (it may be reloaded);
     `in_thread(function, *args)` runs a PKIOperation off the event loop."""
 
-    def __init__(self, services: Callable, max_request_bytes: int, in_thread) -> None:
+    def __init__(self, services: Callable, max_request_bytes: int, in_thread, body_timeout: float | None = None) -> None:
         self._services = services
         self._limit = max_request_bytes
         self._in_thread = in_thread
+        self._body_timeout = body_timeout  # seconds a body has after its headers; None: no limit
 
     async def handle(self, request: Request) -> Response:
         started = time.perf_counter()
@@ -128,8 +129,8 @@ class ScepRoute:
     async def _pki_operation(self, request: Request, params: dict[str, str], fields: dict, scep) -> Answer:
         try:
             message = await self._message(request, params)
-        except BodyTooLarge as exc:
-            return _refused(fields, Refusal(ErrorCode.REQUEST_TOO_LARGE, str(exc)), headers=CLOSE)
+        except BodyRefused as exc:
+            return _refused(fields, Refusal(exc.code, str(exc)), headers=CLOSE)
         except ClientDisconnect:
             return Response(status_code=400), None
         except (ValueError, UnicodeDecodeError, binascii.Error) as exc:
@@ -143,7 +144,7 @@ class ScepRoute:
     async def _message(self, request: Request, params: dict[str, str]) -> bytes:
         """The pkiMessage: the body of a POST, the `message` parameter of a GET."""
         if request.method == "POST":
-            message = await read_body(request, self._limit)
+            message = await read_body(request, self._limit, self._body_timeout)
             if message and message[:1] != b"\x30":
                 # Not DER (which starts with a SEQUENCE): some clients POST base64.
                 message = decode_base64_message(message.decode("ascii"))

@@ -5,8 +5,11 @@ beside HTTPS may serve (PlainHttpGuard)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import ssl
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -46,10 +49,14 @@ def server_context(files: TlsFiles) -> ssl.SSLContext:
 
 
 class ContextReloader:
-    """Loads changed files into the live context. They are tried on a scratch context first:
-    a failed load_cert_chain can leave a context with the new certificate and the old key,
-    and a renewal writes the key a moment before the certificate; such a pair is retried at
-    the next look, and the context keeps serving the pair it has."""
+    """Loads changed files into the live context. Both files are read once, and the bytes
+    read are what is tried on a scratch context and then loaded into the live one: a file
+    that changes in between (a renewal writes the key a moment before the certificate) cannot
+    pair a new certificate with an old key in the live context, and a failed
+    load_cert_chain on the live context (which can leave the new certificate with the old
+    key) cannot happen for a pair the scratch context took. A pair that does not load is
+    retried at the next look, and the context keeps serving the pair it has; nothing a
+    reload meets ends the server."""
 
     def __init__(self, context: ssl.SSLContext, files: TlsFiles) -> None:
         self.context = context
@@ -63,17 +70,43 @@ class ContextReloader:
         if stamp == self._stamp:
             return False
         try:
-            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(self.files.certificate, self.files.key)
-        except (OSError, ssl.SSLError) as exc:
+            pair = (self.files.certificate.read_bytes(), self.files.key.read_bytes())
+            with _as_files(pair) as (certificate, key):
+                ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(certificate, key)
+                self.context.load_cert_chain(certificate, key)
+        except Exception as exc:  # noqa: BLE001 - the server goes on with the pair it has
             if self._complained != stamp:
                 self._complained = stamp
                 log.warning("kept the TLS certificate being served: %s and %s do not load together yet (%s)",
                             self.files.certificate, self.files.key, exc)
             return False
-        self.context.load_cert_chain(self.files.certificate, self.files.key)
         self._stamp = stamp
         log.warning("serving the TLS certificate in %s anew", self.files.certificate)
         return True
+
+
+@contextlib.contextmanager
+def _as_files(contents: tuple[bytes, ...]):
+    """Paths with `contents`, for load_cert_chain, which reads files only: memory files on
+    Linux (memfd, never on a disk; /proc/self/fd/N opens one anew from its start), else
+    files in a private temporary directory, removed afterwards."""
+    if hasattr(os, "memfd_create"):
+        fds = []
+        try:
+            for data in contents:
+                fds.append(os.memfd_create("scepd-tls", os.MFD_CLOEXEC))
+                with os.fdopen(os.dup(fds[-1]), "wb") as f:
+                    f.write(data)
+            yield [f"/proc/self/fd/{fd}" for fd in fds]
+        finally:
+            for fd in fds:
+                os.close(fd)
+        return
+    with tempfile.TemporaryDirectory(prefix="scepd-tls-") as directory:  # mode 0700
+        paths = [Path(directory) / str(i) for i in range(len(contents))]
+        for path, data in zip(paths, contents, strict=True):
+            path.write_bytes(data)
+        yield [str(p) for p in paths]
 
 
 # What devices that cannot do HTTPS need, and nothing that carries a secret: SCEP, the

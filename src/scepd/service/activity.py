@@ -4,7 +4,10 @@ failure with the remedy of its code; the last 24 hours of PKIOperations counted 
 by outcome (the overview's chart).
 
 The log is the instance's JSON-lines file ([logging] file); only its last `TAIL_BYTES` are
-read, so that a page stays quick on a log that was never rotated."""
+read, so that a page stays quick on a log that was never rotated. The request log leaves out
+the lines of the audit trail and of the console's sign-ins (`NOT_REQUESTS`): every signed-in
+account reads the log, the audit trail is for operators (its own page), and a sign-in line
+names the accounts that exist."""
 
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ TAIL_BYTES = 16 * 1024 * 1024
 SEARCHED = 5000  # the newest certificates a search looks through (SANs are read from their DER)
 _SERIAL = re.compile(r"[0-9a-fA-F]{1,64}")
 _REMEDIES = {code.value: info.remedy for code, info in ERRORS.items()}
+NOT_REQUESTS = frozenset({"scepd.audit", "scepd.console"})  # loggers whose lines the request log leaves out
 
 
 @dataclass(frozen=True)
@@ -95,7 +99,7 @@ def read_log(path: Path | None, wanted: LogFilter, limit: int = 200) -> list[Log
     found = []
     for text in reversed(_lines(path)):
         parsed = _parsed(text)
-        if parsed is None or not wanted.wants(*parsed):
+        if parsed is None or parsed[0].get("logger") in NOT_REQUESTS or not wanted.wants(*parsed):
             continue
         entry, at = parsed
         found.append(LogEntry(at, entry, _REMEDIES.get(str(entry.get("code")))))

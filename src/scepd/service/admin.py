@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import getpass
 import hashlib
 import logging
 import os
+import pwd
 import socket
 import sys
 from dataclasses import dataclass
@@ -26,11 +26,11 @@ from scepd.ca.templates import Template
 from scepd.challenge.otp import new_one_time_password
 from scepd.clock import Clock
 from scepd.protocol.csr import parse_csr
-from scepd.protocol.errors import ErrorCode, Refusal
+from scepd.protocol.errors import ErrorCode, KeyUnavailable, ProtocolError, Refusal
 from scepd.service.authorities import Authorities
 from scepd.service.issuance import Issuance
 from scepd.registry.rp import TOKEN_ID_DIGITS
-from scepd.store import AuditRecord, CertificateRecord, Store, TransactionRecord
+from scepd.store import AuditRecord, CertificateRecord, Store, StoreUnavailable, TransactionRecord
 from scepd.store.states import CertificateState, TransactionState
 
 audit_log = logging.getLogger("scepd.audit")
@@ -48,13 +48,18 @@ class Actor:
 
     @classmethod
     def cli(cls) -> "Actor":
-        """The person at this command line: the OS user (and who they were before sudo)."""
+        """The person at this command line: the user the process runs as, by its effective
+        uid (not LOGNAME or USER, which anyone sets), and who ran sudo. SUDO_USER counts only
+        when sudo can have set it: running as root with SUDO_UID beside it (a user cannot
+        become root without sudo or root's own say, who may then write what it likes)."""
+        euid = os.geteuid()
         try:
-            user = getpass.getuser()
-        except (KeyError, OSError):  # no name for this uid (a container's)
-            user = f"uid {os.getuid()}"
-        if os.environ.get("SUDO_USER") and os.environ["SUDO_USER"] != user:
-            user = f"{user} (sudo by {os.environ['SUDO_USER']})"
+            user = pwd.getpwuid(euid).pw_name
+        except KeyError:  # no name for this uid (a container's)
+            user = f"uid {euid}"
+        sudo_user = os.environ.get("SUDO_USER")
+        if euid == 0 and os.environ.get("SUDO_UID") and sudo_user and sudo_user != user:
+            user = f"{user} (sudo by {sudo_user[:64]})"
         try:
             tty = os.ttyname(sys.stdin.fileno()) if sys.stdin and sys.stdin.isatty() else "no tty"
         except (OSError, ValueError):
@@ -71,6 +76,25 @@ class Actor:
 
 
 INTERNAL = Actor("internal", "scepd")
+
+
+def outage(exc: BaseException) -> Refusal | None:
+    """The refusal an outage raised stands for (the database, an HSM's key: transient, 503);
+    None for anything else, a bug."""
+    if isinstance(exc, StoreUnavailable):
+        return Refusal(ErrorCode.STORE_UNAVAILABLE, exc.reason)
+    if isinstance(exc, KeyUnavailable):
+        return Refusal(ErrorCode.KEY_UNAVAILABLE, exc.reason)
+    return None
+
+
+def _failure(exc: BaseException) -> str:
+    """What the audit trail records of an action that raised: the outage's code, else the
+    exception's name."""
+    refusal = outage(exc)
+    if refusal is not None:
+        return refusal.code.value
+    return exc.code.value if isinstance(exc, ProtocolError) else type(exc).__name__
 
 
 class AuditTrail:
@@ -119,13 +143,23 @@ class Administration:
         self.audit.record(actor, "otp.new", f"expires {expires:%Y-%m-%dT%H:%M:%SZ}")
         return password, expires
 
+    def _recorded(self, actor: Actor, action: str, target: str, run, detail):
+        """`run()`, recorded as `action` on `target` however it ends: done, refused, or raising
+        (an outage of the database or an HSM: the attempt is recorded with its code, and the
+        exception goes on up). `detail(result)`: the record's detail; None for no result."""
+        try:
+            result = run()
+        except BaseException as exc:
+            self.audit.record(actor, action, target, _failure(exc), detail(None))
+            raise
+        refused = result if isinstance(result, Refusal) else None
+        self.audit.record(actor, action, target, refused, detail(None if refused else result))
+        return result
+
     def approve(self, transaction_id: str, actor: Actor = INTERNAL) -> x509.Certificate | Refusal:
         """Issue the certificate of a pending request (`scepd requests approve`)."""
-        result = self._approve(transaction_id)
-        refused = result if isinstance(result, Refusal) else None
-        self.audit.record(actor, "request.approve", transaction_id, refused,
-                          None if refused else f"serial {result.serial_number:x}")
-        return result
+        return self._recorded(actor, "request.approve", transaction_id, lambda: self._approve(transaction_id),
+                              lambda cert: f"serial {cert.serial_number:x}" if cert is not None else None)
 
     def _approve(self, transaction_id: str) -> x509.Certificate | Refusal:
         record = self._pending(transaction_id)
@@ -147,9 +181,8 @@ class Administration:
         return cert
 
     def deny(self, transaction_id: str, reason: str, actor: Actor = INTERNAL) -> Refusal | None:
-        refusal = self._deny(transaction_id, reason)
-        self.audit.record(actor, "request.deny", transaction_id, refusal, f"reason: {reason}"[:500])
-        return refusal
+        return self._recorded(actor, "request.deny", transaction_id, lambda: self._deny(transaction_id, reason),
+                              lambda _: f"reason: {reason}"[:500])
 
     def _deny(self, transaction_id: str, reason: str) -> Refusal | None:
         refusal = self._pending(transaction_id)
@@ -170,11 +203,11 @@ class Administration:
 
     def revoke(self, serial: str, reason: str, with_renewals: bool = False,
                actor: Actor = INTERNAL) -> tuple[CertificateRecord, ...] | Refusal:
-        result = self._revoke(serial, reason, with_renewals)
-        refused = result if isinstance(result, Refusal) else None
-        detail = f"reason {reason}" + ("" if refused else f"; revoked {', '.join(r.serial for r in result)}")
-        self.audit.record(actor, "certificate.revoke", serial, refused, detail[:1000])
-        return result
+        def detail(revoked) -> str:
+            return (f"reason {reason}" + (f"; revoked {', '.join(r.serial for r in revoked)}" if revoked else ""))[:1000]
+
+        return self._recorded(actor, "certificate.revoke", serial, lambda: self._revoke(serial, reason, with_renewals),
+                              detail)
 
     def _revoke(self, serial: str, reason: str, with_renewals: bool = False) -> tuple[CertificateRecord, ...] | Refusal:
         """Revoke a certificate and, `with_renewals`, every certificate renewed from it and from

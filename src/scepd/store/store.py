@@ -254,12 +254,16 @@ class Store:
         with self._begin() as connection:
             connection.execute(insert(t.AUDIT_EVENTS), values)
 
-    def audit_events(self, since: dt.datetime | None = None, limit: int = 1000) -> list[AuditRecord]:
-        """Administrative actions, oldest first; the newest `limit` of those `since`."""
+    def audit_events(self, since: dt.datetime | None = None, limit: int = 1000,
+                     action: str | None = None) -> list[AuditRecord]:
+        """Administrative actions, oldest first; the newest `limit` of those `since` (of
+        `action` only, when given)."""
         e = t.AUDIT_EVENTS.c
         query = select(t.AUDIT_EVENTS).order_by(e.id.desc()).limit(limit)
         if since is not None:
             query = query.where(e.at >= since)
+        if action is not None:
+            query = query.where(e.action == action)
         return [from_row(AuditRecord, row) for row in reversed(self._rows(query))]
 
     def delivery_states(self) -> list[dict]:

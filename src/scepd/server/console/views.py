@@ -6,12 +6,12 @@ from __future__ import annotations
 import datetime as dt
 import re
 
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import Response
 
 from scepd.protocol.errors import ErrorCode, Refusal
 from scepd.server.console import sessions as s
 from scepd.server.console.chart import chart
-from scepd.server.console.page import SECURITY_HEADERS, Call, log, refused, render
+from scepd.server.console.page import Call, headers, log, redirect, refused, render
 from scepd.service import activity
 from scepd.service.admin import REVOCATION_REASONS, Actor
 
@@ -36,7 +36,7 @@ def _next(value: str) -> str:
 
 def login_form(call: Call, error: Refusal | None = None, status: int = 200) -> Response:
     if call.session is not None and error is None:
-        return RedirectResponse(_next(call.arg("next")), status_code=303)
+        return redirect(call, _next(call.arg("next")))
     token = s.new_login_token()
     response = render(call, "login.html", status=status, login_token=token, next=_next(call.arg("next")), error=error,
                       name=call.arg("name"))
@@ -54,15 +54,15 @@ def login(call: Call) -> Response:
         return login_form(call, result, result.http_status)
     session_id, _signed_in = result
     log.info("console sign-in", extra={"fields": fields})
-    response = RedirectResponse(_next(call.arg("next")), status_code=303)
+    response = redirect(call, _next(call.arg("next")))
     s.set_cookie(response, s.SESSION_COOKIE, session_id)
     s.clear_cookie(response, s.LOGIN_COOKIE)
     return response
 
 
 def logout(call: Call) -> Response:
-    call.accounts.sign_out(call.session)
-    response = RedirectResponse(f"{s.PATH}/login", status_code=303)
+    call.accounts.sign_out(call.session, call.address)
+    response = redirect(call, f"{s.PATH}/login")
     s.clear_cookie(response, s.SESSION_COOKIE)
     return response
 
@@ -75,7 +75,7 @@ def overview(call: Call) -> Response:
     hours = activity.hourly(facts.log_file, now)
     certificates = [(role, cert, (cert.not_valid_after_utc - now).days) for role, cert in facts.certificates]
     try:
-        findings = [r for r in facts.doctor() if r.status != "PASS"]
+        findings = call.findings()
     except Exception:  # doctor reports what it can; a page must not fail with it
         log.exception("doctor failed on the console's overview")
         findings = None
@@ -154,8 +154,8 @@ def certificate_pem(call: Call) -> Response:
     record = _record(call)
     if isinstance(record, Response):
         return record
-    headers = {**SECURITY_HEADERS, "Content-Disposition": f'attachment; filename="{record.serial}.pem"'}
-    return Response(activity.certificate_view(record).pem, media_type="application/x-pem-file", headers=headers)
+    download = {**headers(call.request), "Content-Disposition": f'attachment; filename="{record.serial}.pem"'}
+    return Response(activity.certificate_view(record).pem, media_type="application/x-pem-file", headers=download)
 
 
 def revoke(call: Call) -> Response:
@@ -173,12 +173,13 @@ def revoke(call: Call) -> Response:
 
 
 def _time(text: str) -> dt.datetime | None:
-    """A datetime-local field's value, read as UTC; None when empty or unreadable."""
+    """A datetime-local field's value in UTC (read as UTC without an offset); None when empty,
+    unreadable or outside the years datetime can hold in UTC (0001-01-01T00:00+01:00)."""
     try:
         value = dt.datetime.fromisoformat(text) if text else None
-    except ValueError:
+        return value.replace(tzinfo=value.tzinfo or dt.UTC).astimezone(dt.UTC) if value else None
+    except (ValueError, OverflowError):
         return None
-    return value.replace(tzinfo=value.tzinfo or dt.UTC) if value else None
 
 
 def audit_trail(call: Call) -> Response:
@@ -188,7 +189,7 @@ def audit_trail(call: Call) -> Response:
         return refused(call, Refusal(ErrorCode.ROLE_NOT_ALLOWED, "the audit trail is for operators"))
     since = _time(call.arg("since")) or _now(call) - dt.timedelta(days=7)
     action = call.arg("action").strip()
-    events = [e for e in call.services.store.audit_events(since=since, limit=500) if not action or e.action == action]
+    events = call.services.store.audit_events(since=since, limit=500, action=action or None)
     return render(call, "audit.html", events=list(reversed(events)), since=since, action=action)
 
 
