@@ -89,12 +89,24 @@ def sign_in(driver, base: str, account: str) -> None:
     driver.find_element(by("ID"), "name").send_keys(account)
     driver.find_element(by("ID"), "password").send_keys(PASSWORD)
     driver.find_element(by("CSS_SELECTOR"), "form button[type=submit]").click()
-    assert driver.find_element(by("TAG_NAME"), "h1").text == "Overview"
+    # click() returns before the next page has loaded: wait for it, not for the old one's h1.
+    arrived = _wait(driver, lambda: "/admin/login" not in driver.current_url)
+    assert arrived and driver.find_element(by("TAG_NAME"), "h1").text == "Overview", driver.page_source[:2000]
 
 
 def sign_out(driver) -> None:
     driver.find_element(by("CSS_SELECTOR"), "form.signout button").click()
-    assert driver.current_url.endswith("/admin/login")
+    assert _wait(driver, lambda: driver.current_url.endswith("/admin/login")), driver.current_url
+
+
+def _wait(driver, condition, timeout: float = 10.0) -> bool:
+    """Whether `condition` held within `timeout` seconds, and the page it held on has loaded."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition() and driver.execute_script("return document.readyState") == "complete":
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def pki(*args, cwd, timeout=120) -> subprocess.CompletedProcess:
@@ -177,8 +189,12 @@ def test_revoking_in_the_console_puts_the_certificate_on_the_crl(browser, srv, s
     browser.get(f"{base}/admin/certs")
     browser.find_element(by("ID"), "q").send_keys("vpn-gateway")
     browser.find_element(by("CSS_SELECTOR"), "form.filters button").click()
+    # The serial's link is on the unfiltered list too: wait for the search's page, not that one.
+    assert _wait(browser, lambda: "q=vpn-gateway" in browser.current_url), browser.current_url
     shot(browser, "certs")
-    browser.find_element(by("LINK_TEXT"), format(cert.serial_number, "x")).click()
+    serial = format(cert.serial_number, "x")
+    browser.find_element(by("LINK_TEXT"), serial).click()
+    assert _wait(browser, lambda: browser.current_url.endswith(f"/admin/certs/{serial}")), browser.current_url
     from selenium.webdriver.support.ui import Select
 
     Select(browser.find_element(by("ID"), "reason")).select_by_value("keyCompromise")
@@ -189,7 +205,13 @@ def test_revoking_in_the_console_puts_the_certificate_on_the_crl(browser, srv, s
     (tmp_path / "ca.crl").write_bytes(httpx.get(cdp).content)
     text = subprocess.run(["openssl", "crl", "-inform", "DER", "-in", str(tmp_path / "ca.crl"), "-noout", "-text"],
                           capture_output=True, text=True, check=True).stdout
-    assert f"Serial Number: {cert.serial_number:X}".upper() in text.upper() and "Key Compromise" in text
+    # openssl prints a serial in whole bytes (a leading 0 for an odd count of hex digits): read
+    # the list itself for the serial, openssl's text for the reason as an administrator sees it.
+    revoked = x509.load_der_x509_crl((tmp_path / "ca.crl").read_bytes()).get_revoked_certificate_by_serial_number(
+        cert.serial_number)
+    assert revoked is not None and revoked.extensions.get_extension_for_class(x509.CRLReason).value.reason \
+        is x509.ReasonFlags.key_compromise
+    assert "Key Compromise" in text
 
 
 def test_a_form_without_its_csrf_token_is_refused(browser, srv):
@@ -197,7 +219,7 @@ def test_a_form_without_its_csrf_token_is_refused(browser, srv):
     # WebDriver's script runs outside the page's CSP: it plays the forged form of another site.
     browser.execute_script("document.querySelector('main form input[name=csrf_token]').remove()")
     browser.find_element(by("CSS_SELECTOR"), "main form button").click()
-    assert "CsrfTokenInvalid" in browser.page_source
+    assert _wait(browser, lambda: "CsrfTokenInvalid" in browser.page_source), browser.page_source[:2000]
     assert not browser.find_elements(by("ID"), "otp")
 
 
@@ -231,7 +253,6 @@ def test_a_viewer_cannot_approve(browser, srv, instance):
         "for (const [k, v] of [['csrf_token', arguments[0]], ['transaction_id', arguments[1]]]) {"
         "  const i = document.createElement('input'); i.type = 'hidden'; i.name = k; i.value = v; f.appendChild(i); }"
         "document.body.appendChild(f); f.submit();", token, tid)
-    time.sleep(0.5)
-    assert "RoleNotAllowed" in browser.page_source
+    assert _wait(browser, lambda: "RoleNotAllowed" in browser.page_source), browser.page_source[:2000]
     record = json.loads(run_scepd("requests", "show", tid, "--dir", str(instance)).stdout)
     assert record["status"] == "pending"
