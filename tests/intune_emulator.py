@@ -261,21 +261,7 @@ class IntuneEmulator:
         if path != f"{current}/ScepActions/{action}":
             self._record("stale", path)
             return None  # 404: not (or no longer) this tenant's service
-        if self._scope_of(headers, "scep_challenge_provider") != INTUNE_SCOPE:
-            raise Refuse(f"{action} needs a token for https://api.manage.microsoft.com/")
-        if headers.get("api-version") != "2018-02-20":
-            raise Refuse(f"api-version {headers.get('api-version')!r}")
-        request_id = headers.get("client-request-id", "")
-        try:
-            uuid.UUID(request_id)
-        except ValueError:
-            raise Refuse(f"client-request-id {request_id!r} is not a UUID") from None
-        with self._lock:
-            if request_id in self._request_ids:
-                raise Refuse(f"client-request-id {request_id} was used before")
-            self._request_ids.add(request_id)
-        if not headers.get("Content-Type", "").startswith("application/json"):
-            raise Refuse(f"{action} sent {headers.get('Content-Type')!r}")
+        request_id = self._intune_headers(action, headers, "2018-02-20", role="scep_challenge_provider")
         document = json.loads(body)
         if set(document) != {wrapper} or set(document[wrapper]) != fields:
             raise Refuse(f"{action}'s body has {document!r:.300}")
@@ -345,9 +331,16 @@ class IntuneEmulator:
         """The checks of a PkiConnectorFEService call: its path, headers and JSON body."""
         if path != f"/pki-connector/CertificateAuthorityRequests/{action}":
             raise Refuse(f"the PkiConnectorFEService has no {path}")
-        if self._scope_of(headers) != INTUNE_SCOPE:
+        self._intune_headers(action, headers, "5019-05-05")
+        return json.loads(body)
+
+    def _intune_headers(self, action: str, headers, api_version: str, role: str | None = None) -> str:
+        """The headers every call to one of Intune's services carries: a token for Intune
+        (with `role`, when the call needs one), the service's api-version, a new UUID as
+        client-request-id, a JSON body. The client-request-id."""
+        if self._scope_of(headers, role) != INTUNE_SCOPE:
             raise Refuse(f"{action} needs a token for https://api.manage.microsoft.com/")
-        if headers.get("api-version") != "5019-05-05":
+        if headers.get("api-version") != api_version:
             raise Refuse(f"{action} api-version {headers.get('api-version')!r}")
         request_id = headers.get("client-request-id", "")
         try:
@@ -360,7 +353,7 @@ class IntuneEmulator:
             self._request_ids.add(request_id)
         if not headers.get("Content-Type", "").startswith("application/json"):
             raise Refuse(f"{action} sent {headers.get('Content-Type')!r}")
-        return json.loads(body)
+        return request_id
 
     def download_revocations(self, path: str, headers, body: bytes) -> dict:
         document = self._pki_call("downloadRevocationRequests", path, headers, body)
