@@ -20,15 +20,20 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+import before_after  # noqa: E402
 DOC = ROOT / "docs" / "performance.md"
 PLOT = ROOT / "docs" / "performance.png"
 
 
-def run(workers: int, concurrency: int, duration: float, threads: int = 0, url: str = "", challenge: str = "") -> dict:
+def run(workers: int, concurrency: int, duration: float, threads: int = 0, url: str = "", challenge: str = "",
+        source: Path | None = None) -> dict:
     command = [sys.executable, str(ROOT / "bench" / "scepbench.py"), "--workers", str(workers), "--concurrency",
                str(concurrency), "--duration", str(duration), "--threads", str(threads), "--json-only"]
     if url:  # another server: the same load generator and requests, its URL and challenge
         command += ["--url", url] + (["--challenge", challenge] if challenge else [])
+    if source is not None:  # another revision's scepd
+        command += ["--source", str(source)]
     out = subprocess.run(command, capture_output=True, text=True, check=False)
     line = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else "{}"
     return json.loads(line)
@@ -83,6 +88,30 @@ def against_table(results: list[dict], others: list[dict]) -> str:
             f"|---|---|---|---|---|\n{rows}\n")
 
 
+# main when the performance issue was taken up: what "before" means in docs/performance.md.
+BEFORE = "0cd8ef2"
+
+
+def compare(revision: str, duration: float) -> dict:
+    """`revision` against this tree, in this run: over HTTP at 1 and 8 clients, and in process
+    stage by stage (bench/before_after.py)."""
+    with before_after.worktree(revision) as tree:
+        rows = before_after.over_http(run, tree, [1, 8], 3, duration)
+        return {"before_after": rows, "revision": revision,
+                "stages": {"before": before_after.stages(tree), "after": before_after.stages(None)}}
+
+
+def compared_text(compared: dict) -> str:
+    if not compared:
+        return ""
+    return (f"\nBefore and after: {compared['revision']} (main when the performance work began) and this tree, one "
+            "worker with its default threads, alternated three times at each client count (medians):\n\n"
+            + before_after.http_table(compared["before_after"])
+            + "\nWhere an enrollment's time goes, in process (`bench/profile_enrollment.py --stages`, the same "
+            "requests through the SCEP service without HTTP), with either revision's code:\n\n"
+            + before_after.stage_table(compared["stages"]["before"], compared["stages"]["after"]))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=8.0)
@@ -90,12 +119,17 @@ def main() -> int:
     parser.add_argument("--concurrency", default="1,2,4,8,16")
     parser.add_argument("--against", default="", help="another SCEP server's URL, measured at each client count")
     parser.add_argument("--against-challenge", default="", help="its challenge password")
+    parser.add_argument("--before", default=BEFORE,
+                        help=f"a revision to measure beside this tree in the same run (default {BEFORE}; '' for none)")
     parser.add_argument("--results", type=Path,
                         help="write the report from the JSON lines a previous run printed, without measuring")
     args = parser.parse_args()
     saved_other: list[dict] = []
+    compared: dict = {}
     if args.results:
         saved = [json.loads(line) for line in args.results.read_text().splitlines() if line.startswith("{")]
+        compared = next((r for r in saved if "before_after" in r), {})
+        saved = [r for r in saved if "before_after" not in r]
         saved_other = [r for r in saved if r.get("against")]
         results = [r for r in saved if r.get("threads") == "auto" and not r.get("against")]
         scaling = [r for r in saved if r.get("threads") == 1 and not r.get("against")]
@@ -117,6 +151,9 @@ def main() -> int:
             other["against"] = args.against
             print(json.dumps(other), flush=True)
             saved_other.append(other)
+        if args.before:
+            compared = compare(args.before, args.duration)
+            print(json.dumps(compared), flush=True)
     # The bound is measured again in every run and this machine's speed drifts: the median.
     bound = statistics.median(r["crypto_bound"]["enrollments_per_s_per_core"] for r in results)
     ops = sorted(r["crypto_bound"]["rsa2048_private_ops_per_s"] for r in results)
@@ -151,6 +188,7 @@ Best single worker: {one['enrollments_per_s']}/s ({one['ratio_to_bound']} of its
         + f"Process scaling, one enrollment thread per worker, 8 clients: {scaling[0]['enrollments_per_s']}/s with one worker, "
         f"{scaling[1]['enrollments_per_s']}/s with two ({scaling[1]['enrollments_per_s'] / scaling[0]['enrollments_per_s']:.2f} x).\n"
         + against_table(results, saved_other)
+        + compared_text(compared)
         + f"\n{marker}{notes}")
     print(f"wrote {DOC} and {PLOT}", file=sys.stderr)
     return 0

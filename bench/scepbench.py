@@ -158,13 +158,16 @@ def prefill(database_url: str, count: int) -> None:
 
 
 class LocalServer:
-    def __init__(self, workers: int, key_type: str, db: str | None, prefilled: int = 0, threads: int = 0) -> None:
+    def __init__(self, workers: int, key_type: str, db: str | None, prefilled: int = 0, threads: int = 0,
+                 source: Path | None = None) -> None:
         self.directory = Path(tempfile.mkdtemp(prefix="scepbench-"))
         scepd = [sys.executable, "-m", "scepd.cli"]
         key = "rsa:2048" if key_type == "rsa" else "ec:p256"
-        subprocess.run([*scepd, "init", "--dir", str(self.directory), "--key", key, "--challenge", CHALLENGE],
-                       check=True, capture_output=True)
         env = {**os.environ, "SCEPD_LOGGING_FILE": ""}  # measure SCEP, not log writing to disk
+        if source is not None:  # another revision's code (bench/report.py --before): ahead of the installed one
+            env["PYTHONPATH"] = str(source)
+        subprocess.run([*scepd, "init", "--dir", str(self.directory), "--key", key, "--challenge", CHALLENGE],
+                       check=True, capture_output=True, env=env)
         if threads:
             env["SCEPD_SERVER_THREADS"] = str(threads)
         if db:
@@ -297,7 +300,8 @@ def verify(results, requests, keys, signers_by_key, ca_certs) -> int:
 
 
 def measure(args) -> dict:
-    server = None if args.url else LocalServer(args.workers, args.key_type, args.db, args.prefill, args.threads)
+    server = None if args.url else LocalServer(args.workers, args.key_type, args.db, args.prefill, args.threads,
+                                                args.source)
     url = args.url or server.url
     try:
         with httpx.Client() as http:
@@ -338,6 +342,7 @@ def measure(args) -> dict:
         "url": args.url or "local scepd",
         "workers": args.workers,
         "threads": args.threads or "auto",
+        "source": str(args.source) if args.source else None,
         "concurrency": args.concurrency,
         "duration_s": round(elapsed, 2),
         "key_type": args.key_type,
@@ -385,6 +390,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--db", help="database URL for the local scepd (default: SQLite)")
     p.add_argument("--prefill", type=int, default=0, help="certificates already in the local store (e.g. 100000)")
     p.add_argument("--expect-rate", type=float, default=400.0, help="requests prepared per second of duration")
+    p.add_argument("--source", type=Path, help="the src/ directory whose scepd the local server runs (default: the installed one)")
     p.add_argument("--json-only", action="store_true")
     return p
 

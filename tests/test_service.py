@@ -142,3 +142,39 @@ def test_administration_refusals_are_codes(services):
 def test_a_message_too_broken_to_answer_is_an_http_400(services):
     result = services.scep.pki_operation(b"\x30\x03\x02\x01\x00", "127.0.0.1")
     assert result.http_status == 400 and result.refusal.code is ErrorCode.MESSAGE_UNDECODABLE
+
+
+def _pki_message(material, cn: str, challenge: str) -> bytes:
+    from scepd.protocol import enveloped
+    from scepd.protocol.message import build_pki_message
+
+    key = new_key()
+    csr = build_csr(key, name(cn), challenge=challenge)
+    return build_pki_message(
+        message_type=MessageType.PKCS_REQ, transaction_id=f"T-{cn}", signer_certificate=self_signed(key, name(cn)),
+        signer_key=key, digest_algorithm="sha256",
+        envelope=enveloped.build_enveloped(csr.public_bytes(Encoding.DER), material.ra.certificate,
+                                           ContentCipher.AES_128_CBC),
+    )
+
+
+@pytest.mark.parametrize("webhooks", [(), ("http://127.0.0.1:9/never-delivered",)])
+def test_notifications_are_queued_for_targets_and_only_then(tmp_path, webhooks):
+    """The outbox holds what is owed to someone: with no webhook neither a success nor a
+    refusal writes a row (a refused request then costs no write at all), with one both do."""
+    from scepd.registry.instance import load_key_material
+
+    create_instance(tmp_path, key_spec="rsa:2048", static_challenge=CHALLENGE)
+    update_config_file(tmp_path / "scepd.toml", {"notifications": {"webhooks": list(webhooks)}})
+    instance = Instance.open(tmp_path)
+    material = load_key_material(instance)
+    store = instance.open_store()
+    try:
+        service = build_services(instance, store, material=material).scep
+        issued = service.pki_operation(_pki_message(material, "told", CHALLENGE), "127.0.0.1")
+        refused = service.pki_operation(_pki_message(material, "refused", "wrong challenge"), "127.0.0.1")
+        assert (issued.status, refused.status) == ("SUCCESS", "FAILURE")
+        kinds = [n["kind"].value for n in store.notifications()]
+        assert kinds == (["success", "failure"] if webhooks else [])
+    finally:
+        store.dispose()

@@ -28,6 +28,7 @@ from scepd.client import ScepClient, build_csr
 from scepd.client.client import self_signed
 from scepd.protocol import FailInfo, MessageType, PkiStatus, enveloped
 from scepd.protocol.message import build_pki_message, parse_pki_message
+from scepd.registry.config import update_config_file
 from scepd.registry.instance import Instance, create_instance, load_key_material
 from scepd.store import Store, StoreUnavailable
 from scepd.wiring import build_services
@@ -41,8 +42,10 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-def new_instance(directory: Path) -> Path:
+def new_instance(directory: Path, *, notified: bool = False) -> Path:
     create_instance(directory, ca_subject="CN=scepd Faults CA", key_spec="rsa:2048", static_challenge=CHALLENGE)
+    if notified:  # a webhook: every success and failure is queued for it (never delivered here)
+        update_config_file(directory / "scepd.toml", {"notifications": {"webhooks": ["http://127.0.0.1:9/unreachable"]}})
     return directory
 
 
@@ -133,7 +136,7 @@ BUSY = 2.0  # seconds: [database] busy_timeout of the servers below
 
 
 def test_locked_database_is_a_named_refusal_within_busy_timeout_and_recovers(tmp_path):
-    directory = new_instance(tmp_path / "instance")
+    directory = new_instance(tmp_path / "instance", notified=True)
     server = RunningServer(directory, env={"SCEPD_DATABASE_BUSY_TIMEOUT": f"{BUSY:g}s", "SCEPD_SERVER_THREADS": "4"})
     try:
         with ScepClient(server.url) as client:
@@ -282,7 +285,7 @@ def test_full_database_in_process(tmp_path):
     """Emulated where no file system can be filled: SQLite's max_page_count makes a write
     that needs a page beyond the database's current size fail with SQLITE_FULL, as a full
     disk does (the first few may still fit into the free room of the pages it has)."""
-    instance = Instance.open(new_instance(tmp_path / "instance"))
+    instance = Instance.open(new_instance(tmp_path / "instance", notified=True))
     material = load_key_material(instance)
     store = instance.open_store()
     full = {"on": False}

@@ -16,6 +16,13 @@ from pathlib import Path
 
 class JsonLineFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
+        # Each handler (stderr, the log file) formats the record: the line is written once.
+        line = getattr(record, "_scepd_json_line", None)
+        if line is None:
+            line = record._scepd_json_line = self._line(record)
+        return line
+
+    def _line(self, record: logging.LogRecord) -> str:
         entry = {
             "ts": dt.datetime.fromtimestamp(record.created, dt.timezone.utc).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),

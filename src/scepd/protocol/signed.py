@@ -1,7 +1,7 @@
 """SignedData (RFC 5652 section 5): read and verify a peer's, sign our own, and the
 degenerate certs-only form that carries certificates and CRLs (RFC 8894 section 3.4).
 
-Our own are built bottom-up from frozen parts, cached per signer (see `ber.frozen`); a
+Our own are put together from their parts' encodings, those of the signer built once; a
 peer's are read through `ber.read_ber`, and their signature is checked over the signed
 attributes as sent, then in DER (some clients sign them unsorted).
 May import: asn1crypto, cryptography and scepd.protocol's ber, certificates, errors, signatures.
@@ -188,17 +188,40 @@ def _signed_attributes_as_sent(der: bytes) -> bytes | None:
     return asn1_parser.emit(0, 1, 17, attrs[4])
 
 
+@dataclass(frozen=True)
+class _SignerParts:
+    """The encoded parts of our SignedData that depend only on the signer, its digest and its
+    signature algorithm: built once (asn1crypto is slow at building a structure from Python
+    values, and these never change for the server's RA)."""
+
+    signer_info_head: bytes  # SignerInfo's version, sid and digestAlgorithm
+    signature_algorithm: bytes
+    signed_data_head: bytes  # SignedData's version and digestAlgorithms
+    certificates: bytes  # SignedData's [0] certificates: the signer's certificate
+
+
 @functools.lru_cache(maxsize=64)
-def _signer_identity(certificate: x509.Certificate) -> tuple[cms.SignerIdentifier, cms.CertificateSet]:
-    """The SignerIdentifier and certificate set of a signer, built once per certificate.
-    asn1crypto is slow at building a structure from Python values and costs nothing when it
-    embeds one already built; these never change for the server's RA."""
-    sid = issuer_and_serial(certificate, cms.SignerIdentifier)
-    # Kept as parsed, not as built: a built value counts as changed and is encoded again
-    # every time; a parsed one hands out its bytes. The set carries SignedData's [0] tag,
-    # so that embedding it does not copy it.
-    certificate_set = cms.CertificateSet([to_asn1(certificate)], implicit=0)
-    return ber.frozen(sid), ber.frozen(certificate_set, implicit=0)
+def _signer_parts(certificate: x509.Certificate, digest_algorithm: str, signature_algorithm: str) -> _SignerParts:
+    digest = cms.DigestAlgorithm({"algorithm": digest_algorithm})
+    return _SignerParts(
+        signer_info_head=cms.CMSVersion("v1").dump() + issuer_and_serial(certificate, cms.SignerIdentifier).dump()
+        + digest.dump(),
+        signature_algorithm=cms.SignedDigestAlgorithm({"algorithm": signature_algorithm}).dump(),
+        signed_data_head=cms.CMSVersion("v1").dump() + cms.DigestAlgorithms([digest]).dump(),
+        certificates=cms.CertificateSet([to_asn1(certificate)], implicit=0).dump(),
+    )
+
+
+_DATA = cms.ContentType("data").dump()
+_SIGNED_DATA = cms.ContentType("signed_data").dump()
+
+
+def _sequence(*encodings: bytes) -> bytes:
+    return asn1_parser.emit(0, 1, 16, b"".join(encodings))  # universal, constructed, SEQUENCE
+
+
+def _context(tag: int, encoding: bytes) -> bytes:
+    return asn1_parser.emit(2, 1, tag, encoding)  # [tag], constructed: EXPLICIT, or IMPLICIT of a SET
 
 
 @functools.lru_cache(maxsize=256)
@@ -206,15 +229,6 @@ def _fixed_attribute(name: str, value: str) -> cms.CMSAttribute:
     """An attribute whose value comes from a short list (contentType, messageType, pkiStatus,
     failInfo), built once."""
     return ber.frozen(cms.CMSAttribute({"type": name, "values": [value]}))
-
-
-@functools.lru_cache(maxsize=64)
-def _digest_algorithms(digest_algorithm: str) -> tuple[cms.DigestAlgorithm, cms.DigestAlgorithms]:
-    """The SignerInfo's digestAlgorithm and the SignedData's set of them, built once."""
-    return (
-        ber.frozen(cms.DigestAlgorithm({"algorithm": digest_algorithm})),
-        ber.frozen(cms.DigestAlgorithms([{"algorithm": digest_algorithm}])),
-    )
 
 
 _FIXED_ATTRIBUTES = {"content_type", "scep_message_type", "scep_pki_status", "scep_fail_info"}
@@ -256,40 +270,28 @@ def build_signed_data(
     signingTime and messageDigest. `signing_time`: the caller's clock (the server passes its
     own); None, the system clock (a client's messages, the tests').
     """
-    sid, signer_set = _signer_identity(signer_certificate)
-    digest_id, digest_ids = _digest_algorithms(digest_algorithm)
+    algorithm = signatures.signature_algorithm_id(signer_key, digest_algorithm)["algorithm"]
+    parts = _signer_parts(signer_certificate, digest_algorithm, algorithm)
     attrs = [
         _attribute("content_type", "data"),
         _attribute("signing_time", cms.Time({"utc_time": signing_time or dt.datetime.now(dt.timezone.utc)})),
         _attribute("message_digest", signatures.digest(digest_algorithm, content)),
     ]
     attrs += [_attribute(name, value) for name, value in attributes]
-    # Built with SignerInfo's [0] tag; the signature covers the same contents under the
-    # SET OF tag (RFC 5652 5.4), which asn1crypto's encoder writes around them.
-    signed_attrs = ber.frozen(cms.CMSAttributes(attrs, implicit=0), implicit=0)
-    set_of = asn1_parser.emit(0, 1, 17, signed_attrs.contents)  # universal, constructed, SET
-    signature = signatures.sign(signer_key, digest_algorithm, set_of)
-    signer_info = ber.frozen(cms.SignerInfo(
-        {
-            "version": "v1",
-            "sid": sid,
-            "digest_algorithm": digest_id,
-            "signed_attrs": signed_attrs,
-            "signature_algorithm": signatures.signature_algorithm_id(signer_key, digest_algorithm),
-            "signature": signature,
-        }
-    ))
-    certs = signer_set
+    # The SignedData is put together from its parts' encodings, as asn1crypto would encode
+    # it from Python values (test_protocol checks that byte for byte) at a tenth of the cost:
+    # a SET OF's elements sorted by their encodings (X.690 11.6), the signed attributes
+    # under SignerInfo's [0] and, for the signature, under the SET OF tag (RFC 5652 5.4).
+    signed_attrs = b"".join(sorted(attr.dump() for attr in attrs))
+    signature = signatures.sign(signer_key, digest_algorithm, asn1_parser.emit(0, 1, 17, signed_attrs))
+    signer_info = _sequence(parts.signer_info_head, _context(0, signed_attrs), parts.signature_algorithm,
+                            core.OctetString(signature).dump())
+    certs = parts.certificates
     if certificates:
-        certs = cms.CertificateSet([to_asn1(signer_certificate)] + [to_asn1(c) for c in certificates], implicit=0)
-    signed_data = {
-        "version": "v1",
-        "digest_algorithms": digest_ids,
-        "encap_content_info": {"content_type": "data", "content": content},
-        "certificates": certs,
-        "signer_infos": [signer_info],
-    }
-    return cms.ContentInfo({"content_type": "signed_data", "content": signed_data}).dump()
+        certs = cms.CertificateSet([to_asn1(signer_certificate)] + [to_asn1(c) for c in certificates], implicit=0).dump()
+    encapsulated = _sequence(_DATA, _context(0, core.OctetString(content).dump()))
+    signed_data = _sequence(parts.signed_data_head, encapsulated, certs, asn1_parser.emit(0, 1, 17, signer_info))
+    return _sequence(_SIGNED_DATA, _context(0, signed_data))
 
 
 def build_certs_only(

@@ -58,6 +58,9 @@ class Issuance:
             uow.add_transaction(dataclasses.replace(record, certificate_serial=serial))
         if record.renewal_of and template.revoke_on_renewal:
             uow.revoke(record.renewal_of, "superseded")
+        targets = self.notify.get(NotificationKind.SUCCESS.value, ())
+        if not targets:  # nobody to tell: no row in the outbox (and no payload to build)
+            return cert
         uow.add_notification(NotificationKind.SUCCESS, record.transaction_id, {
             "transactionId": record.transaction_id,
             # As stored: without the challengePassword, which webhooks have no use for.
@@ -69,7 +72,7 @@ class Issuance:
             "subject": cert.subject.rfc4514_string(),
             "template": template.name,
             "callerInfo": "scepd",
-        }, self.notify.get(NotificationKind.SUCCESS.value, ()))
+        }, targets)
         return cert
 
     def publish_crl_after_renewal(self, renewed: CertificateRecord) -> None:

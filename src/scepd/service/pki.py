@@ -140,6 +140,11 @@ class ScepService:
                                   now=self.clock.now())
 
     def _notify_failure(self, exchange: Exchange, refusal: Refusal, details: dict) -> None:
+        targets = self.notify.get(NotificationKind.FAILURE.value, ())
+        if not targets:
+            # Nobody to tell: no write at all. (A refusal otherwise costs a transaction and its
+            # fsync, which a flood of bad requests would turn into load on the disk.)
+            return
         if refusal.code is ErrorCode.STORE_UNAVAILABLE:
             # Queuing it would wait for the same store a second time, before the reply; the
             # request's log line says it was not queued.
@@ -155,8 +160,7 @@ class ScepService:
         }
         try:
             with self.store.unit_of_work() as uow:
-                uow.add_notification(NotificationKind.FAILURE, exchange.transaction_id, payload,
-                                     self.notify.get(NotificationKind.FAILURE.value, ()))
+                uow.add_notification(NotificationKind.FAILURE, exchange.transaction_id, payload, targets)
         except StoreUnavailable as exc:
             details["notification"] = f"not queued: {exc.reason}"
         except Exception:  # never let telling about a failure turn into another one
