@@ -453,3 +453,77 @@ def test_signed_data_from_encodings_is_asn1cryptos_own_encoding(key_type, conten
         }})
         assert ours == reference.dump()
         assert signed.parse_signed_data(ours).signature_error is None
+
+
+def _stripped_by_asn1crypto(der: bytes) -> bytes:
+    """The stored form of a request as asn1crypto builds it from the parsed parts (how it was
+    made before it was put together from encodings): the reference for the test below."""
+    request = asn1_csr.CertificationRequest.load(der)
+    info = request["certification_request_info"]
+    kept = [a for a in info["attributes"] if a["type"].native != "challenge_password"]
+    return asn1_csr.CertificationRequest({
+        "certification_request_info": asn1_csr.CertificationRequestInfo({
+            "version": info["version"], "subject": info["subject"], "subject_pk_info": info["subject_pk_info"],
+            "attributes": asn1_csr.CRIAttributes(kept)}),
+        "signature_algorithm": request["signature_algorithm"],
+        "signature": request["signature"],
+    }).dump()
+
+
+def test_the_stored_request_from_encodings_is_what_asn1crypto_builds(apple_ca):
+    """Stored requests (without their challengePassword) are recognised as resent by their
+    bytes: putting them together from encodings must give asn1crypto's bytes exactly, for our
+    client's requests, Apple's version 2 one, and attributes sent unsorted (strongSwan)."""
+    from scepd.client import build_csr
+    from scepd.protocol.csr import without_challenge_password
+
+    key = rsa.generate_private_key(65537, 2048)
+    name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "stored")])
+    ours = build_csr(key, name, challenge="s3cret", sans=[x509.DNSName("a.example")]).public_bytes(serialization.Encoding.DER)
+    message = parse_pki_message((APPLE / "PKCSReq.der").read_bytes())
+    apple = enveloped.decrypt_enveloped(message.envelope, [apple_ca]).content
+    unsorted = asn1_csr.CertificationRequest.load(ours)
+    attributes = list(unsorted["certification_request_info"]["attributes"])
+    unsorted["certification_request_info"]["attributes"] = asn1_csr.CRIAttributes(attributes[::-1])
+    unsorted_der = unsorted.dump(force=True)
+    no_challenge = build_csr(key, name, challenge=None).public_bytes(serialization.Encoding.DER)
+    for der in (ours, apple, unsorted_der, no_challenge):
+        expected = _stripped_by_asn1crypto(der) if der is not no_challenge else der
+        assert without_challenge_password(der) == expected
+        assert b"s3cret" not in expected
+    assert parse_csr(ours).without_challenge == _stripped_by_asn1crypto(ours)
+
+
+def test_signed_attributes_read_from_elements_are_what_cmsattribute_reads():
+    """The signed attributes of a peer's message are read element by element (for speed):
+    the same names and values as asn1crypto's CMSAttribute gives, for Apple's request,
+    NDES's and micromdm's replies, our own messages, and attribute types asn1crypto's table
+    does not know (S/MIME capabilities, a private OID) or with several values."""
+    from asn1crypto import cms, core
+
+    from scepd.protocol.signed import _signed_attributes
+
+    def reference(signed_attrs):
+        return {a["type"].native: [v.native if isinstance(v, core.Asn1Value) else v for v in a["values"]]
+                for a in signed_attrs}
+
+    key = rsa.generate_private_key(65537, 2048)
+    cert = _self_signed(key, "attributes")
+    messages = [(APPLE / "PKCSReq.der").read_bytes(), (APPLE / "CertRep-from-micromdm.der").read_bytes(),
+                (VECTORS / "ndes-certrep" / "CertRep.der").read_bytes(),
+                signed.build_signed_data(b"x", cert, key, "sha256", [
+                    ("scep_message_type", "3"), ("scep_pki_status", "2"), ("scep_fail_info", "2"),
+                    ("scep_fail_info_text", "BadRequest: ünïcode"), ("scep_transaction_id", "T-1"),
+                    ("scep_sender_nonce", os.urandom(16)), ("scep_recipient_nonce", os.urandom(8))])]
+    info = cms.ContentInfo.load(messages[-1])
+    attrs = info["content"]["signer_infos"][0]["signed_attrs"]
+    extra = cms.CMSAttributes(list(attrs) + [
+        cms.CMSAttribute({"type": "1.2.840.113549.1.9.15", "values": [core.Any.load(b"\x30\x03\x02\x01\x05")]}),
+        cms.CMSAttribute({"type": "1.3.6.1.4.1.99999.1", "values": [core.Any.load(b"\x0c\x01a"), core.Any.load(b"\x04\x00")]}),
+    ], implicit=0)
+    for signed_attrs in [cms.ContentInfo.load(m)["content"]["signer_infos"][0]["signed_attrs"] for m in messages] + [
+            cms.CMSAttributes.load(extra.dump(), implicit=0)]:
+        names, covered = _signed_attributes(signed_attrs)
+        assert names == reference(signed_attrs)
+        assert covered[0] == 0x31 and covered.endswith(signed_attrs.contents)  # the SET OF, as sent
+    assert _signed_attributes(None) == ({}, None)

@@ -225,3 +225,48 @@ def test_a_crl_is_served_as_der():
         response = client.get("/crl/abcdef.crl")
     assert response.status_code == 200 and response.headers["content-type"] == "application/pkix-crl"
     assert x509.load_der_x509_crl(response.content) == crl
+
+
+def test_worker_threads_run_calls_beside_the_loop_and_hand_back_results_and_errors():
+    import asyncio
+    import threading
+    import time
+
+    from scepd.server.threads import WorkerThreads
+
+    threads = WorkerThreads(2, "test-workers")
+    running, most = [0], [0]
+    lock = threading.Lock()
+
+    def busy(n):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.05)
+        with lock:
+            running[0] -= 1
+        return n * 2, threading.current_thread().name
+
+    def broken():
+        raise KeyError("not here")
+
+    async def scenario():
+        loop_thread = threading.current_thread().name
+        results = await asyncio.gather(*(threads.run(busy, n) for n in range(6)))
+        assert [value for value, _ in results] == [0, 2, 4, 6, 8, 10]
+        assert {name for _, name in results} <= {"test-workers_0", "test-workers_1"}
+        assert loop_thread not in {name for _, name in results}
+        with pytest.raises(KeyError, match="not here"):
+            await threads.run(broken)
+        # A caller that stops waiting: the call finishes on its thread, its result is dropped.
+        task = asyncio.ensure_future(threads.run(busy, 99))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert (await threads.run(busy, 1))[0] == 2  # and the threads go on serving
+
+    asyncio.run(scenario())
+    assert most[0] == 2  # never more at once than the threads there are
+    threads.shutdown()
+    assert not [t for t in threading.enumerate() if t.name.startswith("test-workers")]

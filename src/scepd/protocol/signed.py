@@ -116,11 +116,41 @@ def _encapsulated(encap: cms.EncapsulatedContentInfo) -> tuple[str, bytes]:
 def _signed_attributes(signed_attrs: cms.CMSAttributes | None) -> tuple[dict[str, list], bytes | None]:
     """The attributes by name, and what the signature covers: the attributes as a SET OF (tag
     0x31), as they were sent (their contents under a universal SET header, which is what
-    untag().dump() gives, without copying); None when there are none."""
+    untag().dump() gives, without copying); None when there are none.
+
+    Each attribute is read from its elements, its values by the class asn1crypto's CMS
+    attribute table names for its type: the same values as CMSAttribute's own reading
+    (test_protocol compares them), at a fifth of its cost. A type the table does not know
+    is read by CMSAttribute itself."""
+    if not signed_attrs:
+        return {}, None
     attributes: dict[str, list] = {}
-    for attr in signed_attrs or []:
-        attributes[attr["type"].native] = [v.native if isinstance(v, core.Asn1Value) else v for v in attr["values"]]
-    return attributes, asn1_parser.emit(0, 1, 17, signed_attrs.contents) if signed_attrs else None
+    for element in ber.elements(signed_attrs.contents):
+        name, values = _attribute_values(element)
+        attributes[name] = values
+    return attributes, asn1_parser.emit(0, 1, 17, signed_attrs.contents)
+
+
+@functools.lru_cache(maxsize=256)
+def _attribute_type(oid: bytes) -> tuple[str, type | None]:
+    """The name of an attribute type (its OID's contents) and the class of its values; None
+    for a type asn1crypto's table does not know."""
+    name = cms.CMSAttributeType.load(asn1_parser.emit(0, 0, 6, oid)).native
+    spec = cms.CMSAttribute._oid_specs.get(name)
+    child = getattr(spec, "_child_spec", None)
+    return name, child if child is not None and child is not core.Any else None
+
+
+def _attribute_values(element: tuple) -> tuple[str, list]:
+    """(type name, native values) of one Attribute ::= SEQUENCE { attrType, attrValues SET }."""
+    class_, method, tag, header, contents, trailer = element
+    parts = ber.elements(contents) if (class_, method, tag) == (0, 1, 16) else []
+    if len(parts) == 2 and parts[0][:3] == (0, 0, 6) and parts[1][:3] == (0, 1, 17):
+        name, value_class = _attribute_type(parts[0][4])
+        if value_class is not None:
+            return name, [value_class.load(b"".join(value[3:])).native for value in ber.elements(parts[1][4])]
+    attribute = cms.CMSAttribute.load(header + contents + trailer)
+    return attribute["type"].native, [v.native if isinstance(v, core.Asn1Value) else v for v in attribute["values"]]
 
 
 def _check_signer_info(

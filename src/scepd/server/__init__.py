@@ -13,6 +13,7 @@ table), with one log line per SCEP request. No protocol or policy decision is ma
 - console: the operator's console at /admin (sign-in, pages, actions)
 - framing: RequestFraming, bodies read within the limit, refusals as text, log fields
 - run: uvicorn with the connection handling scepd needs
+- threads: WorkerThreads, what runs beside the event loop (enrollments, database reads)
 May import: scepd.service, scepd.wiring (which builds everything from the instance
 directory), scepd.protocol (its error vocabulary, the refusals written here), scepd.peerjson
 (hostile JSON), scepd.logs and scepd.metrics (requests counted, /metrics served).

@@ -4,12 +4,10 @@ lifetime, and the services rebuilt when their files change."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -26,6 +24,7 @@ from scepd.server.framing import RequestFraming
 from scepd.server.metrics import MetricsEndpoint, MetricsListener, worker_exited
 from scepd.server.ocsp import OCSP_PATHS, OcspRoute
 from scepd.server.scep import SCEP_PATHS, ScepRoute
+from scepd.server.threads import WorkerThreads
 from scepd.server.tls import PlainHttpGuard
 
 log = logging.getLogger("scepd.server")
@@ -91,20 +90,13 @@ def create_app(services, max_request_bytes: int, *, threads: int, background=Non
     request's body has after its headers ([server] header_timeout)."""
     current = services if callable(services) else (lambda: services)
     # Enrollments run on threads of their own, so that a remote registration point's answer
-    # or a database server's commit never stalls the event loop. A plain executor, not
-    # anyio's to_thread: each hand-over costs less than half the CPU (measured 48 against
-    # 123 us with 8 callers), and this pool is the app's own.
-    executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="scepd-enroll")
-
+    # or a database server's commit never stalls the event loop (see server/threads.py for
+    # why not anyio's to_thread or asyncio's executor: the cost of each hand-over).
+    enrollment_threads = WorkerThreads(threads, "scepd-enroll")
     # The console's own few threads: its sign-ins (an Argon2 verify, ~0.2 s of CPU and 64 MiB
     # each) come from anyone who reaches /admin/login, and must not hold the threads above.
-    console_executor = ThreadPoolExecutor(max_workers=CONSOLE_THREADS, thread_name_prefix="scepd-console")
-
-    async def in_thread(function, *args):
-        return await asyncio.get_running_loop().run_in_executor(executor, function, *args)
-
-    async def in_console_thread(function, *args):
-        return await asyncio.get_running_loop().run_in_executor(console_executor, function, *args)
+    console_threads = WorkerThreads(CONSOLE_THREADS, "scepd-console")
+    in_thread, in_console_thread = enrollment_threads.run, console_threads.run
 
     scep = ScepRoute(current, max_request_bytes, in_thread, body_timeout)
     api = ApiRoutes(current, max_request_bytes, in_thread, body_timeout)
@@ -132,8 +124,8 @@ def create_app(services, max_request_bytes: int, *, threads: int, background=Non
                 metrics_listener.stop()
             if background is not None:
                 background.stop()
-            executor.shutdown(wait=True)
-            console_executor.shutdown(wait=True)
+            enrollment_threads.shutdown()
+            console_threads.shutdown()
             worker_exited()
 
     # The guard first: what the plain port refuses is not framed, read or logged as a request.

@@ -98,8 +98,10 @@ async def read_body(request: Request, limit: int, timeout: float | None = None) 
     if timeout is None:
         return await collect()
     try:
-        return await asyncio.wait_for(collect(), timeout)
-    except asyncio.TimeoutError:
+        # A deadline on this task (no task of its own per request, as wait_for would make).
+        async with asyncio.timeout(timeout):
+            return await collect()
+    except TimeoutError:
         raise BodyTooSlow(timeout) from None
 
 

@@ -16,7 +16,7 @@ from scepd.ca.templates import Template
 from scepd.challenge import ChallengeRequest, ChallengeValidator, ChallengeVerdict
 from scepd.clock import Clock
 from scepd.protocol import PkiStatus
-from scepd.protocol.csr import CertificationRequest, without_challenge_password
+from scepd.protocol.csr import CertificationRequest
 from scepd.protocol.errors import ErrorCode, Refusal
 from scepd.protocol.fingerprints import public_key_sha256
 from scepd.protocol.message import Exchange
@@ -83,7 +83,7 @@ class Enrollment:
         refusal = self.choice.subject_refusal(csr)
         if refusal:
             return Outcome.failure(refusal)
-        stored_csr = without_challenge_password(csr.der)  # no challenge is kept in clear
+        stored_csr = csr.without_challenge  # no challenge is kept in clear
         fingerprint = request_fingerprint(exchange, stored_csr)
         resent = self._stored(exchange.transaction_id, fingerprint)
         if resent is not None:
