@@ -5,6 +5,10 @@
         (make bench-report ARGS="--against URL ..."): the same requests against another SCEP
         server at each client count, beside scepd's one worker, in the same run
     python bench/report.py --results saved.jsonl   (the same report from a run's printed lines)
+
+Each point is the median of --rounds runs. Beside this tree, the revision --before (main when
+the performance work began) is measured in the same run, alternated with it: over HTTP at
+1 and 8 clients, and in process stage by stage (bench/before_after.py).
 """
 
 from __future__ import annotations
@@ -117,6 +121,7 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--concurrency", default="1,2,4,8,16")
+    parser.add_argument("--rounds", type=int, default=3, help="runs per point; the one of median throughput is shown")
     parser.add_argument("--against", default="", help="another SCEP server's URL, measured at each client count")
     parser.add_argument("--against-challenge", default="", help="its challenge password")
     parser.add_argument("--before", default=BEFORE,
@@ -137,7 +142,12 @@ def main() -> int:
         results = []
         for workers in (int(w) for w in args.workers.split(",")):
             for concurrency in (int(c) for c in args.concurrency.split(",")):
-                result = run(workers, concurrency, args.duration)
+                # This machine's speed drifts: each point is the run of median throughput of
+                # --rounds, not one run's luck.
+                rounds = sorted((run(workers, concurrency, args.duration) for _ in range(args.rounds)),
+                                key=lambda r: r.get("enrollments_per_s", 0))
+                result = rounds[len(rounds) // 2]
+                result["rounds"] = [r.get("enrollments_per_s") for r in rounds]
                 print(json.dumps(result), flush=True)
                 results.append(result)
         # Process scaling, with one enrollment thread per worker: with its default two, one
