@@ -28,3 +28,5 @@ def test_each_record_is_formatted_once_and_written_alike_to_both(tmp_path, capsy
     assert (entry["msg"], entry["level"], entry["transaction_id"]) == ("scep request", "warning", "T-1")
     assert "code" not in entry  # fields that are None are left out
     assert len(made) == 1
+    # Nothing is gathered that no line prints: the caller's place (a walk up the stack) and thread.
+    assert (made[0].funcName, made[0].threadName) == ("(unknown function)", None)

@@ -39,6 +39,12 @@ class JsonLineFormatter(logging.Formatter):
 
 
 def configure(log_file: Path | None, level: int = logging.INFO) -> None:
+    # What a record gathers and no line of ours prints: the caller's file and line (a walk up
+    # the stack for every record) and the thread (the logging HOWTO's "Optimization"). One
+    # line per request: the SCEP route with a stub service, 250 -> 225 us of CPU per request.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logMultiprocessing = False
     root = logging.getLogger("scepd")
     root.setLevel(level)
     for handler in list(root.handlers):
