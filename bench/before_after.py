@@ -50,12 +50,12 @@ def over_http(run: Callable[..., dict], before: Path, clients: list[int], rounds
         for _ in range(rounds):
             runs["before"].append(run(1, concurrency, duration, source=before / "src"))
             runs["after"].append(run(1, concurrency, duration))
-        rows.append({"clients": concurrency, **{side: _medians(results) for side, results in runs.items()}})
+        rows.append({"clients": concurrency, **{side: medians(results) for side, results in runs.items()}})
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
-def _medians(results: list[dict]) -> dict:
+def medians(results: list[dict]) -> dict:
     ok = [r for r in results if r.get("server_cpu_s_per_enrollment")]
     if not ok:
         return {"cpu_ms": None, "per_s": None, "errors": sum(r.get("errors", 1) for r in results)}

@@ -31,13 +31,15 @@ PLOT = ROOT / "docs" / "performance.png"
 
 
 def run(workers: int, concurrency: int, duration: float, threads: int = 0, url: str = "", challenge: str = "",
-        source: Path | None = None) -> dict:
+        source: Path | None = None, cpu_affinity: str = "") -> dict:
     command = [sys.executable, str(ROOT / "bench" / "scepbench.py"), "--workers", str(workers), "--concurrency",
                str(concurrency), "--duration", str(duration), "--threads", str(threads), "--json-only"]
     if url:  # another server: the same load generator and requests, its URL and challenge
         command += ["--url", url] + (["--challenge", challenge] if challenge else [])
     if source is not None:  # another revision's scepd
         command += ["--source", str(source)]
+    if cpu_affinity:
+        command += ["--cpu-affinity", cpu_affinity]
     out = subprocess.run(command, capture_output=True, text=True, check=False)
     line = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else "{}"
     return json.loads(line)
@@ -101,7 +103,9 @@ def compare(revision: str, duration: float) -> dict:
     stage by stage (bench/before_after.py)."""
     with before_after.worktree(revision) as tree:
         rows = before_after.over_http(run, tree, [1, 8], 3, duration)
-        return {"before_after": rows, "revision": revision,
+        pinned = [{"clients": c, **before_after.medians([run(1, c, duration, cpu_affinity="auto") for _ in range(3)])}
+                  for c in (1, 8)]
+        return {"before_after": rows, "revision": revision, "pinned": pinned,
                 "stages": {"before": before_after.stages(tree), "after": before_after.stages(None)}}
 
 
@@ -111,6 +115,9 @@ def compared_text(compared: dict) -> str:
     return (f"\nBefore and after: {compared['revision']} (main when the performance work began) and this tree, one "
             "worker with its default threads, alternated three times at each client count (medians):\n\n"
             + before_after.http_table(compared["before_after"])
+            + "\nThis tree with `[server] cpu_affinity = \"auto\"` (the worker and its threads on one CPU), three runs each "
+            "(medians): " + "; ".join(f"{p['clients']} client(s): {p['cpu_ms']} ms of CPU per enrollment, {p['per_s']}/s"
+                                        for p in compared.get("pinned", ())) + ".\n"
             + "\nWhere an enrollment's time goes, in process (`bench/profile_enrollment.py --stages`, the same "
             "requests through the SCEP service without HTTP), with either revision's code:\n\n"
             + before_after.stage_table(compared["stages"]["before"], compared["stages"]["after"]))

@@ -159,7 +159,7 @@ def prefill(database_url: str, count: int) -> None:
 
 class LocalServer:
     def __init__(self, workers: int, key_type: str, db: str | None, prefilled: int = 0, threads: int = 0,
-                 source: Path | None = None) -> None:
+                 source: Path | None = None, cpu_affinity: str = "") -> None:
         self.directory = Path(tempfile.mkdtemp(prefix="scepbench-"))
         scepd = [sys.executable, "-m", "scepd.cli"]
         key = "rsa:2048" if key_type == "rsa" else "ec:p256"
@@ -170,6 +170,8 @@ class LocalServer:
                        check=True, capture_output=True, env=env)
         if threads:
             env["SCEPD_SERVER_THREADS"] = str(threads)
+        if cpu_affinity:
+            env["SCEPD_SERVER_CPU_AFFINITY"] = cpu_affinity
         if db:
             env["SCEPD_DATABASE_URL"] = db
             subprocess.run([*scepd, "db", "upgrade", "--dir", str(self.directory)], check=True, capture_output=True, env=env)
@@ -301,7 +303,7 @@ def verify(results, requests, keys, signers_by_key, ca_certs) -> int:
 
 def measure(args) -> dict:
     server = None if args.url else LocalServer(args.workers, args.key_type, args.db, args.prefill, args.threads,
-                                                args.source)
+                                                args.source, args.cpu_affinity)
     url = args.url or server.url
     try:
         with httpx.Client() as http:
@@ -343,6 +345,7 @@ def measure(args) -> dict:
         "workers": args.workers,
         "threads": args.threads or "auto",
         "source": str(args.source) if args.source else None,
+        "cpu_affinity": args.cpu_affinity or None,
         "concurrency": args.concurrency,
         "duration_s": round(elapsed, 2),
         "key_type": args.key_type,
@@ -390,6 +393,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--db", help="database URL for the local scepd (default: SQLite)")
     p.add_argument("--prefill", type=int, default=0, help="certificates already in the local store (e.g. 100000)")
     p.add_argument("--expect-rate", type=float, default=400.0, help="requests prepared per second of duration")
+    p.add_argument("--cpu-affinity", default="", help="[server] cpu_affinity of the local scepd (e.g. auto)")
     p.add_argument("--source", type=Path, help="the src/ directory whose scepd the local server runs (default: the installed one)")
     p.add_argument("--json-only", action="store_true")
     return p

@@ -171,7 +171,7 @@ def cmd_serve(args) -> int:
     try:
         serve(instance.directory.resolve(), host=host, port=port, workers=args.workers or server.workers,
               max_request_bytes=server.max_request_bytes, header_timeout=server.header_timeout_seconds, overrides=given,
-              tls=tls, http_port=server.http_port)
+              tls=tls, http_port=server.http_port, cpus=server.worker_cpus())
     finally:
         if renewer is not None:
             renewer.stop()
