@@ -12,12 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from asn1crypto import csr as asn1_csr
-from asn1crypto import parser as asn1_parser
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtensionOID
 
-from scepd.protocol import signatures
+from scepd.protocol import ber, signatures
 from scepd.protocol.errors import ErrorCode, ProtocolError
 
 
@@ -103,9 +102,9 @@ def _without_challenge(request: asn1_csr.CertificationRequest, der: bytes) -> by
     kept = [a.dump() for a in attributes if a["type"].native != "challenge_password"]
     if len(kept) == len(attributes):
         return der
-    stripped_info = asn1_parser.emit(0, 1, 16, info["version"].dump() + info["subject"].dump()
-                                     + info["subject_pk_info"].dump() + asn1_parser.emit(2, 1, 0, b"".join(sorted(kept))))
-    return asn1_parser.emit(0, 1, 16, stripped_info + request["signature_algorithm"].dump() + request["signature"].dump())
+    stripped_info = ber.der_sequence(info["version"].dump(), info["subject"].dump(), info["subject_pk_info"].dump(),
+                                     ber.der_tagged(0, b"".join(sorted(kept))))
+    return ber.der_sequence(stripped_info, request["signature_algorithm"].dump(), request["signature"].dump())
 
 
 def parse_csr(der: bytes, *, verified: bool = False) -> CertificationRequest:

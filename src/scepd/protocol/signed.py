@@ -128,7 +128,7 @@ def _signed_attributes(signed_attrs: cms.CMSAttributes | None) -> tuple[dict[str
     for element in ber.elements(signed_attrs.contents):
         name, values = _attribute_values(element)
         attributes[name] = values
-    return attributes, asn1_parser.emit(0, 1, 17, signed_attrs.contents)
+    return attributes, ber.der_set_of(signed_attrs.contents)
 
 
 @functools.lru_cache(maxsize=256)
@@ -215,7 +215,7 @@ def _signed_attributes_as_sent(der: bytes) -> bytes | None:
         return None
     if attrs[:3] != (2, 1, 0):
         return None
-    return asn1_parser.emit(0, 1, 17, attrs[4])
+    return ber.der_set_of(attrs[4])
 
 
 @dataclass(frozen=True)
@@ -246,14 +246,6 @@ _DATA = cms.ContentType("data").dump()
 _SIGNED_DATA = cms.ContentType("signed_data").dump()
 
 
-def _sequence(*encodings: bytes) -> bytes:
-    return asn1_parser.emit(0, 1, 16, b"".join(encodings))  # universal, constructed, SEQUENCE
-
-
-def _context(tag: int, encoding: bytes) -> bytes:
-    return asn1_parser.emit(2, 1, tag, encoding)  # [tag], constructed: EXPLICIT, or IMPLICIT of a SET
-
-
 @functools.lru_cache(maxsize=256)
 def _fixed_attribute(name: str, value: str) -> cms.CMSAttribute:
     """An attribute whose value comes from a short list (contentType, messageType, pkiStatus,
@@ -281,7 +273,7 @@ def _attribute(name: str, value) -> cms.CMSAttribute:
     type_der, value_class = _attribute_parts(name)
     value_der = (value if isinstance(value, core.Asn1Value) else value_class(value)).dump()
     # Attribute ::= SEQUENCE { attrType, attrValues SET OF } (RFC 5652 5.3), one value.
-    return cms.CMSAttribute.load(asn1_parser.emit(0, 1, 16, type_der + asn1_parser.emit(0, 1, 17, value_der)))
+    return cms.CMSAttribute.load(ber.der_sequence(type_der, ber.der_set_of(value_der)))
 
 
 def build_signed_data(
@@ -313,15 +305,15 @@ def build_signed_data(
     # a SET OF's elements sorted by their encodings (X.690 11.6), the signed attributes
     # under SignerInfo's [0] and, for the signature, under the SET OF tag (RFC 5652 5.4).
     signed_attrs = b"".join(sorted(attr.dump() for attr in attrs))
-    signature = signatures.sign(signer_key, digest_algorithm, asn1_parser.emit(0, 1, 17, signed_attrs))
-    signer_info = _sequence(parts.signer_info_head, _context(0, signed_attrs), parts.signature_algorithm,
+    signature = signatures.sign(signer_key, digest_algorithm, ber.der_set_of(signed_attrs))
+    signer_info = ber.der_sequence(parts.signer_info_head, ber.der_tagged(0, signed_attrs), parts.signature_algorithm,
                             core.OctetString(signature).dump())
     certs = parts.certificates
     if certificates:
         certs = cms.CertificateSet([to_asn1(signer_certificate)] + [to_asn1(c) for c in certificates], implicit=0).dump()
-    encapsulated = _sequence(_DATA, _context(0, core.OctetString(content).dump()))
-    signed_data = _sequence(parts.signed_data_head, encapsulated, certs, asn1_parser.emit(0, 1, 17, signer_info))
-    return _sequence(_SIGNED_DATA, _context(0, signed_data))
+    encapsulated = ber.der_sequence(_DATA, ber.der_tagged(0, core.OctetString(content).dump()))
+    signed_data = ber.der_sequence(parts.signed_data_head, encapsulated, certs, ber.der_set_of(signer_info))
+    return ber.der_sequence(_SIGNED_DATA, ber.der_tagged(0, signed_data))
 
 
 def build_certs_only(

@@ -65,7 +65,7 @@ class ServerConfig:
     # Each worker process pinned to one CPU (all its threads together): "" leaves it to the
     # operating system; "auto" takes the CPUs scepd may run on, one per worker in turn; or a
     # list of CPUs ("0,2-3"). Measured (docs/performance.md): a worker whose event loop and
-    # enrollment threads share one core spends 10 to 15% less CPU per enrollment. Off by
+    # enrollment threads share one core spends 5 to 15% less CPU per enrollment. Off by
     # default: two instances, or containers on one host, would all pin to the same CPUs.
     cpu_affinity: str = ""
 
