@@ -45,7 +45,8 @@ def der_sequence(*encodings: bytes) -> bytes:
 
 
 def der_set_of(contents: bytes) -> bytes:
-    """A SET OF whose contents (its elements' encodings, sorted) are `contents`."""
+    """A SET OF around `contents`, its elements' encodings as given: sorted for our own DER,
+    as sent when it is a peer's signed attributes whose signature is checked."""
     return asn1_parser.emit(0, 1, 17, contents)
 
 
