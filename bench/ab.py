@@ -16,10 +16,12 @@ import re
 import statistics
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+from before_after import worktree  # noqa: E402
+
 FIGURE = re.compile(r"([0-9.]+) ms of CPU per enrollment in-process.*private-key operations: ([0-9.]+) ms")
 
 
@@ -40,18 +42,13 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--count", type=int, default=300, help="enrollments per measurement")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="scepd-ab-") as scratch:
-        base = Path(scratch) / "base"
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(base), args.base], check=True)
-        try:
-            figures: dict[str, list[tuple[float, float]]] = {"base": [], "this": []}
-            for round_ in range(1, args.rounds + 1):
-                for side, tree in (("base", base), ("this", ROOT)):
-                    figures[side].append(measure(tree, args.count))
-                print(f"round {round_}: base {figures['base'][-1][0]:.2f} ms, this tree {figures['this'][-1][0]:.2f} ms",
-                      flush=True)
-        finally:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)], check=False)
+    with worktree(args.base) as base:
+        figures: dict[str, list[tuple[float, float]]] = {"base": [], "this": []}
+        for round_ in range(1, args.rounds + 1):
+            for side, tree in (("base", base), ("this", ROOT)):
+                figures[side].append(measure(tree, args.count))
+            print(f"round {round_}: base {figures['base'][-1][0]:.2f} ms, this tree {figures['this'][-1][0]:.2f} ms",
+                  flush=True)
     medians = {side: statistics.median(cpu for cpu, _ in rows) for side, rows in figures.items()}
     keys = {side: statistics.median(op for _, op in rows) for side, rows in figures.items()}
     print(f"base ({args.base}): {medians['base']:.2f} ms per enrollment (private-key operations {keys['base']:.2f})")
