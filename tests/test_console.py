@@ -341,7 +341,7 @@ def test_a_locked_account_costs_one_verify_and_a_lock_during_it_refuses_the_sign
     # Sign-ins beside this one lock the account while its (right) password is being verified.
     hasher.during = lambda: [AccountStore(store).count_failure("ann", MAX_FAILURES, LOCK_FOR) for _ in range(5)]
     assert accounts.sign_in("ann", PASSWORD, "192.0.2.1").code is ErrorCode.SIGN_IN_FAILED
-    assert store._rows(select(SESSIONS)) == []  # no session was made
+    assert store.rows(select(SESSIONS)) == []  # no session was made
 
 
 def test_only_a_few_passwords_are_verified_at_once(tmp_path):

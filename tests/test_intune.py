@@ -229,7 +229,7 @@ def test_threads_share_one_token(emulator):
 
     def fetch():
         barrier.wait()
-        tokens.append(validator.tokens.get(scope))
+        tokens.append(validator.intune.tokens.get(scope))
 
     threads = [threading.Thread(target=fetch) for _ in range(8)]
     for t in threads:
@@ -239,7 +239,7 @@ def test_threads_share_one_token(emulator):
     assert len(set(tokens)) == 1 and len(tokens) == 8
     assert emulator.kinds() == ["token"]
     # A rebuilt validator (scepd.toml changed) finds the same token in the process's cache.
-    assert _validator(emulator).tokens.get(scope) == tokens[0]
+    assert _validator(emulator).intune.tokens.get(scope) == tokens[0]
     assert emulator.kinds() == ["token"]
 
 

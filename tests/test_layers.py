@@ -189,3 +189,34 @@ def test_migrations_import_only_the_store_and_the_protocol():
 def test_protocol_imports_nothing_of_scepd_outside_it():
     outside = {t for m, targets in GRAPH.items() if part(m) == "protocol" for t in targets if part(t) != "protocol"}
     assert outside == set()
+
+
+# The sizes a reader can hold in mind (issue 11): a module, a class, a function. Alembic's
+# revisions are history, written once and never read as code is.
+MAX_LINES = {"module": 400, "class": 200, "function": 60}
+
+
+def oversized(path: Path) -> list[str]:
+    """What in the source file `path` is longer than MAX_LINES allows."""
+    text = path.read_text(encoding="utf-8")
+    found = []
+    if len(text.splitlines()) > MAX_LINES["module"]:
+        found.append(f"the module: {len(text.splitlines())} lines")
+    for node in ast.walk(ast.parse(text)):
+        kind = {ast.ClassDef: "class", ast.FunctionDef: "function", ast.AsyncFunctionDef: "function"}.get(type(node))
+        if kind and node.end_lineno - node.lineno + 1 > MAX_LINES[kind]:
+            found.append(f"{kind} {node.name} (line {node.lineno}): {node.end_lineno - node.lineno + 1} lines")
+    return found
+
+
+def test_the_size_check_finds_a_long_function(tmp_path):
+    long = tmp_path / "long.py"
+    long.write_text("def f():\n" + "    x = 1\n" * 60 + "\n\ndef g():\n    pass\n")
+    assert oversized(long) == ["function f (line 1): 61 lines"]
+    long.write_text("class C:\n" + "    x = 1\n" * 200)
+    assert oversized(long) == ["class C (line 1): 201 lines"]
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if ".migrations" not in m))
+def test_no_module_class_or_function_is_over_its_size(module):
+    assert oversized(MODULES[module][0]) == []

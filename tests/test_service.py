@@ -178,3 +178,36 @@ def test_notifications_are_queued_for_targets_and_only_then(tmp_path, webhooks):
         assert kinds == (["success", "failure"] if webhooks else [])
     finally:
         store.dispose()
+
+
+def test_the_ca_certificate_answers_without_http(services):
+    """GetCACaps, GetCACert and GetNextCACert as the decider builds them for a CA with an RA,
+    for a CA that is its own RA, and during a rollover."""
+    from cryptography.hazmat.primitives.serialization import pkcs7
+
+    from scepd.protocol.caps import parse_caps
+    from scepd.service.ca_certs import CaCertificates
+    from scepd.service.outcome import CA_CERT, CA_RA_CERT
+
+    from asn1crypto import cms
+
+    authorities = services.scep.authorities
+    ca, ra = authorities.ca.pair.certificate, authorities.ra.certificate
+    with_ra = CaCertificates(offered=[ra, ca], ca=ca, ra=authorities.ra, overlapping=False, next_certificates=[])
+    assert {"POSTPKIOPERATION", "SHA-256", "AES", "RENEWAL"} <= parse_caps(with_ra.ca_caps)  # upper-cased
+    assert "GETNEXTCACERT" not in parse_caps(with_ra.ca_caps) and with_ra.next_ca_certs is None
+    kind, body = with_ra.ca_certs
+    assert kind == CA_RA_CERT and set(pkcs7.load_der_pkcs7_certificates(body)) == {ra, ca}
+
+    own_ra = CaCertificates(offered=[ca], ca=ca, ra=authorities.ca.pair, overlapping=False,
+                            next_certificates=[])
+    assert own_ra.ca_certs == (CA_CERT, ca.public_bytes(Encoding.DER))  # one CA, no RA: its DER alone
+
+    rolling = CaCertificates(offered=[ra, ca], ca=ca, ra=authorities.ra, overlapping=False, next_certificates=[ra, ca])
+    assert "GETNEXTCACERT" in parse_caps(rolling.ca_caps)
+    # A SignedData by the current RA around certs-only of the next certificates.
+    signed_data = cms.ContentInfo.load(rolling.next_ca_certs)["content"]
+    signer = signed_data["signer_infos"][0]["sid"].chosen
+    assert signer["serial_number"].native == ra.serial_number
+    inner = signed_data["encap_content_info"]["content"].native
+    assert set(pkcs7.load_der_pkcs7_certificates(inner)) == {ra, ca}

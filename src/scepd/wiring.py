@@ -31,7 +31,7 @@ from scepd.challenge.remote import (
     WebhookValidator,
 )
 from scepd.clock import SYSTEM_CLOCK, Clock
-from scepd.intune import Discovery, IntuneNotifier, IntuneValidator, TokenSource
+from scepd.intune import Discovery, IntuneConnection, IntuneNotifier, IntuneValidator, TokenSource
 from scepd.intune.probe import IntuneProbe, probe
 from scepd.intune.revocation import IntuneRevocations, Revoker
 from scepd.notifications import Dispatcher
@@ -112,8 +112,9 @@ def build_intune_validator(instance: Instance) -> IntuneValidator:
             problems.append(f"[intune] client_certificate and client_key cannot sign an assertion: {exc}")
     if ca_bundle and not Path(ca_bundle).is_file():
         problems.append(f"[intune] ca_bundle {ca_bundle} does not exist")
-    return IntuneValidator(tokens, Discovery(c.graph_url, tokens, timeout),
-                           c.caller_info or f"scepd/{__version__}", timeout, problems=tuple(problems))
+    intune = IntuneConnection(tokens, Discovery(c.graph_url, tokens, timeout), c.caller_info or f"scepd/{__version__}",
+                              timeout)
+    return IntuneValidator(intune, problems=tuple(problems))
 
 
 def intune_check(instance: Instance) -> tuple[IntuneProbe | None, list[CheckResult]]:
@@ -127,7 +128,7 @@ def intune_check(instance: Instance) -> tuple[IntuneProbe | None, list[CheckResu
     if unready:
         return None, [CheckResult("intune.settings", FAIL, "; ".join(unready),
                                   "fill in [intune] in scepd.toml (docs/intune.md, step 4)")]
-    found = probe(validator.tokens, validator.discovery)
+    found = probe(validator.intune.tokens, validator.intune.discovery)
     return found, [CheckResult(step.name, PASS if step.passed else FAIL, step.reason, step.fix) for step in found.steps]
 
 
@@ -146,7 +147,7 @@ def delivery_gate(validator: ChallengeValidator) -> DeliveryGate | None:
     """Who is told of a certificate before it is delivered: Intune, when it validates
     (with the validator's own tokens and discovery); nobody otherwise."""
     if isinstance(validator, IntuneValidator):
-        return IntuneNotifier(validator.tokens, validator.discovery, validator.caller_info, validator.timeout)
+        return IntuneNotifier(validator.intune)
     return None
 
 
@@ -364,8 +365,7 @@ class ServedInstance:
             return Revoker(admin.authorities.ca.certificate.subject.rfc4514_string(),
                            lambda serial, reason: admin.revoke(serial, reason, actor=INTUNE_ACTOR))
 
-        return IntuneRevocations(self.store, validator.tokens, validator.discovery, revoker,
-                                 interval=interval, timeout=validator.timeout)
+        return IntuneRevocations(self.store, validator.intune, revoker, interval=interval)
 
     def background(self) -> Background:
         """What runs beside the HTTP routes: the notification dispatcher and, in intune mode,

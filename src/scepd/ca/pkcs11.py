@@ -201,7 +201,7 @@ class _Module:
         pkcs11 = binding()
         if not Path(path).is_file():
             raise TokenError(f"the PKCS#11 module {path} does not exist",
-                             f"install the module at that path (SoftHSM2: apt-get install softhsm2; an HSM: its vendor's PKCS#11 library), or correct module-path")
+                             "install the module at that path (SoftHSM2: apt-get install softhsm2; an HSM: its vendor's PKCS#11 library), or correct module-path")
         try:
             self.lib = pkcs11.lib(path)
         except Exception as exc:  # the binding raises its base error for a library that does not load
@@ -295,19 +295,17 @@ class Connection:
         with self.lock:
             if self._broken:
                 self._reinitialize()
-            try:
-                return operation(self._handle(uri))
-            except Exception as exc:
-                if not gone(exc):
-                    raise
-            self._reinitialize()
-            try:
-                return operation(self._handle(uri))
-            except Exception as exc:
-                if not gone(exc):
-                    raise
-                self._broken = True
-                raise KeyUnavailable(f"the token holding {_name(uri)} does not answer ({type(exc).__name__})") from None
+            for last_try in (False, True):
+                try:
+                    return operation(self._handle(uri))
+                except Exception as exc:
+                    if not gone(exc):
+                        raise
+                    if last_try:
+                        self._broken = True
+                        raise KeyUnavailable(
+                            f"the token holding {_name(uri)} does not answer ({type(exc).__name__})") from None
+                self._reinitialize()
 
     def _handle(self, uri: Pkcs11Uri):
         try:

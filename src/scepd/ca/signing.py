@@ -84,22 +84,24 @@ def _verified(key, tbs: bytes, signature: bytes, algorithm) -> None:
         raise ValueError(f"the token's signature does not verify with {key.uri.display}'s public key") from None
 
 
-def _resign_certificate(draft: x509.Certificate, key, algorithm) -> x509.Certificate:
-    parsed = asn1_x509.Certificate.load(draft.public_bytes(Encoding.DER))
-    tbs = parsed["tbs_certificate"].dump()
+def _signed_anew(parsed, tbs_field: str, signature_field: str, key, algorithm) -> bytes:
+    """`parsed` (a certificate, CRL or CSR as asn1crypto reads it) with its to-be-signed part
+    signed by `key`, the signature checked before it leaves: the DER."""
+    tbs = parsed[tbs_field].dump()
     signature = _signature(key, tbs, algorithm)
     _verified(key, tbs, signature, algorithm)
-    parsed["signature_value"] = signature
-    return x509.load_der_x509_certificate(parsed.dump())
+    parsed[signature_field] = signature
+    return parsed.dump()
+
+
+def _resign_certificate(draft: x509.Certificate, key, algorithm) -> x509.Certificate:
+    parsed = asn1_x509.Certificate.load(draft.public_bytes(Encoding.DER))
+    return x509.load_der_x509_certificate(_signed_anew(parsed, "tbs_certificate", "signature_value", key, algorithm))
 
 
 def _resign_crl(draft: x509.CertificateRevocationList, key, algorithm) -> x509.CertificateRevocationList:
     parsed = asn1_crl.CertificateList.load(draft.public_bytes(Encoding.DER))
-    tbs = parsed["tbs_cert_list"].dump()
-    signature = _signature(key, tbs, algorithm)
-    _verified(key, tbs, signature, algorithm)
-    parsed["signature"] = signature
-    return x509.load_der_x509_crl(parsed.dump())
+    return x509.load_der_x509_crl(_signed_anew(parsed, "tbs_cert_list", "signature", key, algorithm))
 
 
 def _resign_csr(draft: x509.CertificateSigningRequest, key, algorithm) -> x509.CertificateSigningRequest:
@@ -107,11 +109,7 @@ def _resign_csr(draft: x509.CertificateSigningRequest, key, algorithm) -> x509.C
     # A CSR carries its signer's public key: the throwaway's is replaced by the token key's.
     spki = key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
     parsed["certification_request_info"]["subject_pk_info"] = asn1_keys.PublicKeyInfo.load(spki)
-    tbs = parsed["certification_request_info"].dump()
-    signature = _signature(key, tbs, algorithm)
-    _verified(key, tbs, signature, algorithm)
-    parsed["signature"] = signature
-    return x509.load_der_x509_csr(parsed.dump())
+    return x509.load_der_x509_csr(_signed_anew(parsed, "certification_request_info", "signature", key, algorithm))
 
 
 def _stand_in(key) -> x509.Certificate:

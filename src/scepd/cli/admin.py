@@ -37,6 +37,17 @@ def _accounts(args):
     return Accounts(store, audit=audit_trail(instance, store)), None
 
 
+def _accounts_and_password(args):
+    """(accounts, the new password, None), or (None, None, the exit code) when either fails."""
+    accounts, failed = _accounts(args)
+    if accounts is None:
+        return None, None, failed
+    password = _password(args)
+    if password is None:
+        return None, None, EXIT_REFUSED
+    return accounts, password, None
+
+
 def _password(args) -> str | None:
     if args.password_stdin:
         return sys.stdin.readline().rstrip("\r\n")
@@ -57,12 +68,9 @@ def _done(refusal, said: str) -> int:
 
 
 def cmd_add(args) -> int:
-    accounts, failed = _accounts(args)
-    if accounts is None:
+    accounts, password, failed = _accounts_and_password(args)
+    if failed is not None:
         return failed
-    password = _password(args)
-    if password is None:
-        return EXIT_REFUSED
     result = accounts.add(args.name, password, args.role, actor=cli_actor())
     return _done(result if isinstance(result, Refusal) else None, f"added {args.name} ({args.role}); sign in at <server>/admin/")
 
@@ -84,12 +92,9 @@ def cmd_remove(args) -> int:
 
 
 def cmd_passwd(args) -> int:
-    accounts, failed = _accounts(args)
-    if accounts is None:
+    accounts, password, failed = _accounts_and_password(args)
+    if failed is not None:
         return failed
-    password = _password(args)
-    if password is None:
-        return EXIT_REFUSED
     return _done(accounts.set_password(args.name, password, actor=cli_actor()), f"new password for {args.name}; its sessions ended")
 
 

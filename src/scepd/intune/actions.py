@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from dataclasses import dataclass, field
 
 from scepd import metrics
 from scepd.intune.discovery import SCEP_VALIDATION_SERVICE, Discovery
@@ -19,11 +20,28 @@ log = logging.getLogger("scepd.intune")
 SCEP_API_VERSION = "2018-02-20"
 
 
-def post_scep_action(tokens: TokenSource, discovery: Discovery, action: str, transaction_id: str, body: dict,
-                     timeout: float) -> object:
-    """The JSON answer of `ScepActions/{action}` at the discovered ScepRequestValidationFEService."""
-    return post_intune(tokens, discovery, SCEP_VALIDATION_SERVICE, f"ScepActions/{action}", SCEP_API_VERSION,
-                       body, timeout, transaction_id=transaction_id)
+@dataclass(frozen=True)
+class IntuneConnection:
+    """What every caller of Intune's services holds: the tenant's tokens, the services' places
+    as Graph lists them, what the calls name as their caller, and how long one may take.
+    Built from [intune] by scepd.wiring; the delivery gate is handed the validator's own (the
+    tokens are cached per process whichever connection asks)."""
+
+    tokens: TokenSource = field(repr=False)
+    discovery: Discovery = field(repr=False)
+    caller_info: str = "scepd"
+    timeout: float = 10.0
+
+    def scep_action(self, action: str, transaction_id: str, body: dict) -> object:
+        """The JSON answer of `ScepActions/{action}` at the ScepRequestValidationFEService."""
+        return self.post(SCEP_VALIDATION_SERVICE, f"ScepActions/{action}", SCEP_API_VERSION, body,
+                         transaction_id=transaction_id)
+
+    def post(self, service: str, path: str, api_version: str, body: dict, *,
+             transaction_id: str | None = None) -> object:
+        """The JSON answer of `{path}` at the discovered `service` (post_intune)."""
+        return post_intune(self.tokens, self.discovery, service, path, api_version, body, self.timeout,
+                           transaction_id=transaction_id)
 
 
 def post_intune(tokens: TokenSource, discovery: Discovery, service: str, path: str, api_version: str, body: dict,

@@ -14,10 +14,8 @@ from dataclasses import dataclass, field
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from scepd.intune.actions import post_scep_action
-from scepd.intune.discovery import Discovery
+from scepd.intune.actions import IntuneConnection
 from scepd.intune.http import IntuneUnavailable
-from scepd.intune.tokens import TokenSource
 from scepd.protocol.errors import ErrorCode, Refusal
 from scepd.protocol.fingerprints import certificate_thumbprint
 from scepd.store import TransactionRecord
@@ -62,10 +60,7 @@ def _authority_name(name: x509.Name) -> str:
 
 @dataclass(frozen=True)
 class IntuneNotifier:
-    tokens: TokenSource = field(repr=False)
-    discovery: Discovery = field(repr=False)
-    caller_info: str = "scepd"
-    timeout: float = 10.0
+    intune: IntuneConnection = field(repr=False)
 
     def success(self, transaction_id: str, csr_der: bytes, certificate: x509.Certificate,
                 ca_configuration: str) -> Refusal | None:
@@ -81,7 +76,7 @@ class IntuneNotifier:
                 "issuingCertificateAuthority": certificate.issuer.rfc4514_string(),
                 "caConfiguration": ca_configuration,
                 "certificateAuthority": _authority_name(certificate.issuer),
-                "callerInfo": self.caller_info,
+                "callerInfo": self.intune.caller_info,
             }
         }
         return self._post("successNotification", transaction_id, body)
@@ -94,14 +89,14 @@ class IntuneNotifier:
                 "certificateRequest": base64.b64encode(csr_der).decode("ascii"),
                 "hResult": hresult,
                 "errorDescription": error_description[:MAX_ERROR_DESCRIPTION],
-                "callerInfo": self.caller_info,
+                "callerInfo": self.intune.caller_info,
             }
         }
         return self._post("failureNotification", transaction_id, body)
 
     def _post(self, action: str, transaction_id: str, body: dict) -> Refusal | None:
         try:
-            answer = post_scep_action(self.tokens, self.discovery, action, transaction_id, body, self.timeout)
+            answer = self.intune.scep_action(action, transaction_id, body)
         except IntuneUnavailable as exc:
             return Refusal(ErrorCode.INTUNE_NOTIFICATION_FAILED, f"Intune's {action} failed: {exc}")
         code = answer.get("code") if isinstance(answer, dict) else None

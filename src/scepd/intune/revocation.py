@@ -18,10 +18,9 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from scepd.intune.actions import post_intune
-from scepd.intune.discovery import PKI_CONNECTOR_SERVICE, Discovery
+from scepd.intune.actions import IntuneConnection
+from scepd.intune.discovery import PKI_CONNECTOR_SERVICE
 from scepd.intune.http import IntuneUnavailable
-from scepd.intune.tokens import TokenSource
 from scepd.protocol.errors import ErrorCode, Refusal
 from scepd.store import Store
 from scepd.store.errors import StoreUnavailable
@@ -56,28 +55,25 @@ class Revoker:
 
 
 class IntuneRevocations:
-    def __init__(self, store: Store, tokens: TokenSource, discovery: Discovery, revoker: Callable[[], Revoker], *,
-                 interval: float, timeout: float = 10.0, max_requests: int = MAX_REQUESTS) -> None:
+    def __init__(self, store: Store, intune: IntuneConnection, revoker: Callable[[], Revoker], *,
+                 interval: float, max_requests: int = MAX_REQUESTS) -> None:
         self.store = store
-        self.tokens = tokens
-        self.discovery = discovery
+        self.intune = intune
         self.revoker = revoker
         self.interval = interval
-        self.timeout = timeout
         self.max_requests = max(1, min(MAX_REQUESTS, max_requests))
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def _post(self, action: str, body: dict) -> object:
-        return post_intune(self.tokens, self.discovery, PKI_CONNECTOR_SERVICE,
-                           f"CertificateAuthorityRequests/{action}", PKI_API_VERSION, body, self.timeout)
+        return self.intune.post(PKI_CONNECTOR_SERVICE, f"CertificateAuthorityRequests/{action}", PKI_API_VERSION, body)
 
     def run_once(self) -> list[dict] | None:
         """One round: the results reported to Intune; None when another server holds the lease."""
         # Held past the next round, so that the holder keeps it while it runs; a server that
         # stops lets it lapse and another takes over within two intervals.
-        lease = dt.timedelta(seconds=2 * self.interval + self.timeout)
+        lease = dt.timedelta(seconds=2 * self.interval + self.intune.timeout)
         if not self.store.take_lease(LEASE, self.holder, lease):
             return None
         revoker = self.revoker()

@@ -10,10 +10,8 @@ import base64
 from dataclasses import dataclass, field
 
 from scepd.challenge.base import ChallengeRequest, ChallengeVerdict, Readiness
-from scepd.intune.actions import post_scep_action
-from scepd.intune.discovery import Discovery
+from scepd.intune.actions import IntuneConnection
 from scepd.intune.http import IntuneUnavailable
-from scepd.intune.tokens import TokenSource
 from scepd.protocol.errors import ErrorCode
 from scepd.store import UnitOfWork
 
@@ -32,17 +30,14 @@ INTUNE_REFUSALS = frozenset(ErrorCode(name) for name in (
 
 @dataclass(frozen=True)
 class IntuneValidator:
-    tokens: TokenSource = field(repr=False)
-    discovery: Discovery = field(repr=False)
-    caller_info: str = "scepd"
-    timeout: float = 10.0
+    intune: IntuneConnection = field(repr=False)
     name: str = "intune"
     problems: tuple[str, ...] = ()  # what building it found wrong (an unreadable key file)
 
     def readiness(self) -> Readiness:
         if self.problems:
             return tuple((False, problem) for problem in self.problems)
-        t = self.tokens
+        t = self.intune.tokens
         missing = [key for key, value in (("tenant_id", t.tenant_id), ("client_id", t.client_id)) if not value]
         if not (t.client_secret or (t.client_certificate and t.client_key)):
             missing.append("client_secret (or client_certificate and client_key)")
@@ -57,11 +52,11 @@ class IntuneValidator:
             "request": {
                 "transactionId": request.transaction_id,
                 "certificateRequest": base64.b64encode(request.csr.der).decode("ascii"),
-                "callerInfo": self.caller_info,
+                "callerInfo": self.intune.caller_info,
             }
         }
         try:
-            answer = self._post(request.transaction_id, body)
+            answer = self.intune.scep_action("validateRequest", request.transaction_id, body)
         except IntuneUnavailable as exc:
             return ChallengeVerdict.refuse(self.name, ErrorCode.REGISTRATION_POINT_UNAVAILABLE,
                                            f"Intune could not validate the request: {exc}")
@@ -77,6 +72,3 @@ class IntuneValidator:
             return ChallengeVerdict.refuse(self.name, ErrorCode.INTUNE_UNKNOWN,
                                            f"Intune answered {code[:80]!r}: {description or 'no description'}")
         return ChallengeVerdict.refuse(self.name, known, f"Intune: {description or code}")
-
-    def _post(self, transaction_id: str, body: dict) -> object:
-        return post_scep_action(self.tokens, self.discovery, "validateRequest", transaction_id, body, self.timeout)

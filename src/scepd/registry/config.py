@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import os
-import re
 import tomllib
 import typing
 from dataclasses import dataclass, field

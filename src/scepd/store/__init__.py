@@ -7,7 +7,8 @@ issuance is committed together with its transaction record before a reply is sen
 changes that can race (a password used, a request decided, a certificate revoked) are
 conditional UPDATEs, atomic across server processes, that move only along the transitions
 of `scepd.store.states`. Rows leave as frozen records.
-- store: the Store (schema, units of work, reads, the delivery queue, the audit trail)
+- database: the connection (driver errors as StoreUnavailable, units of work, the schema)
+- store: the Store over it (reads, the delivery queue and leases, the audit trail)
 - accounts: the console's administrator accounts and sessions
 - unit_of_work: the writes of one transaction
 - records, states: what rows leave as, and the states they carry
