@@ -4,9 +4,10 @@
 # fetch over HTTP), openssl, and a PostgreSQL server (the tests start a throwaway one with
 # its initdb; Debian keeps that in /usr/lib/postgresql/<version>/bin), SoftHSM2 for the PKCS#11
 # tests (softhsm2, with opensc's pkcs11-tool to look inside a token), and headless Chromium with
-# its driver for the console's browser tests (chromium, chromium-driver).
+# its driver for the console's browser tests (chromium, chromium-driver), and a real Go SCEP
+# client (scep: micromdm's scepclient, whose CMS is go.mozilla.org/pkcs7).
 set -euo pipefail
-wanted=(strongswan-pki libstrongswan-extra-plugins openssl postgresql softhsm2 opensc chromium chromium-driver)
+wanted=(strongswan-pki libstrongswan-extra-plugins openssl postgresql softhsm2 opensc chromium chromium-driver scep)
 missing=()
 for pkg in "${wanted[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

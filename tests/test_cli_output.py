@@ -96,6 +96,39 @@ def test_shown_escapes_what_a_terminal_acts_on_and_keeps_the_rest():
     assert shown(None) == "None" and shown(42) == "42"
 
 
+def test_the_client_shows_a_servers_refusal_escaped_and_the_server_logs_stay_lines(srv, cli_dir, tmp_path):
+    """`scepd client enroll` prints the failInfoText a server sends, which is the server's to
+    choose (here an administrator's denial reason, polled for): escaped like every CLI output.
+    The server's own log (file and stderr) holds the same text as JSON, one line a record."""
+    import subprocess
+
+    from conftest import SCEPD
+
+    cn = "CN=escaped-poller"
+    poller = subprocess.Popen(
+        [*SCEPD, "client", "enroll", srv.url, "--subject", cn, "--challenge", CHALLENGE, "--key-usage", "keyEncipherment",
+         "--poll-interval", "1", "--max-poll-time", "30", "--cert-out", str(tmp_path / "cert.pem")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        def pending_id():
+            listed = json.loads(scepd(cli_dir, "requests", "list", "--status", "pending", "--json").stdout)
+            return next((r["transaction_id"] for r in listed if r["subject"] == cn), None)
+
+        wait_for(lambda: pending_id() is not None, what="the client's pending request")
+        assert scepd(cli_dir, "requests", "deny", pending_id(), "--reason", f"denied {HOSTILE_TEXT}").returncode == 0
+        out, errors = poller.communicate(timeout=30)
+    finally:
+        poller.kill()
+    assert poller.returncode != 0
+    assert "RequestDenied" in errors and "\\x1b[31mred" in errors, errors  # shown, not dropped
+    assert raw_controls(out) == [] and raw_controls(errors) == [], errors
+    assert not any(line.startswith("FORGED") for line in errors.splitlines())
+    for log in (cli_dir / "scepd.log", srv.stderr_path):
+        text = log.read_text(encoding="utf-8")
+        assert raw_controls(text) == [], log
+        assert not any(line.startswith("FORGED") for line in text.splitlines()), log
+
+
 def _store_hostile_records(directory) -> tuple[str, str]:
     """A certificate and a request whose subjects hold controls, bidi override and separators,
     as a database written before subjects were checked (or by another tool) holds them."""

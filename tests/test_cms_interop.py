@@ -241,6 +241,19 @@ SIGNED_FORMS = {
     "attribute-value-constructed-definite": lambda d: _rewrite(
         d, _attribute_value_path(d, "scep_sender_nonce"), segmented_definite
     ),
+    "attribute-value-constructed-indefinite": lambda d: _rewrite(
+        d, _attribute_value_path(d, "scep_sender_nonce"), segmented_indefinite
+    ),
+    "attribute-value-nested-segments": lambda d: _rewrite(
+        d, _attribute_value_path(d, "scep_sender_nonce"), segmented_nested
+    ),
+    # transactionID, a PrintableString: its segments are OCTET STRINGs too (X.690 8.23.6)
+    "transaction-id-constructed-indefinite": lambda d: _rewrite(
+        d, _attribute_value_path(d, "scep_transaction_id"), segmented_indefinite
+    ),
+    "transaction-id-nested-segments": lambda d: _rewrite(
+        d, _attribute_value_path(d, "scep_transaction_id"), segmented_nested
+    ),
     "indefinite-everywhere-but-certificates": lambda d: indefinite_everywhere(
         _rewrite(d, E_CONTENT, segmented_nested), keep=(CERTIFICATES,)
     ),
@@ -619,6 +632,38 @@ def test_reply_to_an_ec_signer_is_a_key_agreement_openssl_opens(server, ca, tmp_
     assert out.returncode == 0, out.stderr.decode()
     issued = signed.parse_certs_only(out.stdout)[0]
     assert issued.public_key().public_numbers() == key.public_key().public_numbers()
+
+
+def test_reply_to_a_renewal_signed_by_an_issued_ec_certificate_is_a_key_agreement_openssl_opens(client, server, ca, tmp_path):
+    """On the wire: a RenewalReq signed by an EC certificate this CA issued gets a CertRep
+    whose envelope is a KeyAgreeRecipientInfo naming that certificate (the CA as issuer, its
+    serial), which OpenSSL opens with the certificate and its EC key; inside, the renewed
+    certificate for the new key."""
+    old_key = ec.generate_private_key(ec.SECP256R1())
+    enrolled = client.enroll(old_key, name("ec-renew-wire"), challenge=CHALLENGE, ca=ca)
+    assert enrolled.status is PkiStatus.SUCCESS, enrolled.fail_info_text
+    current = enrolled.certificate
+    assert current.issuer == ca.ca.subject != current.subject
+    new_key = ec.generate_private_key(ec.SECP256R1())
+    csr = build_csr(new_key, name("ec-renew-wire")).public_bytes(serialization.Encoding.DER)
+    request = build_pki_message(message_type=MessageType.RENEWAL_REQ, transaction_id="T-ec-renew-wire",
+                                signer_certificate=current, signer_key=old_key, digest_algorithm="sha256",
+                                envelope=enveloped.build_enveloped(csr, ca.ra, enveloped.ContentCipher.AES_128_CBC))
+    reply = parse_pki_message(_post(server, request).content, ca.all)
+    assert reply.is_verified and reply.pki_status is PkiStatus.SUCCESS, reply.fail_info_text
+    info = asn1_cms.ContentInfo.load(reply.envelope)["content"]["recipient_infos"][0]
+    assert info.name == "kari"
+    rid = info.chosen["recipient_encrypted_keys"][0]["rid"].chosen
+    assert (rid["issuer"].dump(), rid["serial_number"].native) == (
+        asn1_x509.Name.load(current.issuer.public_bytes()).dump(), current.serial_number)
+    (tmp_path / "key.pem").write_bytes(_key_pem(old_key))
+    (tmp_path / "current.pem").write_bytes(pem(current))
+    out = _openssl("cms", "-decrypt", "-inform", "DER", "-inkey", str(tmp_path / "key.pem"),
+                   "-recip", str(tmp_path / "current.pem"), input=reply.envelope)
+    assert out.returncode == 0, out.stderr.decode()
+    renewed = signed.parse_certs_only(out.stdout)[0]
+    assert renewed.public_key().public_numbers() == new_key.public_key().public_numbers()
+    assert renewed.subject == current.subject and renewed.serial_number != current.serial_number
 
 
 @pytest.mark.parametrize("curve", ["P-256", "P-384"])

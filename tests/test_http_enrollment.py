@@ -155,6 +155,52 @@ def test_same_transaction_id_with_another_key_is_a_new_request(client):
     assert second.certificate.public_key() == key_b.public_key()
 
 
+def _rows(instance_dir, transaction_id: str) -> int:
+    with sqlite3.connect(instance_dir / "scepd.db") as db:
+        return db.execute("select count(*) from certificates where transaction_id = ?", (transaction_id,)).fetchone()[0]
+
+
+def test_same_transaction_id_and_request_with_another_signer_is_a_new_request(client, instance_dir):
+    """The signer is part of what makes a resend: the same PKCS#10 bytes under the same
+    transactionID, signed with another certificate of the same key, is a new request and gets
+    a certificate of its own (a second serial, a second row), not the first one again."""
+    from scepd.client import build_csr
+
+    key = rsa.generate_private_key(65537, 2048)
+    ca = client.get_ca_certs()
+    # RSA PKCS#1 v1.5 signs deterministically: the client sends the same CSR bytes both times.
+    csrs = {build_csr(key, name("resend-signer"), challenge=CHALLENGE).public_bytes(serialization.Encoding.DER) for _ in range(2)}
+    assert len(csrs) == 1
+    signer_a = (self_signed(key, name("resend-signer")), key)
+    signer_b = (self_signed(key, name("resend-signer")), key)
+    assert signer_a[0].serial_number != signer_b[0].serial_number
+    first = client.enroll(key, name("resend-signer"), challenge=CHALLENGE, ca=ca, transaction_id="RESEND-SIGNER", signer=signer_a)
+    second = client.enroll(key, name("resend-signer"), challenge=CHALLENGE, ca=ca, transaction_id="RESEND-SIGNER", signer=signer_b)
+    assert first.status is second.status is PkiStatus.SUCCESS, second.fail_info_text
+    assert second.certificate.serial_number != first.certificate.serial_number
+    assert _rows(instance_dir, "RESEND-SIGNER") == 2
+
+
+def test_same_transaction_id_and_signer_with_another_request_is_a_new_request(client, instance_dir):
+    """The PKCS#10 request is part of what makes a resend: under the same transactionID and
+    signer certificate, a request for another SAN gets a certificate with that SAN (a second
+    serial, a second row), not the first certificate again."""
+    key = rsa.generate_private_key(65537, 2048)
+    ca = client.get_ca_certs()
+    signer = (self_signed(key, name("resend-csr")), key)
+    sans = {}
+    for host in ("a.resend.example", "b.resend.example"):
+        result = client.enroll(key, name("resend-csr"), sans=[x509.DNSName(host)], challenge=CHALLENGE, ca=ca,
+                               transaction_id="RESEND-CSR", signer=signer)
+        assert result.status is PkiStatus.SUCCESS, result.fail_info_text
+        sans[host] = result.certificate
+    first, second = sans["a.resend.example"], sans["b.resend.example"]
+    assert second.serial_number != first.serial_number
+    got = second.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert list(got) == [x509.DNSName("b.resend.example")]
+    assert _rows(instance_dir, "RESEND-CSR") == 2
+
+
 # --- challenges -----------------------------------------------------------------------------
 
 

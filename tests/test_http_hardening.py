@@ -329,6 +329,62 @@ def test_a_20_mb_body_gets_a_413_the_client_reads(hardened, version, extra):
     assert closed
 
 
+def _head_of_a_20_mb_post(server) -> tuple[bytes, float]:
+    """Only the head of a POST declaring 20 MB, no body: what the server sends up to the end
+    of its answer's head (at most 2 s), and how long that took. The client then hangs up."""
+    with socket.create_connection(("127.0.0.1", server.port)) as s:
+        s.sendall(f"POST /scep?operation=PKIOperation HTTP/1.1\r\nHost: t\r\nContent-Length: {TWENTY_MB}\r\n"
+                  "Content-Type: application/x-pki-message\r\n\r\n".encode())
+        started = time.monotonic()
+        s.settimeout(0.2)
+        data = b""
+        while b"\r\n\r\n" not in data and time.monotonic() - started < 2:
+            try:
+                chunk = s.recv(65536)
+            except TimeoutError:
+                continue
+            if not chunk:
+                break
+            data += chunk
+        return data, time.monotonic() - started
+
+
+def test_a_declared_20_mb_body_gets_its_413_before_any_of_it_is_sent(hardened):
+    """The 413 comes from Content-Length alone: to the request head with no body at all, it
+    is read within 2 s (before the 1 s body timeout's 408 could be the answer instead)."""
+    _dir, server, _auth = hardened
+    data, elapsed = _head_of_a_20_mb_post(server)
+    assert data.startswith(b"HTTP/1.1 413 "), data[:200]
+    assert elapsed < 2, f"the 413 took {elapsed:.2f} s"
+
+
+def test_a_client_hanging_up_after_reading_the_413_leaves_no_traceback(hardened):
+    """A client that reads the 413's head and hangs up (the body it declared never sent, as
+    clients do) is no error of the server's: nothing at ERROR, no traceback in its log."""
+    _dir, server, _auth = hardened
+    logged_before = len(server.stderr_path.read_text())
+    for _ in range(5):
+        data, _elapsed = _head_of_a_20_mb_post(server)
+        assert data.startswith(b"HTTP/1.1 413 "), data[:200]
+    assert httpx.get(f"{base(server)}/healthz").status_code == 200  # the hang-ups have been handled
+    logged = server.stderr_path.read_text()[logged_before:]
+    assert "Traceback" not in logged and "ERROR" not in logged, logged
+
+
+def test_deeply_nested_json_without_a_token_is_refused_as_unauthorized(hardened):
+    """The token is checked before the body is read: a body nested 3,000 deep with no
+    Authorization header gets the 401 of a missing token, with its reason, never a 500."""
+    _dir, server, _auth = hardened
+    logged_before = len(server.stderr_path.read_text())
+    for path in ("/api/v1/challenges", "/ScepActions/validateRequest"):
+        response = httpx.post(base(server) + path, content=DEEP, headers={"Content-Type": "application/json"})
+        assert response.status_code == 401, response.text
+        assert response.headers["www-authenticate"] == "Bearer"
+        assert response.json() == {"code": "Unauthorized", "errorDescription": "a valid bearer token is required"}
+    assert server.alive()
+    assert "Traceback" not in server.stderr_path.read_text()[logged_before:]
+
+
 def test_httpx_reads_the_413_of_a_20_mb_body(hardened):
     d, server, auth = hardened
     for headers in ({}, {"Connection": "close"}):

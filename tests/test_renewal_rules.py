@@ -15,6 +15,7 @@ import base64
 import json
 import sqlite3
 import subprocess
+import uuid
 
 import pytest
 from conftest import CHALLENGE, RunningServer, name, new_key, openssl_verify, pem, require_tool, run_scepd
@@ -251,6 +252,40 @@ def test_renewal_into_a_template_with_more_usages_is_a_widening(client):
     assert same.status is PkiStatus.SUCCESS, same.fail_info_text
 
 
+@pytest.mark.parametrize("grants, widening", [
+    ({"key_usage": ["digitalSignature", "keyEncipherment"]}, "key usage keyEncipherment"),
+    ({"extended_key_usage": ["clientAuth", "serverAuth"]}, "extended key usage 1.3.6.1.5.5.7.3.1"),
+])
+def test_a_template_changed_to_grant_more_does_not_widen_a_renewal(tmp_path, grants, widening):
+    """The same template, edited after the old certificate was issued to grant another key
+    usage or EKU: a renewal signed by the old certificate alone does not get it."""
+    d = tmp_path / "instance"
+    create_instance(d, key_spec="rsa:2048", static_challenge=CHALLENGE)
+    sign_only = {"key_usage": ["digitalSignature"], "extended_key_usage": ["clientAuth"]}
+    update_config_file(d / "scepd.toml", {"templates": {"SignOnly": sign_only},
+                                          "template_mapping": {"SignatureTemplate": "SignOnly"}})
+    server = RunningServer(d)
+    try:
+        with ScepClient(server.url) as c:
+            old, key = enroll(c, "edited-template", key_usage=SIGN_ONLY)
+    finally:
+        server.stop()
+    update_config_file(d / "scepd.toml", {"templates": {"SignOnly": {**sign_only, **grants}}})
+    server = RunningServer(d)
+    try:
+        with ScepClient(server.url) as c:
+            renewed = c.enroll(new_key(), name("edited-template"), signer=(old, key), renewal=True, key_usage=SIGN_ONLY)
+            assert renewed.status is PkiStatus.FAILURE
+            assert renewed.fail_info_text.startswith("RenewalWidensIdentity"), renewed.fail_info_text
+            assert widening in renewed.fail_info_text
+            # With the challenge the registration point decides, as for a first enrollment.
+            allowed = c.enroll(new_key(), name("edited-template"), signer=(old, key), renewal=True,
+                               key_usage=SIGN_ONLY, challenge=CHALLENGE)
+            assert allowed.status is PkiStatus.SUCCESS, allowed.fail_info_text
+    finally:
+        server.stop()
+
+
 # --- 4. secrets and the algorithm and subject policy -------------------------------------------
 
 
@@ -284,8 +319,8 @@ def test_md5_signed_pki_message_is_refused(client):
 def test_single_des_is_accepted_logged_as_weak_and_refusable(srv, client, rules_dir, tmp_path):
     result = client.enroll(new_key(), name("des-client"), challenge=CHALLENGE, cipher="des")
     assert result.status is PkiStatus.SUCCESS, result.fail_info_text
-    weak = [line for line in srv.log_lines() if "weak cipher" in line]
-    assert weak and "127.0.0.1" in weak[-1]
+    weak = [line for line in srv.log_lines() if "weak cipher" in line and result.transaction_id in line]
+    assert len(weak) == 1 and "127.0.0.1" in weak[0]  # the client and the transaction named, once
 
     d = tmp_path / "no-des"
     create_instance(d, key_spec="rsa:2048", static_challenge=CHALLENGE)
@@ -337,17 +372,29 @@ def test_md5_signed_pkcs10_request_is_refused(client, tmp_path):
     assert "PKCS#10" in reply.fail_info_text
 
 
-def test_the_cli_renews_keeping_subject_and_sans(srv, rules_dir, tmp_path):
-    """`scepd client enroll --renew-cert --renew-key` as the operations guide shows it, for an
-    EC device renewed with a new key: the subject and SANs carry over, no challenge needed."""
-    first = run_scepd("client", "enroll", srv.url, "--subject", "CN=cli-renew", "--san", "dns:cli-renew.example",
-                      "--challenge", CHALLENGE, "--key", "ec:p256", "--cert-out", str(tmp_path / "old.pem"))
+@pytest.mark.parametrize("first_key, renewal_key, same_key", [
+    ("rsa:2048", ["--key-in", "{old_key}"], True),
+    ("rsa:2048", ["--key", "rsa:2048"], False),
+    ("ec:p256", ["--key-in", "{old_key}"], True),
+    ("ec:p256", ["--key", "ec:p256"], False),
+    ("ec:p256", [], False),  # the default new key, RSA: another key type is a new key, not a wider identity
+], ids=["rsa-same-key", "rsa-new-key", "ec-same-key", "ec-new-key", "ec-to-rsa"])
+def test_the_cli_renews_keeping_subject_and_sans(srv, rules_dir, tmp_path, first_key, renewal_key, same_key):
+    """`scepd client enroll --renew-cert --renew-key` as the operations guide shows it, with RSA
+    and EC device keys, keeping the key or not: the subject and SANs carry over, no challenge
+    needed, and the certificate is new."""
+    cn = f"cli-renew-{uuid.uuid4().hex[:8]}"
+    first = run_scepd("client", "enroll", srv.url, "--subject", f"CN={cn}", "--san", f"dns:{cn}.example",
+                      "--challenge", CHALLENGE, "--key", first_key, "--cert-out", str(tmp_path / "old.pem"))
     assert first.returncode == 0, first.stderr
+    key_options = [option.format(old_key=tmp_path / "old.key") for option in renewal_key]
     renewed = run_scepd("client", "enroll", srv.url, "--renew-cert", str(tmp_path / "old.pem"),
-                        "--renew-key", str(tmp_path / "old.key"), "--cert-out", str(tmp_path / "new.pem"))
+                        "--renew-key", str(tmp_path / "old.key"), *key_options, "--cert-out", str(tmp_path / "new.pem"))
     assert renewed.returncode == 0, renewed.stderr
     old = x509.load_pem_x509_certificate((tmp_path / "old.pem").read_bytes())
     new = x509.load_pem_x509_certificate((tmp_path / "new.pem").read_bytes())
     assert new.subject == old.subject and new.serial_number != old.serial_number
-    assert sans_of(new) == ["cli-renew.example"]
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    assert (new.public_key().public_bytes(*spki) == old.public_key().public_bytes(*spki)) is same_key
+    assert sans_of(new) == [f"{cn}.example"]
     assert openssl_verify(rules_dir / "ca.pem", pem(new), tmp_path).returncode == 0

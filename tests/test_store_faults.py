@@ -4,8 +4,10 @@ event loop and re-signed safely by several server processes at once."""
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import json
+import logging
 import os
 import sqlite3
 import stat
@@ -22,14 +24,17 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 from sqlalchemy import event, text
+from starlette.testclient import TestClient
 
 from scepd.ca.crl import CrlPublisher
 from scepd.client import ScepClient, build_csr
 from scepd.client.client import self_signed
 from scepd.protocol import FailInfo, MessageType, PkiStatus, enveloped
+from scepd.protocol.errors import ERRORS, ErrorCode
 from scepd.protocol.message import build_pki_message, parse_pki_message
 from scepd.registry.config import update_config_file
 from scepd.registry.instance import Instance, create_instance, load_key_material
+from scepd.server.app import create_app
 from scepd.store import Store, StoreUnavailable
 from scepd.wiring import build_services
 
@@ -163,11 +168,19 @@ def test_locked_database_is_a_named_refusal_within_busy_timeout_and_recovers(tmp
         assert enroll(server.url, "after-lock", ca).status is PkiStatus.SUCCESS
 
         entries = log_entries(directory / "scepd.log")
+        ids = {result.transaction_id for result, _ in outcomes}
         for result, _ in outcomes:
             lines = [e for e in entries if e.get("transaction_id") == result.transaction_id]
             assert len(lines) == 1, lines  # logged once
             assert lines[0]["level"] == "warning" and lines[0]["code"] == "StoreUnavailable"
             assert lines[0]["notification"] == "not queued: the store is unavailable"
+            assert lines[0]["remedy"] == ERRORS[ErrorCode.STORE_UNAVAILABLE].remedy
+        # Nothing else of the requests warns: one warning a refused request, its own line. (The
+        # notification dispatcher has warnings of its own: the webhook is unreachable, and a
+        # round during the lock pauses it.)
+        warnings = [e for e in entries if e["level"] == "warning" and e["logger"] != "scepd.notifications"]
+        assert [e.get("transaction_id") for e in warnings if e.get("transaction_id") not in ids] == [], warnings
+        assert len(warnings) == len(ids) == len(outcomes)
         assert not [e for e in entries if e["level"] in ("error", "critical") or "traceback" in e]
         assert "Traceback" not in server.stderr_path.read_text()
         store = Instance.open(directory).open_store()
@@ -179,43 +192,84 @@ def test_locked_database_is_a_named_refusal_within_busy_timeout_and_recovers(tmp
         server.stop()
 
 
+def _waiting_on_the_lock(server: RunningServer, send) -> tuple[httpx.Response, float]:
+    """send() while another process holds the database's write lock: GetCACaps and GetCACert
+    answer in under 1 s while it waits (the event loop is free). Its response and duration."""
+    lock = DatabaseLock(server.directory / "scepd.db")
+    try:
+        waited: dict = {}
+
+        def waiting():
+            started = time.monotonic()
+            waited["response"] = send()
+            waited["elapsed"] = time.monotonic() - started
+
+        thread = threading.Thread(target=waiting)
+        thread.start()
+        time.sleep(0.3)
+        for operation in ("GetCACaps", "GetCACert"):
+            started = time.monotonic()
+            response = httpx.get(server.url, params={"operation": operation}, timeout=30)
+            elapsed = time.monotonic() - started
+            assert response.status_code == 200
+            assert elapsed < 1.0, f"{operation} took {elapsed:.2f} s while a request waited for the lock"
+        assert thread.is_alive(), "the request is still waiting for the lock"
+        thread.join(30)
+    finally:
+        lock.release()
+    return waited["response"], waited["elapsed"]
+
+
 def test_crl_fetch_on_a_locked_database_leaves_the_event_loop_free_and_answers_503(tmp_path):
     directory = new_instance(tmp_path / "instance")
     server = RunningServer(directory, env={"SCEPD_DATABASE_BUSY_TIMEOUT": f"{BUSY:g}s"})
     try:
-        lock = DatabaseLock(directory / "scepd.db")
-        try:
-            # No CRL is stored yet, so the fetch must sign and store one: it waits for the lock.
-            fetched: dict = {}
-
-            def fetch():
-                started = time.monotonic()
-                fetched["response"] = httpx.get(crl_url(server), timeout=30)
-                fetched["elapsed"] = time.monotonic() - started
-
-            crl_thread = threading.Thread(target=fetch)
-            crl_thread.start()
-            time.sleep(0.3)
-            for operation in ("GetCACaps", "GetCACert"):
-                started = time.monotonic()
-                response = httpx.get(server.url, params={"operation": operation}, timeout=30)
-                elapsed = time.monotonic() - started
-                assert response.status_code == 200
-                assert elapsed < 1.0, f"{operation} took {elapsed:.2f} s while a CRL fetch waited"
-            assert crl_thread.is_alive(), "the CRL fetch is still waiting for the lock"
-            crl_thread.join(30)
-        finally:
-            lock.release()
-        response = fetched["response"]
+        # No CRL is stored yet, so the fetch must sign and store one: it waits for the lock.
+        response, elapsed = _waiting_on_the_lock(server, lambda: httpx.get(crl_url(server), timeout=30))
         assert response.status_code == 503
         assert response.headers["retry-after"] == "2"
         assert response.text.startswith("StoreUnavailable: the CRL cannot be read or re-signed now")
-        assert fetched["elapsed"] < BUSY + 1.5
+        assert elapsed < BUSY + 1.5
 
         response = httpx.get(crl_url(server))
         assert response.status_code == 200 and response.headers["content-type"] == "application/pkix-crl"
         x509.load_der_x509_crl(response.content)
         assert not [e for e in log_entries(directory / "scepd.log") if e["level"] == "error"]
+    finally:
+        server.stop()
+
+
+def test_validate_request_on_a_locked_database_leaves_the_event_loop_free_and_answers_503(tmp_path):
+    """Intune's validateRequest of a one-time password spends it in a unit of work, which
+    waits for the lock: the event loop stays free meanwhile, and the answer is the 503 of
+    StoreUnavailable (no verdict: ask again later). The password is not spent: the same
+    request is accepted once the lock is gone."""
+    directory = new_instance(tmp_path / "instance")
+    token = run_scepd("registry", "token", "new", "--dir", str(directory)).stdout.strip()
+    server = RunningServer(directory, env={"SCEPD_DATABASE_BUSY_TIMEOUT": f"{BUSY:g}s"})
+    password = run_scepd("otp", "new", "--dir", str(directory)).stdout.strip()
+    key = rsa.generate_private_key(65537, 2048)
+    csr = build_csr(key, name("validate-locked"), challenge=password).public_bytes(Encoding.DER)
+    body = {"request": {"transactionId": "T-validate-locked", "certificateRequest": base64.b64encode(csr).decode(),
+                        "callerInfo": "t"}}
+
+    def validate():
+        return httpx.post(f"http://127.0.0.1:{server.port}/ScepActions/validateRequest", json=body,
+                          headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+    try:
+        response, elapsed = _waiting_on_the_lock(server, validate)
+        assert response.status_code == 503, response.text
+        assert response.json()["code"] == "StoreUnavailable"
+        assert response.json()["errorDescription"].startswith("the database is locked")
+        assert response.headers["retry-after"] == "2"  # a busy_timeout later
+        # One wait: the verdict's unit of work. The audit record of a call refused because the
+        # store did not answer goes to the log only, instead of waiting for the store again.
+        assert elapsed < BUSY + 1.5
+        audit = [e for e in log_entries(directory / "scepd.log") if e.get("action") == "scep_action.validateRequest"]
+        assert audit and audit[0]["stored"] == "no: the store is unavailable"
+        assert validate().json() == {"code": "Success", "errorDescription": ""}
+        assert not [e for e in log_entries(directory / "scepd.log") if e["level"] == "error" or "traceback" in e]
     finally:
         server.stop()
 
@@ -281,10 +335,13 @@ def _pkcsreq(material, cn: str) -> bytes:
     )
 
 
-def test_full_database_in_process(tmp_path):
+def test_full_database_in_process(tmp_path, caplog):
     """Emulated where no file system can be filled: SQLite's max_page_count makes a write
     that needs a page beyond the database's current size fail with SQLITE_FULL, as a full
-    disk does (the first few may still fit into the free room of the pages it has)."""
+    disk does (the first few may still fit into the free room of the pages it has). The
+    requests go through the SCEP route in Starlette's TestClient: each refused one is logged
+    once, by its own request line (a warning with the code and its remedy), with no error and
+    no traceback."""
     instance = Instance.open(new_instance(tmp_path / "instance", notified=True))
     material = load_key_material(instance)
     store = instance.open_store()
@@ -296,24 +353,44 @@ def test_full_database_in_process(tmp_path):
             size = dbapi_connection.execute("PRAGMA page_count").fetchone()[0]
             dbapi_connection.execute(f"PRAGMA max_page_count = {size}")
 
-    service = build_services(instance, store, material=material).scep
+    services = build_services(instance, store, material=material)
     known = [material.ca.certificate, material.ra.certificate]
-    try:
-        full["on"] = True
-        store.engine.dispose()  # new connections, capped
-        for attempt in range(20):
-            result = service.pki_operation(_pkcsreq(material, f"emulated-full-{attempt}"))
-            reply = parse_pki_message(result.body, known)
-            if reply.pki_status is not PkiStatus.SUCCESS:
-                break
-        assert reply.pki_status is PkiStatus.FAILURE
-        assert reply.fail_info_text.startswith("StoreUnavailable: the database or its disk is full (SQLITE_FULL")
-        assert result.details["notification"] == "not queued: the store is unavailable"
 
-        full["on"] = False
-        store.engine.dispose()
-        result = service.pki_operation(_pkcsreq(material, "emulated-after"))
-        assert parse_pki_message(result.body, known).pki_status is PkiStatus.SUCCESS
+    def post(http, cn):
+        response = http.post("/scep?operation=PKIOperation", content=_pkcsreq(material, cn))
+        assert response.status_code == 200, response.text
+        return parse_pki_message(response.content, known)
+
+    try:
+        with TestClient(create_app(services, 1 << 20, threads=2)) as http, caplog.at_level(logging.INFO, logger="scepd"):
+            full["on"] = True
+            store.engine.dispose()  # new connections, capped
+            for attempt in range(20):
+                reply = post(http, f"emulated-full-{attempt}")
+                if reply.pki_status is not PkiStatus.SUCCESS:
+                    break
+            refused = {reply.transaction_id: reply}
+            for i in range(2):  # and the next ones alike
+                reply = post(http, f"emulated-full-more-{i}")
+                refused[reply.transaction_id] = reply
+            records = list(caplog.records)
+            for reply in refused.values():
+                assert reply.pki_status is PkiStatus.FAILURE
+                assert reply.fail_info_text.startswith("StoreUnavailable: the database or its disk is full (SQLITE_FULL")
+            # Logged once: the request's own line, per refused request, and nothing else above INFO.
+            warnings = [r for r in records if r.levelno >= logging.WARNING]
+            assert [(r.levelno, r.name, r.getMessage()) for r in warnings] == [
+                (logging.WARNING, "scepd.request", "scep request")] * len(refused), [r.getMessage() for r in warnings]
+            assert [r.fields["transaction_id"] for r in warnings] == list(refused)
+            for record in warnings:
+                assert record.fields["code"] == "StoreUnavailable"
+                assert record.fields["remedy"] == ERRORS[ErrorCode.STORE_UNAVAILABLE].remedy
+                assert record.fields["notification"] == "not queued: the store is unavailable"
+            assert not [r for r in records if r.exc_info]
+
+            full["on"] = False
+            store.engine.dispose()
+            assert post(http, "emulated-after").pki_status is PkiStatus.SUCCESS
     finally:
         store.dispose()
 

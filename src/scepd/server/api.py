@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response
 
 from scepd import peerjson
 from scepd.protocol.errors import ErrorCode, Refusal
-from scepd.server.framing import CLOSE, BodyRefused, bug_refusal, read_body
+from scepd.server.framing import CLOSE, BodyRefused, bug_refusal, read_body, retry_after
 from scepd.service.admin import Actor
 
 log = logging.getLogger("scepd.server")
@@ -89,11 +89,17 @@ class ApiRoutes:
         except Exception:  # the call is answered; the trail's own failure is a bug to log
             log.exception("could not record %s in the audit trail", action)
 
+    def _refused(self, refusal: Refusal) -> JSONResponse:
+        """A refusal; one for a store that did not answer says when to ask again."""
+        if refusal.code is ErrorCode.STORE_UNAVAILABLE:
+            return api_refusal(refusal, headers=retry_after(self._services().store.busy_timeout))
+        return api_refusal(refusal)
+
     async def _challenges(self, request: Request, api, body) -> Response:
         answer = await self._in_thread(api.issue_challenge, body)
         if isinstance(answer, Refusal):
             await self._audit(request, "challenge.issue", "", answer)
-            return api_refusal(answer)
+            return self._refused(answer)
         await self._audit(request, "challenge.issue", f"jti {answer.get('jti')}", None)
         return JSONResponse(answer, 201)
 
@@ -106,7 +112,7 @@ class ApiRoutes:
                 refusal = await self._in_thread(api.validate_request, str(item["transactionId"]), csr_der)
                 await self._audit(request, "scep_action.validateRequest", str(item["transactionId"]), refusal)
                 if refusal is not None and refusal.code is ErrorCode.STORE_UNAVAILABLE:
-                    return api_refusal(refusal)  # not a verdict: the caller should ask again later
+                    return self._refused(refusal)  # not a verdict: the caller should ask again later
                 return JSONResponse(intune_answer(refusal))
             if action in ("successNotification", "failureNotification"):
                 item = body["notification"]
@@ -114,7 +120,7 @@ class ApiRoutes:
                     raise TypeError("notification must be an object")
                 refusal = await self._in_thread(api.record_received, action.removesuffix("Notification"), item)
                 await self._audit(request, f"scep_action.{action}", str(item.get("transactionId", "")), refusal)
-                return api_refusal(refusal) if refusal else JSONResponse(SUCCESS)
+                return self._refused(refusal) if refusal else JSONResponse(SUCCESS)
         except (KeyError, TypeError, ValueError, binascii.Error) as exc:
             return api_refusal(Refusal(ErrorCode.REQUEST_MALFORMED, f"malformed {action} body: {exc}"))
         return api_refusal(Refusal(ErrorCode.API_ACTION_UNKNOWN, f"no action {action}"))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -10,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from scepd.protocol.errors import Refusal
-from scepd.server.framing import bug_refusal, log_refused, refusal_text
+from scepd.server.framing import bug_refusal, log_refused, refusal_text, retry_after
 
 
 class CrlRoute:
@@ -30,8 +29,7 @@ class CrlRoute:
             return refusal_text(bug_refusal(request))
         if isinstance(crl, Refusal):
             # Relying parties fetch CRLs as plain HTTP clients: 503 with Retry-After is theirs.
-            retry_after = str(max(1, math.ceil(services.store.busy_timeout)))
-            response = refusal_text(crl, headers={"Retry-After": retry_after})
+            response = refusal_text(crl, headers=retry_after(services.store.busy_timeout))
             log_refused("crl request", request.scope, response, crl)
             return response
         if crl is None:

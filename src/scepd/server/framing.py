@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import sys
 
 from starlette.requests import Request
@@ -52,6 +53,12 @@ def refusal_text(refusal: Refusal, status: int | None = None, headers: dict | No
     """A refusal as plain text (its failInfoText and remedy), with the error table's HTTP
     status unless the answer has one of its own."""
     return Response(refusal.http_text, status_code=status or refusal.http_status, media_type=TEXT, headers=headers)
+
+
+def retry_after(busy_timeout: float) -> dict:
+    """The Retry-After header of a 503 for a store that did not answer in time: ask again
+    once a busy_timeout has passed."""
+    return {"Retry-After": str(max(1, math.ceil(busy_timeout)))}
 
 
 def request_fields(scope) -> dict:

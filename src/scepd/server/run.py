@@ -146,7 +146,11 @@ class ScepdH11Protocol(H11Protocol):
             transport.close()
             return
         if transport.can_write_eof():
-            transport.write_eof()  # sent once the answer is: the client can read it to its end
+            try:
+                transport.write_eof()  # sent once the answer is: the client can read it to its end
+            except OSError:  # the client hung up already (ENOTCONN): nobody is left to linger for
+                transport.close()
+                return
         transport.resume_reading()  # uvicorn pauses reading while a body waits unread
         self._lingering = [self.loop.call_later(LINGER_SECONDS, transport.close),
                            self.loop.call_later(LINGER_IDLE_SECONDS, transport.close)]

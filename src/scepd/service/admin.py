@@ -114,10 +114,15 @@ class AuditTrail:
                             action=action, target=str(target), result=outcome, detail=detail)
         fields = dataclasses.asdict(event)
         fields.pop("at")
-        try:
-            self.store.add_audit_event(event)
-        except Exception as exc:  # noqa: BLE001 - the log line below still records the action
-            fields["stored"] = f"no: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        if isinstance(result, Refusal) and result.code is ErrorCode.STORE_UNAVAILABLE:
+            # Refused because the store could not answer: asking it again would make the caller
+            # wait a second busy_timeout for a write that fails alike.
+            fields["stored"] = "no: the store is unavailable"
+        else:
+            try:
+                self.store.add_audit_event(event)
+            except Exception as exc:  # noqa: BLE001 - the log line below still records the action
+                fields["stored"] = f"no: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
         audit_log.log(logging.INFO if outcome == "ok" else logging.WARNING, "audit %s %s: %s", action, target,
                       outcome, extra={"fields": fields})
         return event
