@@ -609,6 +609,22 @@ def test_ec_envelope_that_does_not_open_reads_like_any_other_decryption_failure(
     assert (info.value.code, info.value.reason) == (ErrorCode.DECRYPTION_FAILED, errors.DECRYPTION_FAILED)
 
 
+def _opened_by_openssl_as_key_agreement(envelope: bytes, key, recipient: x509.Certificate, tmp_path) -> x509.Certificate:
+    """The certificate inside a CertRep's envelope, which must be a KeyAgreeRecipientInfo
+    (dhSinglePass-stdDH-sha256kdf, id-aes128-wrap for AES-128) that `openssl cms -decrypt`
+    opens with `recipient` and its EC `key`."""
+    info = asn1_cms.ContentInfo.load(envelope)["content"]["recipient_infos"][0]
+    assert info.name == "kari"
+    assert info.chosen["key_encryption_algorithm"]["algorithm"].dotted == "1.3.132.1.11.1"
+    assert info.chosen["key_encryption_algorithm"]["parameters"]["algorithm"].native == "aes128_wrap"
+    (tmp_path / "key.pem").write_bytes(_key_pem(key))
+    (tmp_path / "recipient.pem").write_bytes(pem(recipient))
+    out = _openssl("cms", "-decrypt", "-inform", "DER", "-inkey", str(tmp_path / "key.pem"),
+                   "-recip", str(tmp_path / "recipient.pem"), input=envelope)
+    assert out.returncode == 0, out.stderr.decode()
+    return signed.parse_certs_only(out.stdout)[0]
+
+
 def test_reply_to_an_ec_signer_is_a_key_agreement_openssl_opens(server, ca, tmp_path):
     """On the wire: a PKCSReq signed by an EC key gets a CertRep whose envelope is a
     KeyAgreeRecipientInfo (dhSinglePass-stdDH-sha256kdf, id-aes128-wrap for AES-128), which
@@ -621,16 +637,7 @@ def test_reply_to_an_ec_signer_is_a_key_agreement_openssl_opens(server, ca, tmp_
                                 envelope=enveloped.build_enveloped(csr, ca.ra, enveloped.ContentCipher.AES_128_CBC))
     reply = parse_pki_message(_post(server, request).content, ca.all)
     assert reply.pki_status is PkiStatus.SUCCESS, reply.fail_info_text
-    info = asn1_cms.ContentInfo.load(reply.envelope)["content"]["recipient_infos"][0]
-    assert info.name == "kari"
-    assert info.chosen["key_encryption_algorithm"]["algorithm"].dotted == "1.3.132.1.11.1"
-    assert info.chosen["key_encryption_algorithm"]["parameters"]["algorithm"].native == "aes128_wrap"
-    (tmp_path / "key.pem").write_bytes(_key_pem(key))
-    (tmp_path / "signer.pem").write_bytes(pem(signer))
-    out = _openssl("cms", "-decrypt", "-inform", "DER", "-inkey", str(tmp_path / "key.pem"),
-                   "-recip", str(tmp_path / "signer.pem"), input=reply.envelope)
-    assert out.returncode == 0, out.stderr.decode()
-    issued = signed.parse_certs_only(out.stdout)[0]
+    issued = _opened_by_openssl_as_key_agreement(reply.envelope, key, signer, tmp_path)
     assert issued.public_key().public_numbers() == key.public_key().public_numbers()
 
 
@@ -652,16 +659,10 @@ def test_reply_to_a_renewal_signed_by_an_issued_ec_certificate_is_a_key_agreemen
     reply = parse_pki_message(_post(server, request).content, ca.all)
     assert reply.is_verified and reply.pki_status is PkiStatus.SUCCESS, reply.fail_info_text
     info = asn1_cms.ContentInfo.load(reply.envelope)["content"]["recipient_infos"][0]
-    assert info.name == "kari"
     rid = info.chosen["recipient_encrypted_keys"][0]["rid"].chosen
     assert (rid["issuer"].dump(), rid["serial_number"].native) == (
         asn1_x509.Name.load(current.issuer.public_bytes()).dump(), current.serial_number)
-    (tmp_path / "key.pem").write_bytes(_key_pem(old_key))
-    (tmp_path / "current.pem").write_bytes(pem(current))
-    out = _openssl("cms", "-decrypt", "-inform", "DER", "-inkey", str(tmp_path / "key.pem"),
-                   "-recip", str(tmp_path / "current.pem"), input=reply.envelope)
-    assert out.returncode == 0, out.stderr.decode()
-    renewed = signed.parse_certs_only(out.stdout)[0]
+    renewed = _opened_by_openssl_as_key_agreement(reply.envelope, old_key, current, tmp_path)
     assert renewed.public_key().public_numbers() == new_key.public_key().public_numbers()
     assert renewed.subject == current.subject and renewed.serial_number != current.serial_number
 
