@@ -39,29 +39,22 @@ class IntuneConnection:
 
     def post(self, service: str, path: str, api_version: str, body: dict, *,
              transaction_id: str | None = None) -> object:
-        """The JSON answer of `{path}` at the discovered `service` (post_intune)."""
-        return post_intune(self.tokens, self.discovery, service, path, api_version, body, self.timeout,
-                           transaction_id=transaction_id)
-
-
-def post_intune(tokens: TokenSource, discovery: Discovery, service: str, path: str, api_version: str, body: dict,
-                timeout: float, *, transaction_id: str | None = None) -> object:
-    """The JSON answer of `{path}` at the discovered `service`; when that fails, the service
-    is looked up again once and, if Intune moved it (or the token was refused), asked there.
-    IntuneUnavailable when neither answers."""
-    uri = discovery.service_uri(service)
-    try:
-        return _post_to(tokens, uri, path, api_version, transaction_id, body, timeout)
-    except IntuneUnavailable as first:
-        if first.status == 401:
-            tokens.invalidate(INTUNE_SCOPE)
+        """The JSON answer of `{path}` at the discovered `service`; when that fails, the
+        service is looked up again once and, if Intune moved it (or the token was refused),
+        asked there. IntuneUnavailable when neither answers."""
+        uri = self.discovery.service_uri(service)
         try:
-            moved = discovery.service_uri(service, refresh=True)
-        except IntuneUnavailable:
-            raise first from None
-        if moved == uri and first.status != 401:
-            raise
-        return _post_to(tokens, moved, path, api_version, transaction_id, body, timeout)
+            return _post_to(self.tokens, uri, path, api_version, transaction_id, body, self.timeout)
+        except IntuneUnavailable as first:
+            if first.status == 401:
+                self.tokens.invalidate(INTUNE_SCOPE)
+            try:
+                moved = self.discovery.service_uri(service, refresh=True)
+            except IntuneUnavailable:
+                raise first from None
+            if moved == uri and first.status != 401:
+                raise
+            return _post_to(self.tokens, moved, path, api_version, transaction_id, body, self.timeout)
 
 
 def _post_to(tokens: TokenSource, uri: str, path: str, api_version: str, transaction_id: str | None, body: dict,
